@@ -1,0 +1,70 @@
+# `make help` lists the targets. Extra config overrides: make train ARGS="train.epochs=3 model.name=resnet18"
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data/synth
+NPROC ?= 1
+CONFIG ?=
+SWEEP ?= grid
+ARGS ?=
+IMAGE ?= baseline:latest
+CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
+ifeq ($(NPROC),1)
+  LAUNCH := $(BIN)/baseline
+else
+  LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m baseline
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help venv data split check train submit test lint docker-build docker-train docker-submit clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv with the pinned dependencies (done by every target on first use)
+
+$(DATA)/train/train.csv: | $(STAMP)
+	$(BIN)/baseline data synth data.root=$(DATA)
+
+data: $(DATA)/train/train.csv ## write the built-in dataset to data/synth (if it is not there)
+
+split: $(STAMP) ## write the shared k-fold split file (ARGS="split.folds=5")
+	$(BIN)/baseline data split $(CONFIG_ARG) $(ARGS)
+
+check: $(STAMP) ## report on the data: classes, folds, sizes, unreadable files, duplicates
+	$(BIN)/baseline data check $(CONFIG_ARG) $(ARGS)
+
+train: $(STAMP) data ## train (CONFIG=file.yaml, ARGS="key=value ...", NPROC=N for torchrun)
+	$(LAUNCH) train $(CONFIG_ARG) $(ARGS)
+
+submit: $(STAMP) ## write submissions/<run>.csv from the newest run (ARGS="submit.checkpoints=[runs/a,runs/b]")
+	$(BIN)/baseline submit $(CONFIG_ARG) $(ARGS)
+
+test: $(STAMP) ## run the whole test suite (slow end-to-end tests included)
+	$(BIN)/pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff and hadolint
+	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
+
+docker-build: ## build the CUDA image
+	docker build -t $(IMAGE) .
+
+docker-train: ## train inside the image on all GPUs (data/, runs/ mounted)
+	docker run --rm --gpus all --ipc=host -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
+		-e WANDB_API_KEY $(IMAGE) baseline train $(ARGS)
+
+docker-submit: ## write a submission inside the image (data/, runs/, submissions/ mounted)
+	docker run --rm --gpus all --ipc=host -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
+		-v $(CURDIR)/submissions:/app/submissions $(IMAGE) baseline submit $(ARGS)
+
+clean: ## remove runs/, submissions/*.csv and caches (keeps data/ and .venv)
+	rm -rf runs .pytest_cache .ruff_cache submissions/*.csv

@@ -1,0 +1,97 @@
+"""Checkpoints: atomic writes, best / last / top-k, RNG state for exact resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for what was asked."""
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary file, then rename: a kill at any moment leaves the previous good file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint '{path}' could not be read: {str(e)[:200]}") from None
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((3, tuple(py[:-1]), py[-1] or None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def provenance() -> dict:
+    """Package versions and git commit, so a checkpoint says what made it."""
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "albumentations", "baseline"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"versions": versions, "git_commit": commit}
+
+
+class Saver:
+    """Keeps `last.pt`, `best.pt` and the top-k epochs by the monitored metric."""
+
+    def __init__(self, ckpt_dir: Path, mode: str, keep_top_k: int, top: list | None = None):
+        self.dir, self.mode, self.k = ckpt_dir, mode, keep_top_k
+        self.top: list[tuple[float, str]] = [tuple(t) for t in (top or [])]  # (metric, file name)
+
+    def better(self, a: float, b: float | None) -> bool:
+        return b is None or (a < b if self.mode == "min" else a > b)
+
+    def save(self, state: dict, epoch: int, metric: float, is_best: bool) -> None:
+        save_atomic(state, self.dir / "last.pt")
+        if is_best:
+            save_atomic(state, self.dir / "best.pt")
+        if self.k > 1:
+            name = f"epoch{epoch:03d}.pt"
+            self.top.append((metric, name))
+            self.top.sort(key=lambda t: t[0], reverse=self.mode == "max")
+            if name in [n for _, n in self.top[: self.k]]:
+                save_atomic(state, self.dir / name)
+            for _, old in self.top[self.k:]:
+                (self.dir / old).unlink(missing_ok=True)
+            self.top = self.top[: self.k]

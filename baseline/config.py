@@ -1,0 +1,309 @@
+"""One typed config: dataclass defaults < YAML file < `key=value` overrides.
+
+Unknown keys and values of the wrong type are rejected with the key's dotted name before
+anything runs. The resolved config is saved with every run and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not what the kit expects."""
+
+
+@dataclass
+class RunCfg:
+    name: str = ""  # run folder name; empty -> "<model>-f<fold>-<time>"
+    dir: str = "runs"  # parent of run folders
+    resume: str = ""  # "" (fresh run) | "auto" (resume runs/<name> if it has last.pt) | path to a checkpoint
+
+
+@dataclass
+class DataCfg:
+    format: Literal["mask", "csv", "folder"] = "mask"
+    root: str = "data/synth"  # dataset root; the built-in dataset is written here by `baseline data synth`
+    train_csv: str = ""  # csv layout: table of training images (relative to root)
+    test_csv: str = ""  # csv layout: images to predict (relative to root)
+    image_col: str = "image"
+    label_col: str = "label"
+    group_col: str = ""  # csv layout: rows with one group never share folds (e.g. a person id)
+    corrections: str = ""  # mask layout: CSV of `id,field,value` applied before labelling
+    img_size: int | list[int] = 64  # int for a square, or [h, w]
+    num_workers: int = 2
+    cache: Literal["auto", "ram", "disk", "off"] = "auto"  # decode each image once, at img_size
+    cache_ram_gb: float = 4.0  # `auto` uses RAM below this size, a memory-mapped disk file above it
+    synth_people: int = 240  # built-in dataset: people in train (eval gets a quarter more)
+
+
+@dataclass
+class AugCfg:
+    hflip: float = 0.5  # probability of each train-time augmentation
+    affine: float = 0.5  # shift / scale / rotate
+    color: float = 0.3
+    dropout: float = 0.0  # coarse dropout
+
+
+@dataclass
+class SplitCfg:
+    folds: int = 5
+    fold: int = 0  # validation fold
+    file: str = ""  # shared split file; "" -> <data.root>/splits/folds<k>_seed<seed>.csv
+
+
+@dataclass
+class ModelCfg:
+    name: str = "resnet18"  # any timm model name
+    pretrained: bool | str = False  # false | true (hub) | path to a weights file
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class FreezeCfg:
+    preset: Literal["none", "fine_tune"] = "none"
+    # list of {epoch, train: head|last_stages|all, stages, lr_scale}; see baseline/freeze.py
+    schedule: list[dict] = field(default_factory=list)
+    bn: Literal["frozen_while_frozen", "train"] = "frozen_while_frozen"
+
+
+@dataclass
+class OptimCfg:
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    layer_decay: float = 0.0  # >0: timm layer-wise LR decay
+
+
+@dataclass
+class SchedCfg:
+    name: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    warmup_epochs: int = 1
+    min_lr: float = 1e-5
+    step_epochs: int = 10  # step schedule: decay every this many epochs
+    gamma: float = 0.1  # step / plateau decay factor
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 10
+    batch_size: int | str = 64  # per process; "auto" finds the largest that fits
+    max_batch_size: int = 256  # cap for batch_size=auto
+    cpu_mem_gb: float = 8.0  # memory budget for batch_size=auto on the CPU
+    accum_steps: int = 1
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    channels_last: bool = False
+    compile: bool = False
+    clip_grad: float = 0.0  # max grad norm; 0 = off
+    ema: float = 0.0  # EMA decay of weights (e.g. 0.999); 0 = off
+    loss: Literal["ce", "focal", "f1"] = "ce"
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # mixup alpha (timm); 0 = off
+    cutmix: float = 0.0  # cutmix alpha (timm); 0 = off
+    class_weights: bool = False  # inverse-frequency weights in the loss
+    monitor: Literal["val_f1", "val_acc", "val_loss"] = "val_f1"
+    keep_top_k: int = 1
+    early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
+    log_interval: int = 20  # steps between host syncs for the train loss
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class WandbCfg:
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online with an API key, else offline
+    project: str = ""  # "" -> $WANDB_PROJECT, else "baseline"
+    entity: str = ""  # "" -> $WANDB_ENTITY, else your default entity
+    group: str = ""  # one group per experiment, e.g. all folds of a model
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False
+
+
+@dataclass
+class LogCfg:
+    wandb: WandbCfg = field(default_factory=WandbCfg)
+
+
+@dataclass
+class SubmitCfg:
+    checkpoints: str | list[str] = field(default_factory=list)  # files or run folders; empty -> newest run
+    tta: bool = False  # average with the horizontally flipped image
+    out: str = ""  # "" -> submissions/<name>.csv
+    batch_size: int = 128
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    run: RunCfg = field(default_factory=RunCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    aug: AugCfg = field(default_factory=AugCfg)
+    split: SplitCfg = field(default_factory=SplitCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    freeze: FreezeCfg = field(default_factory=FreezeCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    sched: SchedCfg = field(default_factory=SchedCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    log: LogCfg = field(default_factory=LogCfg)
+    submit: SubmitCfg = field(default_factory=SubmitCfg)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _check(key, value, arm)
+            except ConfigError:
+                pass
+    elif origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            return [_check(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    for k, v in updates.items():
+        key = f"{prefix}{k}"
+        if k not in hints:
+            known = ", ".join(f"{prefix}{n}" for n in hints)
+            raise ConfigError(f"unknown config key '{key}' (known here: {known})")
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{key}' is a section; set its fields, e.g. {key}.<field>=...")
+            _merge(current, v, prefix=f"{key}.")
+        else:
+            setattr(obj, k, _check(key, v, hints[k]))
+
+
+def parse_override(text: str) -> dict:
+    """`a.b=value` -> {'a': {'b': value}}; the value is read as YAML (so `[1,2]`, `true`, `1e-3` work)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e.problem})") from None
+    if value is None:
+        value = ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _fix_yaml_floats(d: Any) -> Any:
+    # YAML 1.1 reads `1e-3` (no dot) as a string; a user writing it means a number.
+    if isinstance(d, dict):
+        return {k: _fix_yaml_floats(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_fix_yaml_floats(v) for v in d]
+    if isinstance(d, str):
+        try:
+            if "e" in d.lower() and d.lower() not in {"inf", "nan"}:
+                return float(d)
+        except ValueError:
+            pass
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < YAML file < overrides, validated."""
+    cfg = Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
+        _merge(cfg, _fix_yaml_floats(data))
+    for o in overrides:
+        _merge(cfg, _fix_yaml_floats(parse_override(o)))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field rules that types alone cannot say."""
+    size = cfg.data.img_size
+    if isinstance(size, list) and len(size) != 2:
+        raise ConfigError(f"config key 'data.img_size': expected an int or [h, w], got {size!r}")
+    if isinstance(cfg.train.batch_size, str) and cfg.train.batch_size != "auto":
+        raise ConfigError(f"config key 'train.batch_size': expected an int or 'auto', got {cfg.train.batch_size!r}")
+    if cfg.split.folds < 2:
+        raise ConfigError(f"config key 'split.folds': expected at least 2, got {cfg.split.folds}")
+    if not 0 <= cfg.split.fold < cfg.split.folds:
+        raise ConfigError(f"config key 'split.fold': expected 0..{cfg.split.folds - 1}, got {cfg.split.fold}")
+    for key in ("train.epochs", "train.accum_steps", "train.keep_top_k", "train.log_interval"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"config key '{key}': expected at least 1")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a Config from a saved dict (run folder or checkpoint), validating it again."""
+    cfg = Config()
+    _merge(cfg, d)
+    return cfg
+
+
+def img_hw(cfg: Config) -> tuple[int, int]:
+    s = cfg.data.img_size
+    return (s, s) if isinstance(s, int) else (s[0], s[1])
+
+
+def save_yaml(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

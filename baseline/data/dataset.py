@@ -1,0 +1,142 @@
+"""Dataset and loaders. Each image is decoded once, at training resolution, into a uint8 cache
+(RAM, or a memory-mapped file when it does not fit); samples are uint8 CHW tensors and the model
+side normalises a whole batch at once on the device (see `normalize`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .layouts import DataError
+
+log = logging.getLogger(__name__)
+
+
+def decode(path: str, hw: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 HxWx3 at `hw`; EXIF rotation applied; grey/RGBA/palette made RGB."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode != "RGB":
+                im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
+            im = im.resize((hw[1], hw[0]), Image.BILINEAR, reducing_gap=2.0)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(f"image '{path}' could not be decoded: {e}") from None
+
+
+def _cache_key(paths: list[str], hw: tuple[int, int]) -> str:
+    h = hashlib.sha1(repr(hw).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def decode_all(paths: list[str], hw: tuple[int, int], out: np.ndarray, workers: int = 4) -> np.ndarray:
+    # PIL releases the GIL while decoding, so threads scale on the cores we have.
+    def one(i: int) -> None:
+        out[i] = decode(paths[i], hw)
+
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        list(ex.map(one, range(len(paths))))
+    return out
+
+
+def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Path, ram_gb: float) -> np.ndarray | None:
+    """Decoded images as one uint8 array (N, H, W, 3), or None for mode 'off'."""
+    if mode == "off":
+        return None
+    nbytes = len(paths) * hw[0] * hw[1] * 3
+    if mode == "auto":
+        mode = "ram" if nbytes < ram_gb * 2**30 else "disk"
+    workers = min(8, os.cpu_count() or 1)
+    if mode == "ram":
+        return decode_all(paths, hw, np.empty((len(paths), *hw, 3), np.uint8), workers)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    file = cache_dir / f"{_cache_key(paths, hw)}.npy"
+    if file.is_file():
+        return np.load(file, mmap_mode="r")
+    tmp = file.with_suffix(".tmp.npy")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *hw, 3))
+    decode_all(paths, hw, arr, workers)
+    arr.flush()
+    del arr
+    os.replace(tmp, file)
+    return np.load(file, mmap_mode="r")
+
+
+class ImageDataset(Dataset):
+    """(uint8 CHW tensor, label) pairs; from the cache when there is one."""
+
+    def __init__(self, paths: list[str], labels: list[int] | None, hw: tuple[int, int], transform=None,
+                 cache: np.ndarray | None = None):
+        self.paths, self.labels, self.hw = list(paths), labels, hw
+        self.transform, self.cache = transform, cache
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw)
+        if self.transform is not None:
+            img = self.transform(image=np.ascontiguousarray(img))["image"]
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        return x, (self.labels[i] if self.labels is not None else -1)
+
+
+class ShardSampler(Sampler):
+    """Rank r takes items r, r+world, ...: every item exactly once across ranks, no padding."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.idx = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def _seed_worker(_worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    if info.dataset.transform is not None:
+        info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def train_loader(ds: ImageDataset, batch_size: int, workers: int, seed: int, rank: int, world: int,
+                 sampler: Sampler | None = None) -> DataLoader:
+    # DistributedSampler even for one process: its shuffle depends only on (seed, epoch), which
+    # is what makes a resumed run see the same batches as an uninterrupted one.
+    sampler = sampler or DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                      worker_init_fn=_seed_worker, generator=torch.Generator(), persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Make epoch `epoch` of `loader` a pure function of (seed, epoch): shuffle and augmentation."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 1000 + epoch)
+    if loader.num_workers == 0 and loader.dataset.transform is not None:
+        loader.dataset.transform.set_random_seed(seed * 1000 + epoch)
+
+
+def eval_loader(ds: ImageDataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), rank, world),
+                      num_workers=workers, pin_memory=torch.cuda.is_available())
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NCHW batch -> normalised float batch, on x's device."""
+    x = x.float().div_(255).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

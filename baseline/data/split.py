@@ -1,0 +1,125 @@
+"""Stratified group k-fold, written once to a split file the whole team shares; leakage checks.
+
+The split file has one row per image: `path` (relative to data.root), `group`, `fold`. Training
+reads it and never re-draws it, so every teammate and every fold run sees the same folds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from ..config import Config
+from .layouts import DataError, Table
+
+
+def split_path(cfg: Config) -> Path:
+    if cfg.split.file:
+        return Path(cfg.split.file)
+    return Path(cfg.data.root) / "splits" / f"folds{cfg.split.folds}_seed{cfg.seed}.csv"
+
+
+def strata(df: pd.DataFrame) -> np.ndarray:
+    """Stratification key: the person's gender x age bucket for the competition layout (constant
+    within a group, so every fold keeps the mix), else the class label."""
+    if {"gender", "age"} <= set(df.columns):
+        return (df["gender"] * 3 + df["age"].map(lambda a: 0 if a < 30 else (1 if a < 60 else 2))).to_numpy()
+    return df["label"].to_numpy()
+
+
+def assign_folds(df: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
+    n_groups = df["group"].nunique()
+    if n_groups < folds:
+        raise DataError(f"split.folds={folds} but the data has only {n_groups} group(s): a fold would be empty")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    fold = np.full(len(df), -1)
+    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(df)), strata(df), df["group"])):
+        fold[val_idx] = k
+    return fold
+
+
+def write_split(cfg: Config, table: Table, path: Path | None = None) -> Path:
+    """Draw the folds and write the split file atomically; returns its path."""
+    path = path or split_path(cfg)
+    root = Path(cfg.data.root)
+    fold = assign_folds(table.df, cfg.split.folds, cfg.seed)
+    out = pd.DataFrame({
+        "path": [os.path.relpath(p, root) for p in table.df["path"]],
+        "group": table.df["group"].to_numpy(),
+        "fold": fold,
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    out.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def read_folds(cfg: Config, table: Table, path: Path) -> np.ndarray:
+    """Fold of every row of `table`, from the split file; every image must be in it."""
+    split = pd.read_csv(path, dtype={"path": str, "group": str})
+    if not {"path", "group", "fold"} <= set(split.columns):
+        raise DataError(f"split file '{path}' must have columns path,group,fold; it has {list(split.columns)}")
+    folds = sorted(split["fold"].unique())
+    if folds != list(range(cfg.split.folds)):
+        raise DataError(
+            f"split file '{path}' has folds {folds}, but split.folds={cfg.split.folds}; "
+            "pick the matching split.file or write a new one with `baseline data split`"
+        )
+    root = Path(cfg.data.root)
+    rel = pd.Series([os.path.relpath(p, root) for p in table.df["path"]])
+    lookup = dict(zip(split["path"], split["fold"]))
+    missing = rel[~rel.isin(lookup.keys())]
+    if len(missing):
+        raise DataError(
+            f"split file '{path}' does not list {len(missing)} image(s), e.g. '{missing.iloc[0]}'; "
+            "the data changed since the split was written: write a new one with `baseline data split` "
+            "(this changes the folds for the whole team)"
+        )
+    return rel.map(lookup).to_numpy()
+
+
+def check_groups(table: Table, fold: np.ndarray, path: Path | str = "split") -> None:
+    """No group in two folds."""
+    per_group = pd.Series(fold).groupby(table.df["group"].to_numpy()).nunique()
+    bad = per_group[per_group > 1]
+    if len(bad):
+        raise DataError(f"leakage in '{path}': group '{bad.index[0]}' is in {bad.iloc[0]} folds ({len(bad)} such groups)")
+
+
+def content_hashes(paths: list[str]) -> list[str]:
+    return [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
+
+
+def check_duplicates(table: Table, fold: np.ndarray, val_fold: int) -> None:
+    """No identical file content in train and validation."""
+    h = pd.Series(content_hashes(table.df["path"].tolist()))
+    is_val = fold == val_fold
+    both = set(h[is_val]) & set(h[~is_val])
+    if both:
+        first = h[h.isin(both)].index
+        names = table.df["path"].iloc[first[:2]].tolist()
+        raise DataError(
+            f"leakage: {len(both)} identical image(s) in train and validation fold {val_fold}, e.g. {names}; "
+            "remove the duplicates or give them one group"
+        )
+
+
+def load_or_write_folds(cfg: Config, table: Table) -> tuple[np.ndarray, Path]:
+    """The folds for training: read the shared split file, writing it first if there is none."""
+    path = split_path(cfg)
+    if not path.is_file():
+        write_split(cfg, table, path)
+    fold = read_folds(cfg, table, path)
+    check_groups(table, fold, path)
+    check_duplicates(table, fold, cfg.split.fold)
+    return fold, path

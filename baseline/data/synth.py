@@ -1,0 +1,118 @@
+"""The built-in dataset, written in the competition layout (see DESIGN.md).
+
+Every label part is drawn, not noise, so macro-F1 measures learning:
+- mask state: a mask over nose and mouth (worn), under the nose (incorrect), or none (mouth shows);
+- gender: short hair (male) or long hair down to the shoulders (female);
+- age bucket: hair colour, dark (<30), greyish brown (30..59) or white (>=60).
+Pose, size, skin, background and mask colour vary per image. Seeded, so every teammate gets the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+W, H = 96, 128  # portrait, like the competition's 384x512
+STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
+RACES = ["Asian", "Black", "White"]
+SKINS = [(234, 192, 160), (198, 150, 110), (140, 95, 65), (250, 215, 185)]
+HAIR = [(35, 25, 20), (125, 105, 85), (225, 225, 225)]  # by age bucket
+MASKS = [(245, 245, 245), (70, 120, 200), (30, 30, 30), (230, 150, 180), (120, 190, 140)]
+AGE_RANGES = [(18, 29), (30, 59), (60, 75)]
+AGE_P = [0.45, 0.35, 0.20]
+
+
+def _jitter(rng: np.random.Generator, colour: tuple, amount: int) -> tuple:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+
+
+def draw_face(rng: np.random.Generator, female: bool, age_bucket: int, mask: int, skin: tuple) -> Image.Image:
+    """One picture; `mask` is 0 worn, 1 incorrect, 2 not worn."""
+    bg = tuple(int(v) for v in rng.integers(60, 200, size=3))
+    img = Image.new("RGB", (W, H), bg)
+    d = ImageDraw.Draw(img)
+    s = rng.uniform(0.85, 1.1)
+    cx, cy = W / 2 + rng.uniform(-7, 7), H / 2 + rng.uniform(-7, 7)
+    fw, fh = 30 * s, 40 * s  # face half-width / half-height
+    hair = _jitter(rng, HAIR[age_bucket], 18)
+    if female:  # long hair behind the face, down past the chin
+        d.rectangle([cx - fw - 8 * s, cy - fh * 0.6, cx + fw + 8 * s, cy + fh + 18 * s], fill=hair)
+    d.ellipse([cx - fw - 6 * s, cy - fh - 8 * s, cx + fw + 6 * s, cy + fh * 0.2], fill=hair)
+    d.ellipse([cx - fw, cy - fh * 0.75, cx + fw, cy + fh], fill=_jitter(rng, skin, 10))
+    eye_y = cy - fh * 0.2
+    for ex in (cx - fw * 0.4, cx + fw * 0.4):
+        d.ellipse([ex - 4 * s, eye_y - 3 * s, ex + 4 * s, eye_y + 3 * s], fill=(20, 20, 20))
+    nose_y = cy + fh * 0.15
+    d.polygon([(cx, nose_y - 8 * s), (cx - 5 * s, nose_y + 3 * s), (cx + 5 * s, nose_y + 3 * s)], fill=(110, 60, 50))
+    mouth_y = cy + fh * 0.5
+    d.rectangle([cx - 10 * s, mouth_y - 2 * s, cx + 10 * s, mouth_y + 3 * s], fill=(190, 40, 50))
+    colour = _jitter(rng, MASKS[rng.integers(len(MASKS))], 12)
+    if mask == 0:
+        d.rounded_rectangle([cx - fw * 0.95, nose_y - 10 * s, cx + fw * 0.95, cy + fh * 0.9], 6, fill=colour)
+    elif mask == 1:
+        d.rounded_rectangle([cx - fw * 0.9, nose_y + 6 * s, cx + fw * 0.9, cy + fh * 1.05], 6, fill=colour)
+    angle = rng.uniform(-10, 10)
+    return img.rotate(angle, resample=Image.BILINEAR, fillcolor=bg)
+
+
+def _person(rng: np.random.Generator) -> tuple[bool, int, int, tuple]:
+    bucket = int(rng.choice(3, p=AGE_P))
+    lo, hi = AGE_RANGES[bucket]
+    return bool(rng.integers(2)), int(rng.integers(lo, hi + 1)), bucket, SKINS[rng.integers(len(SKINS))]
+
+
+def age_bucket(age: int) -> int:
+    return 0 if age < 30 else (1 if age < 60 else 2)
+
+
+def write_synth(root: str | Path, people: int = 240, seed: int = 0) -> Path:
+    """Write the dataset under `root` (train/ and eval/); returns root. Existing files are replaced."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    img_dir = root / "train" / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(people):
+        female, age, bucket, skin = _person(rng)
+        pid = f"{i + 1:06d}"
+        gender = "female" if female else "male"
+        race = RACES[rng.integers(len(RACES))]
+        folder = f"{pid}_{gender}_{race}_{age}"
+        rows.append([pid, gender, race, age, folder])
+        (img_dir / folder).mkdir(exist_ok=True)
+        # Mixed extensions, as in the real data; .png for every 5th person.
+        ext = ".png" if i % 5 == 4 else (".jpeg" if i % 7 == 3 else ".jpg")
+        for stem in STEMS:
+            mask = 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
+            draw_face(rng, female, bucket, mask, skin).save(img_dir / folder / f"{stem}{ext}", quality=92)
+    with open(root / "train" / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "gender", "race", "age", "path"])
+        w.writerows(rows)
+
+    eval_dir = root / "eval" / "images"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    truth = []
+    for i in range(max(1, people // 4)):
+        female, _age, bucket, skin = _person(rng)
+        for stem in STEMS:
+            mask = 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
+            image_id = hashlib.sha1(f"{seed}-{i}-{stem}".encode()).hexdigest()[:16] + ".jpg"
+            draw_face(rng, female, bucket, mask, skin).save(eval_dir / image_id, quality=92)
+            truth.append((image_id, mask * 6 + int(female) * 3 + bucket))
+    order = rng.permutation(len(truth))
+    truth = [truth[j] for j in order]
+    with open(root / "eval" / "info.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ImageID", "ans"])
+        w.writerows((image_id, 0) for image_id, _ in truth)
+    with open(root / "eval" / "truth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ImageID", "ans"])
+        w.writerows(truth)
+    return root

@@ -1,0 +1,147 @@
+"""train_one_epoch / evaluate: AMP, accumulation (DDP no_sync), clipping, EMA; exact metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+
+from . import dist
+from .data.dataset import normalize
+
+
+@dataclass
+class StepCtx:
+    """What every step needs, fixed for a run."""
+
+    env: dist.Env
+    mean: torch.Tensor
+    std: torch.Tensor
+    amp_dtype: torch.dtype | None = None  # None: full precision
+    channels_last: bool = False
+    accum_steps: int = 1
+    clip_grad: float = 0.0
+    log_interval: int = 20
+    stop: Callable[[], bool] = field(default=lambda: False)  # preemption: finish the step, then leave
+    on_train: Callable[[], None] = field(default=lambda: None)  # after model.train(): re-freeze BN stats
+
+    def autocast(self):
+        dev = self.env.device.type
+        return torch.autocast(dev, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.env.device
+        x = normalize(x.to(dev, non_blocking=True), self.mean, self.std, self.channels_last)
+        return x, y.to(dev, non_blocking=True)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, ctx: StepCtx, *, step: int, scaler=None,
+                    ema=None, mixup=None, on_log: Callable[[dict], None] | None = None) -> dict:
+    """One pass over `loader`; returns mean loss, images seen, seconds, the global step, and
+    whether a stop was requested. Host syncs happen only at log intervals."""
+    model.train()
+    ctx.on_train()
+    t0, images, n_batches = time.perf_counter(), 0, 0
+    loss_sum = torch.zeros((), device=ctx.env.device)
+    window, window_n = torch.zeros((), device=ctx.env.device), 0
+    interrupted = False
+    n = len(loader)
+    for i, (x, y) in enumerate(loader):
+        x, y = ctx.batch(x, y)
+        if mixup is not None:
+            x, y = mixup(x, y)
+        last_micro = (i + 1) % ctx.accum_steps == 0 or i + 1 == n
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with ctx.autocast():
+                loss = loss_fn(model(x), y)
+            (scaler.scale(loss) if scaler else loss).div(ctx.accum_steps).backward()
+        loss_sum += loss.detach()
+        window += loss.detach()
+        window_n += 1
+        n_batches += 1
+        images += x.shape[0]
+        if last_micro:
+            if ctx.clip_grad > 0:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if scheduler is not None:
+                scheduler.step_update(num_updates=step)
+            if ema is not None:
+                ema.update(model, step=step)
+            if on_log is not None and step % ctx.log_interval == 0:
+                on_log({"train/loss": (window / window_n).item(), "train/lr": optimizer.param_groups[0]["lr"],
+                        "step": step})
+                window.zero_()
+                window_n = 0
+            if ctx.stop():
+                interrupted = True
+                break
+    seconds = time.perf_counter() - t0
+    mean_loss = (loss_sum / max(n_batches, 1)).item()
+    return {"loss": mean_loss, "images": images * ctx.env.world, "seconds": seconds, "step": step,
+            "interrupted": interrupted}
+
+
+@torch.inference_mode()
+def predict_logits(model, loader, ctx: StepCtx, tta: bool = False) -> torch.Tensor:
+    """Logits for every item of `loader`'s dataset, in dataset order, identical on every rank.
+    The loader must shard with `ShardSampler` so every item is seen exactly once."""
+    model.eval()
+    outs, idx = [], []
+    for (x, _), batch_idx in zip(loader, _batches(loader)):
+        x, _ = ctx.batch(x, torch.zeros(0))
+        with ctx.autocast():
+            out = model(x).float()
+            if tta:
+                out = (out.softmax(1) + model(torch.flip(x, dims=[3])).float().softmax(1)).div(2).log()
+        outs.append(out)
+        idx.append(torch.as_tensor(batch_idx, device=out.device))
+    n_cls = _num_classes(model)
+    local = torch.cat(outs) if outs else torch.zeros((0, n_cls), device=ctx.env.device)
+    local_idx = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long, device=ctx.env.device)
+    logits = dist.gather_rows(ctx.env, local)
+    order = dist.gather_rows(ctx.env, local_idx)
+    result = torch.empty_like(logits)
+    result[order] = logits
+    return result.cpu()
+
+
+def _num_classes(model) -> int:
+    from .models import unwrap
+
+    return unwrap(model).num_classes
+
+
+def _batches(loader):
+    ids = list(iter(loader.sampler))
+    bs = loader.batch_size
+    for s in range(0, len(ids), bs):
+        yield ids[s: s + bs]
+
+
+def metrics(logits: torch.Tensor, labels: np.ndarray) -> dict:
+    pred = logits.argmax(1).numpy()
+    return {
+        "val_loss": float(F.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long))),
+        "val_acc": float(accuracy_score(labels, pred)),
+        "val_f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
+    }
+
+
+def per_class_f1(logits: torch.Tensor, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return f1_score(labels, logits.argmax(1).numpy(), average=None, labels=list(range(num_classes)), zero_division=0)

@@ -1,0 +1,157 @@
+"""Freezing schedules on timm's own stage grouping (`group_matcher`) and freeze/unfreeze helpers.
+
+A schedule is a list of phases, each in force from its `epoch` on:
+    {epoch: 0, train: head}                                   only the classifier learns
+    {epoch: 2, train: last_stages, stages: 2, lr_scale: 0.1}  + the last 2 backbone stages at lr*0.1
+    {epoch: 4, train: all, lr_scale: 0.1}                     everything; backbone at lr*0.1
+Frozen parts keep their BatchNorm statistics too (their BN layers stay in eval mode), unless
+freeze.bn=train. The optimizer is rebuilt at each boundary with two groups (head at lr, backbone at
+lr*lr_scale); parameters trained in both phases keep their optimizer state.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models import group_modules
+from timm.optim import create_optimizer_v2
+from timm.utils.model import freeze as timm_freeze
+from timm.utils.model import unfreeze as timm_unfreeze
+
+from .config import Config, ConfigError
+
+PRESETS = {
+    "none": [{"epoch": 0, "train": "all", "lr_scale": 1.0}],
+    # fastai's fine_tune: one epoch head-only, then everything with a lower backbone LR.
+    "fine_tune": [{"epoch": 0, "train": "head"}, {"epoch": 1, "train": "all", "lr_scale": 0.1}],
+}
+PHASE_KEYS = {"epoch", "train", "stages", "lr_scale"}
+
+
+def resolve_schedule(cfg: Config) -> list[dict]:
+    schedule = cfg.freeze.schedule or PRESETS[cfg.freeze.preset]
+    out = []
+    for i, ph in enumerate(schedule):
+        key = f"freeze.schedule[{i}]"
+        unknown = set(ph) - PHASE_KEYS
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {sorted(unknown)}; allowed: {sorted(PHASE_KEYS)}")
+        if ph.get("train") not in ("head", "last_stages", "all"):
+            raise ConfigError(f"{key}.train: expected head | last_stages | all, got {ph.get('train')!r}")
+        if not isinstance(ph.get("epoch"), int) or ph["epoch"] < 0:
+            raise ConfigError(f"{key}.epoch: expected an int >= 0, got {ph.get('epoch')!r}")
+        if ph["train"] == "last_stages" and (not isinstance(ph.get("stages"), int) or ph["stages"] < 1):
+            raise ConfigError(f"{key}.stages: train=last_stages needs stages >= 1")
+        out.append({"stages": 0, "lr_scale": 1.0, **ph})
+    out.sort(key=lambda p: p["epoch"])
+    if out[0]["epoch"] != 0:
+        raise ConfigError("freeze.schedule: the first phase must start at epoch 0")
+    return out
+
+
+class Freezer:
+    """Which modules train in each epoch, and the optimizer that matches."""
+
+    def __init__(self, cfg: Config, model: torch.nn.Module):
+        self.cfg, self.model = cfg, model
+        self.schedule = resolve_schedule(cfg)
+        groups = group_modules(model, model.group_matcher(coarse=True))
+        ordered = [groups[k] for k in sorted(groups)]
+        head = {n for n, _ in model.named_modules() if n and model.get_classifier() is model.get_submodule(n)}
+        # timm puts the classifier in the last group; the rest of that group (e.g. a final norm) is
+        # trained with the head.
+        self.head_modules = ordered[-1] if any(h in ordered[-1] for h in head) else sorted(head)
+        self.stages = [g for g in ordered if g is not self.head_modules]
+        self.phase: dict | None = None
+        self._grad_changed = False
+
+    def phase_at(self, epoch: int) -> dict:
+        return [p for p in self.schedule if p["epoch"] <= epoch][-1]
+
+    def backbone_trainable(self, phase: dict) -> list[str]:
+        if phase["train"] == "all":
+            return [m for g in self.stages for m in g]
+        if phase["train"] == "last_stages":
+            return [m for g in self.stages[-phase["stages"]:] for m in g]
+        return []
+
+    def apply(self, epoch: int) -> bool:
+        """Set requires_grad for `epoch`'s phase; True when that changed the trainable set."""
+        phase = self.phase_at(epoch)
+        if phase == self.phase:
+            return False
+        old = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        backbone = [m for g in self.stages for m in g]
+        if backbone:
+            timm_freeze(self.model, backbone, include_bn_running_stats=False)
+        timm_unfreeze(self.model, self.head_modules + self.backbone_trainable(phase), include_bn_running_stats=False)
+        self.phase = phase
+        new = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        self._grad_changed = new != old
+        return True
+
+    def changed_grad(self) -> bool:
+        return self._grad_changed
+
+    def frozen_bn_eval(self) -> None:
+        """Called after model.train(): BN layers of frozen parts keep their running statistics."""
+        if self.cfg.freeze.bn != "frozen_while_frozen":
+            return
+        trainable = set(self.head_modules + self.backbone_trainable(self.phase))
+        for name, mod in self.model.named_modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and not _under(name, trainable):
+                mod.eval()
+
+    def param_groups(self) -> list[dict]:
+        head = set(self.head_modules)
+        groups: dict[str, list] = {"head": [], "backbone": []}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups["head" if _under(name.rsplit(".", 1)[0], head) else "backbone"].append(p)
+        lr = self.cfg.optim.lr
+        out = [{"params": groups["head"], "lr": lr, "name": "head"}]
+        if groups["backbone"]:
+            out.append({"params": groups["backbone"], "lr": lr * self.phase["lr_scale"], "name": "backbone"})
+        return out
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        if o.layer_decay > 0:
+            # timm's layer-wise decay builds its own groups from the model; only trainable params join.
+            return create_optimizer_v2(self.model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                       momentum=o.momentum, layer_decay=o.layer_decay)
+        groups = []
+        for g in self.param_groups():
+            groups += _split_decay(g, o.weight_decay)
+        return create_optimizer_v2(groups, opt=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+
+    def rebuild_optimizer(self, old: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """A new optimizer for the new trainable set; state carried over for parameters in both."""
+        new = self.optimizer()
+        for group in new.param_groups:
+            for p in group["params"]:
+                if p in old.state:
+                    new.state[p] = old.state[p]
+        return new
+
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    @staticmethod
+    def group_lrs(optimizer: torch.optim.Optimizer) -> dict:
+        out: dict[str, float] = {}
+        for i, g in enumerate(optimizer.param_groups):
+            out.setdefault(f"lr_{g.get('name', i)}", g["lr"])
+        return out
+
+
+def _under(name: str, prefixes: set[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _split_decay(group: dict, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and norm weights (1-d tensors), as timm does."""
+    decay = [p for p in group["params"] if p.ndim > 1]
+    no_decay = [p for p in group["params"] if p.ndim <= 1]
+    base = {k: v for k, v in group.items() if k != "params"}
+    return [g for g in ({**base, "params": decay, "weight_decay": weight_decay},
+                        {**base, "params": no_decay, "weight_decay": 0.0}) if g["params"]]

@@ -1,0 +1,55 @@
+"""Losses: cross-entropy (+label smoothing), focal, soft macro-F1; optional class weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FocalLoss(nn.Module):
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, target, weight=self.weight, reduction="none", label_smoothing=self.label_smoothing)
+        pt = torch.exp(-F.cross_entropy(logits, target, reduction="none"))
+        return ((1 - pt) ** self.gamma * ce).mean()
+
+
+class SoftF1Loss(nn.Module):
+    """1 - macro-F1 computed on softmax probabilities, so it is differentiable."""
+
+    def __init__(self, num_classes: int, eps: float = 1e-7):
+        super().__init__()
+        self.num_classes, self.eps = num_classes, eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == 2:  # mixup/cutmix soft targets
+            y = target
+        else:
+            y = F.one_hot(target, self.num_classes).float()
+        p = logits.float().softmax(1)
+        tp = (p * y).sum(0)
+        precision = tp / (p.sum(0) + self.eps)
+        recall = tp / (y.sum(0) + self.eps)
+        f1 = 2 * precision * recall / (precision + recall + self.eps)
+        return 1 - f1.mean()
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse frequency, normalised to mean 1; absent classes get weight 0."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    return torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
+
+
+def create(name: str, num_classes: int, label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> nn.Module:
+    if name == "ce":
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    if name == "focal":
+        return FocalLoss(weight=weight, label_smoothing=label_smoothing)
+    return SoftF1Loss(num_classes)

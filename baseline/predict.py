@@ -1,0 +1,119 @@
+"""`baseline submit`: checkpoints -> (TTA, ensemble) -> a validated submission CSV."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+
+from . import checkpoint as ckpt
+from . import dist, engine, models
+from .config import Config, ConfigError, from_dict, img_hw
+from .data import dataset as ds
+from .data.layouts import DataError, TestTable, read_test_table
+
+log = logging.getLogger("baseline")
+
+
+def newest_run(runs_dir: Path) -> Path:
+    bests = sorted(Path(runs_dir).glob("**/checkpoints/best.pt"), key=lambda p: p.stat().st_mtime)
+    if not bests:
+        raise ConfigError(f"no run with checkpoints/best.pt under '{runs_dir}'; train one first (make train) "
+                          "or name checkpoints with submit.checkpoints=...")
+    return bests[-1]
+
+
+def resolve_checkpoints(cfg: Config) -> list[Path]:
+    items = cfg.submit.checkpoints
+    items = [items] if isinstance(items, str) else list(items)
+    if not items:
+        return [newest_run(Path(cfg.run.dir))]
+    out = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            p = p / "checkpoints" / "best.pt"
+        if not p.is_file():
+            raise ConfigError(f"submit.checkpoints: '{item}' is neither a checkpoint file nor a run folder with checkpoints/best.pt")
+        out.append(p)
+    return out
+
+
+def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Config, list[str]]:
+    saved = ckpt.load(path)
+    if "config" not in saved or "classes" not in saved:
+        raise ckpt.CheckpointError(f"'{path}' is not a baseline checkpoint (no config/classes inside)")
+    cfg = from_dict(saved["config"])
+    model = timm.create_model(cfg.model.name, num_classes=len(saved["classes"]))
+    weights = saved["model_ema"] if saved.get("model_ema") is not None else saved["model"]
+    model.load_state_dict(weights)
+    return model.to(device).eval(), cfg, saved["classes"]
+
+
+def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env) -> tuple[np.ndarray, list[str]]:
+    """Mean softmax over checkpoints (and the flipped view with submit.tta)."""
+    total, classes, caches = None, None, {}
+    for path in paths:
+        model, mcfg, mclasses = load_model(path, env.device)
+        if classes is not None and mclasses != classes:
+            raise ckpt.CheckpointError(f"cannot ensemble '{path}': its classes differ from '{paths[0]}'")
+        classes = mclasses
+        hw = img_hw(mcfg)
+        if hw not in caches:  # decode the test images once per resolution
+            caches[hw] = ds.build_cache(test.df["path"].tolist(), hw, "ram", Path(), 0)
+        loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, hw, None, caches[hw]), cfg.submit.batch_size,
+                                cfg.data.num_workers, env.rank, env.world)
+        mean, std = models.data_stats(model)
+        ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device))
+        probs = engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy()
+        total = probs if total is None else total + probs
+        log.info("predicted %d images with %s", len(probs), path)
+    return total / len(paths), classes
+
+
+def submission_frame(test: TestTable, pred: np.ndarray, classes: list[str], fmt: str) -> pd.DataFrame:
+    out = test.template.copy()
+    if fmt == "mask":
+        out[test.label_col] = pred.astype(int)
+    else:
+        out[test.label_col] = [classes[i] for i in pred]
+    return out
+
+
+def validate(sub: pd.DataFrame, test: TestTable, num_classes: int, fmt: str) -> None:
+    if list(sub.columns) != list(test.template.columns):
+        raise DataError(f"submission columns {list(sub.columns)} differ from the template's {list(test.template.columns)}")
+    if len(sub) != len(test.template) or not sub[test.id_col].equals(test.template[test.id_col]):
+        raise DataError("submission rows differ from the template's rows or order")
+    labels = sub[test.label_col]
+    if labels.isna().any():
+        raise DataError("submission has empty labels")
+    if fmt == "mask" and not labels.between(0, num_classes - 1).all():
+        raise DataError(f"submission labels outside 0..{num_classes - 1}")
+
+
+def submit(cfg: Config) -> Path:
+    env = dist.setup(cfg.train.device)
+    try:
+        paths = resolve_checkpoints(cfg)
+        test = read_test_table(cfg)
+        probs, classes = predict_probs(cfg, test, paths, env)
+        sub = submission_frame(test, probs.argmax(1), classes, cfg.data.format)
+        validate(sub, test, len(classes), cfg.data.format)
+        name = paths[0].parent.parent.name if len(paths) == 1 else f"ensemble{len(paths)}-{datetime.now():%Y%m%d-%H%M%S}"
+        out = Path(cfg.submit.out or f"submissions/{name}.csv")
+        if env.is_main:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp")
+            sub.to_csv(tmp, index=False)
+            os.replace(tmp, out)
+            log.info("wrote %s (%d rows, %d checkpoint(s)%s)", out, len(sub), len(paths), ", TTA" if cfg.submit.tta else "")
+        return out
+    finally:
+        dist.teardown()

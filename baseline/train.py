@@ -1,0 +1,417 @@
+"""`baseline train`: config -> data -> model -> epochs -> checkpoints. Returns the run summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm
+import timm.data
+import timm.loss
+import timm.scheduler
+import timm.utils
+import torch
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from . import dist, engine, freeze, losses, memory, models
+from .config import Config, ConfigError, img_hw, save_yaml, to_dict
+from .data import dataset as ds
+from .data.layouts import Table, read_table
+from .data.split import file_hash, load_or_write_folds
+from .data.transforms import train_transform
+from .tracking import NullTracker, Tracker
+
+log = logging.getLogger("baseline")
+
+
+def run(cfg: Config) -> dict:
+    env = dist.setup(cfg.train.device)
+    try:
+        return _train(cfg, env)
+    finally:
+        dist.teardown()
+
+
+def _train(cfg: Config, env: dist.Env) -> dict:
+    seed_everything(cfg.seed)
+    preflight(cfg)
+    table, fold, split_file = prepare_data(cfg, env)
+    run_dir, resume_from = prepare_run_dir(cfg, env)
+    with file_log(run_dir / "train.log", env):
+        return _train_in(cfg, env, table, fold, split_file, run_dir, resume_from)
+
+
+def _train_in(cfg, env, table, fold, split_file, run_dir, resume_from) -> dict:
+    data = build_loaders(cfg, env, table, fold)
+    parts = build_parts(cfg, env, table, data)
+    state = TrainState(split_hash=file_hash(split_file), classes=table.classes)
+    if resume_from:
+        restore(cfg, parts, state, ckpt.load(resume_from), len(data.train))
+    tracker = Tracker(run_dir, cfg.log.wandb, to_dict(cfg), run_dir.name, state.wandb_id) if env.is_main else NullTracker()
+    state.wandb_id = tracker.wandb_id
+    saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
+                       cfg.train.keep_top_k, state.top)
+    with Preemption() as stop:
+        fit(cfg, env, parts, data, state, tracker, saver, run_dir, stop)
+    return finish(cfg, env, state, run_dir, tracker)
+
+
+# ---------------------------------------------------------------- steps
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def preflight(cfg: Config) -> None:
+    """Checks that need no data, so a typo fails before anything is read or written."""
+    models.check_name(cfg.model.name)
+    p = cfg.model.pretrained
+    if isinstance(p, str) and p and not Path(p).is_file():
+        raise models.ModelError(f"model.pretrained '{p}' is not a file (expected a weights file, true or false)")
+    freeze.resolve_schedule(cfg)
+
+
+def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, Path]:
+    """Read the table; rank 0 writes the split file if there is none, the others wait for it."""
+    table = read_table(cfg)
+    if env.is_main:
+        fold, path = load_or_write_folds(cfg, table)
+    dist.barrier(env)
+    if not env.is_main:
+        fold, path = load_or_write_folds(cfg, table)
+    return table, fold, path
+
+
+def run_name(cfg: Config) -> str:
+    return cfg.run.name or f"{cfg.model.name}-f{cfg.split.fold}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def prepare_run_dir(cfg: Config, env: dist.Env) -> tuple[Path, Path | None]:
+    """The run folder, and the checkpoint to resume from (None for a fresh run)."""
+    resume_from = None
+    if cfg.run.resume == "auto":
+        if not cfg.run.name:
+            raise ConfigError("run.resume=auto needs run.name (the run folder to continue)")
+        last = Path(cfg.run.dir) / cfg.run.name / "checkpoints" / "last.pt"
+        resume_from = last if last.is_file() else None
+    elif cfg.run.resume:
+        resume_from = Path(cfg.run.resume)
+        if not resume_from.is_file():
+            raise ConfigError(f"run.resume '{resume_from}' is not a checkpoint file")
+    if resume_from is not None:
+        run_dir = resume_from.parent.parent
+    else:
+        run_dir = Path(cfg.run.dir) / dist.broadcast_object(env, run_name(cfg))
+    if env.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+    return run_dir, resume_from
+
+
+@contextlib.contextmanager
+def file_log(path: Path, env: dist.Env):
+    """Everything logged during the run also goes to the run's train.log (rank 0)."""
+    if not env.is_main:
+        yield
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    except Exception:
+        handler.handle(logging.LogRecord("baseline", logging.ERROR, "", 0, traceback.format_exc(), None, None))
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+@dataclass
+class Data:
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    val_labels: np.ndarray
+    val_paths: list[str]
+    batch_size: int
+
+
+def build_loaders(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray) -> Data:
+    hw = img_hw(cfg)
+    df = table.df
+    cache = ds.build_cache(df["path"].tolist(), hw, cfg.data.cache, Path(cfg.data.root) / ".cache", cfg.data.cache_ram_gb)
+    is_val = fold == cfg.split.fold
+    tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    sub = (lambda idx: cache[idx]) if cache is not None else (lambda idx: None)
+    labels = df["label"].to_numpy()
+    train_ds = ds.ImageDataset(df["path"].iloc[tr_idx], labels[tr_idx].tolist(), hw,
+                               train_transform(cfg.aug, hw), sub(tr_idx))
+    val_ds = ds.ImageDataset(df["path"].iloc[va_idx], labels[va_idx].tolist(), hw, None, sub(va_idx))
+    bs = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 0
+    if bs > len(train_ds) // env.world:
+        raise ConfigError(f"train.batch_size={bs} is larger than the {len(train_ds) // env.world} training images per process")
+    return Data(
+        train=ds.train_loader(train_ds, max(bs, 1), cfg.data.num_workers, cfg.seed, env.rank, env.world),
+        val=ds.eval_loader(val_ds, max(bs, 64) * 2, cfg.data.num_workers, env.rank, env.world),
+        val_labels=labels[va_idx], val_paths=df["path"].iloc[va_idx].tolist(), batch_size=bs,
+    )
+
+
+@dataclass
+class Parts:
+    model: torch.nn.Module  # possibly DDP-wrapped
+    raw: torch.nn.Module  # the bare model
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None
+    ema: object
+    loss_fn: torch.nn.Module
+    mixup: object
+    ctx: engine.StepCtx
+    freezer: freeze.Freezer
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    mode = cfg.train.amp
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" else "off"
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def build_parts(cfg: Config, env: dist.Env, table: Table, data: Data) -> Parts:
+    n_cls = len(table.classes)
+    raw = models.create(cfg.model, n_cls).to(env.device)
+    if cfg.train.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    mean, std = models.data_stats(raw)
+    dtype = amp_dtype(cfg, env.device)
+    ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device), dtype,
+                         cfg.train.channels_last, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval)
+    if data.batch_size == 0:  # train.batch_size=auto
+        data.batch_size = memory.find_batch_size(cfg, env, raw, ctx, n_cls, data)
+        data.train = ds.train_loader(data.train.dataset, data.batch_size, cfg.data.num_workers, cfg.seed, env.rank, env.world)
+    freezer = freeze.Freezer(cfg, raw)
+    freezer.apply(0)
+    ctx.on_train = freezer.frozen_bn_eval
+    weight = losses.class_weights(table.df["label"].to_numpy(), n_cls).to(env.device) if cfg.train.class_weights else None
+    mixup = None
+    if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
+        mixup = timm.data.Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
+                                label_smoothing=cfg.train.label_smoothing, num_classes=n_cls)
+        loss_fn = timm.loss.SoftTargetCrossEntropy() if cfg.train.loss != "f1" else losses.create("f1", n_cls)
+    else:
+        loss_fn = losses.create(cfg.train.loss, n_cls, cfg.train.label_smoothing, weight)
+    model = wrap_ddp(raw, env)
+    optimizer = freezer.optimizer()
+    scheduler = make_scheduler(cfg, optimizer, len(data.train))
+    scaler = torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None
+    ema = timm.utils.ModelEmaV3(raw, decay=cfg.train.ema) if cfg.train.ema > 0 else None
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return Parts(model, raw, optimizer, scheduler, scaler, ema, loss_fn.to(env.device), mixup, ctx, freezer)
+
+
+def wrap_ddp(raw: torch.nn.Module, env: dist.Env) -> torch.nn.Module:
+    if not env.distributed:
+        return raw
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(raw, device_ids=ids)
+
+
+def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+    if cfg.sched.name == "none":
+        return None
+    updates = max(1, steps_per_epoch // cfg.train.accum_steps)
+    sched, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched=cfg.sched.name, num_epochs=cfg.train.epochs, warmup_epochs=cfg.sched.warmup_epochs,
+        min_lr=cfg.sched.min_lr, warmup_lr=cfg.sched.min_lr, decay_epochs=cfg.sched.step_epochs,
+        decay_rate=cfg.sched.gamma, patience_epochs=2, plateau_mode="min" if cfg.train.monitor == "val_loss" else "max",
+        step_on_epochs=cfg.sched.name == "plateau", updates_per_epoch=updates,
+    )
+    return sched
+
+
+@dataclass
+class TrainState:
+    split_hash: str
+    classes: list[str]
+    epoch: int = 0  # next epoch to run
+    step: int = 0  # optimizer steps so far
+    best: float | None = None
+    best_epoch: int = -1
+    best_row: dict | None = None
+    top: list | None = None
+    wandb_id: str = ""
+    bad_epochs: int = 0
+    seconds: float = 0.0
+
+
+def checkpoint_state(cfg: Config, parts: Parts, state: TrainState, saver: ckpt.Saver) -> dict:
+    return {
+        "model": parts.raw.state_dict(),
+        "model_ema": parts.ema.module.state_dict() if parts.ema is not None else None,
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
+        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+        "epoch": state.epoch, "step": state.step, "best": state.best, "best_epoch": state.best_epoch,
+        "best_row": state.best_row, "top": [list(t) for t in saver.top], "bad_epochs": state.bad_epochs,
+        "seconds": state.seconds, "rng": ckpt.rng_state(), "config": to_dict(cfg), "classes": state.classes,
+        "split_hash": state.split_hash, "wandb_id": state.wandb_id, **ckpt.provenance(),
+    }
+
+
+def restore(cfg: Config, parts: Parts, state: TrainState, saved: dict, steps_per_epoch: int) -> None:
+    if saved.get("classes") != state.classes:
+        raise ckpt.CheckpointError(
+            f"cannot resume: the checkpoint has {len(saved.get('classes') or [])} classes, the data {len(state.classes)}"
+        )
+    if saved["config"]["model"]["name"] != cfg.model.name:
+        raise ckpt.CheckpointError(
+            f"cannot resume: the checkpoint is a '{saved['config']['model']['name']}', model.name is '{cfg.model.name}'"
+        )
+    if saved.get("split_hash") != state.split_hash:
+        log.warning("resuming with a different split file than the checkpoint's (%s vs %s)",
+                    saved.get("split_hash"), state.split_hash)
+    if parts.freezer.apply(saved["epoch"]):  # resuming in a later freeze phase: its optimizer groups
+        parts.optimizer = parts.freezer.optimizer()
+        parts.scheduler = make_scheduler(cfg, parts.optimizer, steps_per_epoch)
+        parts.model = wrap_ddp(parts.raw, parts.ctx.env)
+    parts.raw.load_state_dict(saved["model"])
+    if parts.ema is not None and saved.get("model_ema") is not None:
+        parts.ema.module.load_state_dict(saved["model_ema"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    if parts.scheduler is not None and saved.get("scheduler"):
+        parts.scheduler.load_state_dict(saved["scheduler"])
+    if parts.scaler is not None and saved.get("scaler"):
+        parts.scaler.load_state_dict(saved["scaler"])
+    for k in ("epoch", "step", "best", "best_epoch", "best_row", "top", "wandb_id", "bad_epochs", "seconds"):
+        setattr(state, k, saved.get(k, getattr(state, k)))
+    ckpt.set_rng_state(saved["rng"])
+    log.info("resumed from epoch %d (step %d)", state.epoch, state.step)
+
+
+class Preemption:
+    """SIGTERM / SIGINT set a flag; the loop finishes its step, writes last.pt and leaves."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, _frame) -> None:
+        self.requested = True
+        log.warning("received %s: finishing the current step, then saving last.pt", signal.Signals(signum).name)
+
+    def __enter__(self) -> Preemption:
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState, tracker, saver: ckpt.Saver,
+        run_dir: Path, stop: Preemption) -> None:
+    parts.ctx.stop = stop
+    if env.is_main:
+        log.info("run %s: %d train / %d val images, batch %d per process x %d = %d global, %d epochs",
+                 run_dir.name, len(data.train.dataset), len(data.val.dataset), data.batch_size, env.world,
+                 data.batch_size * env.world, cfg.train.epochs)
+    while state.epoch < cfg.train.epochs:
+        epoch = state.epoch
+        if parts.freezer.apply(epoch):  # a schedule boundary: new trainable set, new optimizer groups
+            parts.optimizer = parts.freezer.rebuild_optimizer(parts.optimizer)
+            parts.scheduler = make_scheduler(cfg, parts.optimizer, len(data.train))
+            if parts.scheduler is not None:
+                parts.scheduler.step_update(num_updates=state.step)
+            parts.model = wrap_ddp(parts.raw, env)
+        ds.set_epoch(data.train, cfg.seed, epoch)
+        bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not env.is_main, leave=False)
+        memory.reset_peak(env.device)
+        try:
+            tr = engine.train_one_epoch(parts.model, bar, parts.optimizer, parts.scheduler, parts.loss_fn, parts.ctx,
+                                        step=state.step, scaler=parts.scaler, ema=parts.ema, mixup=parts.mixup,
+                                        on_log=lambda row: tracker.log(row, step=row["step"]))
+        except torch.OutOfMemoryError:
+            if env.is_main:
+                with open(run_dir / "train.log", "a") as f:
+                    f.write(traceback.format_exc())
+            raise memory.OutOfMemory(memory.oom_message(
+                env.device, data.batch_size, f"in epoch {epoch + 1} after step {state.step}")) from None
+        state.step = tr["step"]
+        state.seconds += tr["seconds"]
+        if tr["interrupted"]:
+            if env.is_main:
+                ckpt.save_atomic(checkpoint_state(cfg, parts, state, saver), run_dir / "checkpoints" / "last.pt")
+            raise SystemExit(f"stopped by signal during epoch {epoch + 1}; last.pt holds the state of the last "
+                             f"finished epoch's end plus this epoch's steps; resume with run.resume=auto run.name={run_dir.name}")
+        eval_model = parts.ema.module if parts.ema is not None else parts.model
+        logits = engine.predict_logits(eval_model, data.val, parts.ctx)
+        m = engine.metrics(logits, data.val_labels)
+        if parts.scheduler is not None:
+            parts.scheduler.step(epoch + 1, m[cfg.train.monitor])
+        row = {"epoch": epoch + 1, "step": state.step, "train_loss": tr["loss"], **m,
+               "lr": parts.optimizer.param_groups[0]["lr"], "trainable_params": parts.freezer.trainable(),
+               "images_per_s": tr["images"] / max(tr["seconds"], 1e-9), "epoch_s": tr["seconds"],
+               **parts.freezer.group_lrs(parts.optimizer), **memory.report(env.device)}
+        metric = m[cfg.train.monitor]
+        is_best = saver.better(metric, state.best)
+        if is_best:
+            state.best, state.best_epoch, state.best_row, state.bad_epochs = metric, epoch + 1, row, 0
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
+        if env.is_main:
+            tracker.log_epoch(row)
+            saver.save(checkpoint_state(cfg, parts, state, saver), epoch + 1, metric, is_best)
+            if is_best:
+                write_oof(run_dir, data, logits, parts.raw)
+            log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s)",
+                     epoch + 1, cfg.train.epochs, tr["loss"], m["val_loss"], m["val_acc"], m["val_f1"],
+                     "  *best*" if is_best else "", tr["seconds"], row["images_per_s"])
+        if cfg.train.early_stop and state.bad_epochs >= cfg.train.early_stop:
+            if env.is_main:
+                log.info("early stop: %s has not improved for %d epochs", cfg.train.monitor, state.bad_epochs)
+            break
+
+
+def write_oof(run_dir: Path, data: Data, logits: torch.Tensor, raw: torch.nn.Module) -> None:
+    """Out-of-fold predictions of the best epoch: for error analysis and stacking."""
+    probs = logits.softmax(1).numpy()
+    df = pd.DataFrame({"path": data.val_paths, "label": data.val_labels, "pred": probs.argmax(1)})
+    df = pd.concat([df, pd.DataFrame(probs, columns=[f"p{i}" for i in range(probs.shape[1])])], axis=1)
+    tmp = run_dir / ".oof.csv.tmp"
+    df.to_csv(tmp, index=False)
+    tmp.replace(run_dir / "oof.csv")
+
+
+def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker) -> dict:
+    best = state.best_row or {}
+    summary = {
+        "run": run_dir.name, "metric_name": cfg.train.monitor, "best_metric": state.best,
+        "best_epoch": state.best_epoch, "val_f1": best.get("val_f1"), "val_acc": best.get("val_acc"),
+        "val_loss": best.get("val_loss"), "epochs_done": state.epoch, "train_seconds": round(state.seconds, 1),
+        "model": cfg.model.name, "fold": cfg.split.fold, "split_hash": state.split_hash,
+        "world_size": env.world, "wandb_id": state.wandb_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if env.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        tracker.summary({k: v for k, v in summary.items() if v is not None})
+        tracker.finish()
+        log.info("done: best %s %.4f at epoch %d -> %s", cfg.train.monitor, state.best or float("nan"),
+                 state.best_epoch, run_dir)
+    return summary

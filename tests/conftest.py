@@ -1,0 +1,42 @@
+"""Shared fixtures: a small built-in dataset (written once per session) and a few-second config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from baseline.config import load_config
+from baseline.data.synth import write_synth
+
+# Tests never reach for a network or an API key.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """30 people in the competition layout (210 train images, 49 eval images)."""
+    return write_synth(tmp_path_factory.mktemp("synth"), people=30, seed=0)
+
+
+def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
+    base = {
+        "data.root": str(root), "data.img_size": 32, "data.num_workers": 0, "model.name": "test_resnet",
+        "train.epochs": 1, "train.batch_size": 16, "log.wandb.mode": "disabled", "run.dir": str(run_dir),
+        "split.folds": 3, "optim.lr": 0.005,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def tiny_cfg(synth_root, tmp_path):
+    """A config that trains in seconds on the session's small dataset."""
+
+    def make(**extra):
+        return load_config(None, tiny_overrides(synth_root, tmp_path / "runs", **extra))
+
+    return make

@@ -1,0 +1,59 @@
+import pytest
+
+from baseline.config import Config, ConfigError, from_dict, load_config, to_dict
+
+
+def test_defaults_then_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\n  batch_size: 32\noptim:\n  lr: 1e-3\n")
+    cfg = load_config(f, ["train.epochs=5", "data.img_size=[48,32]", "submit.checkpoints=[runs/a,runs/b]"])
+    assert cfg.train.epochs == 5  # override beats file
+    assert cfg.train.batch_size == 32  # file beats default
+    assert cfg.optim.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string; we read a number
+    assert cfg.data.img_size == [48, 32]
+    assert cfg.submit.checkpoints == ["runs/a", "runs/b"]
+    assert cfg.model.name == Config().model.name  # untouched default
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epoch=3", "train.epoch"),
+    ("nope=1", "nope"),
+    ("log.wandb.modee=offline", "log.wandb.modee"),
+])
+def test_unknown_key_is_rejected_by_name(override, key):
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=three", "train.epochs"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("train.amp=fp8", "train.amp"),
+    ("optim.lr=fast", "optim.lr"),
+    ("data.img_size=[1,2,3]", "data.img_size"),
+    ("train.batch_size=big", "train.batch_size"),
+    ("split.fold=7", "split.fold"),
+    ("train=3", "train"),
+])
+def test_wrong_type_is_rejected_by_name(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}"):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  nam: resnet18\n")
+    with pytest.raises(ConfigError, match="model.nam"):
+        load_config(f)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nope.yaml")
+
+
+def test_roundtrip_through_dict():
+    cfg = load_config(None, ["model.pretrained=weights.pth", "train.batch_size=auto"])
+    again = from_dict(to_dict(cfg))
+    assert again == cfg
+    assert again.model.pretrained == "weights.pth" and again.train.batch_size == "auto"

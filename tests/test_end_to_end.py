@@ -1,0 +1,96 @@
+"""train -> run folder -> submit, through the real CLI entry point, on tiny settings."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from baseline.cli import main
+from tests.conftest import tiny_overrides
+
+
+@pytest.mark.slow
+def test_train_then_submit(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    over = tiny_overrides(synth_root, runs, **{"run.name": "e2e", "train.epochs": 2})
+    assert main(["train", *over]) == 0
+    run = runs / "e2e"
+    for f in ("config.yaml", "metrics.csv", "summary.json", "oof.csv", "train.log",
+              "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run / f).is_file(), f
+    summary = json.loads((run / "summary.json").read_text())
+    for k in ("best_metric", "metric_name", "best_epoch", "val_f1", "val_acc", "epochs_done"):
+        assert k in summary
+    assert summary["epochs_done"] == 2 and summary["metric_name"] == "val_f1"
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics.epoch.tolist() == [1, 2]
+    assert summary["best_metric"] == pytest.approx(metrics.val_f1.max())
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert ckpt["config"]["model"]["name"] == "test_resnet" and len(ckpt["classes"]) == 18
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    oof = pd.read_csv(run / "oof.csv")
+    assert len(oof) == len(set(oof.path)) > 0
+
+    out = tmp_path / "sub.csv"
+    assert main(["submit", *over, f"submit.out={out}", "submit.tta=true"]) == 0
+    sub = pd.read_csv(out)
+    info = pd.read_csv(synth_root / "eval" / "info.csv")
+    truth = pd.read_csv(synth_root / "eval" / "truth.csv")
+    assert list(sub.columns) == ["ImageID", "ans"]
+    assert sub.ImageID.tolist() == info.ImageID.tolist()
+    assert sub.ans.between(0, 17).all() and sub.ans.dtype.kind == "i"
+    score = f1_score(truth.ans, sub.ans, average="macro")
+    assert 0 <= score <= 1
+
+
+@pytest.mark.slow
+def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": name})]) == 0
+    over = tiny_overrides(synth_root, runs)
+    out = tmp_path / "newest.csv"
+    assert main(["submit", *over, f"submit.out={out}"]) == 0
+    ens = tmp_path / "ens.csv"
+    assert main(["submit", *over, f"submit.out={ens}", f"submit.checkpoints=[{runs / 'a'},{runs / 'b'}]"]) == 0
+    assert len(pd.read_csv(out)) == len(pd.read_csv(ens)) == 49
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "baseline", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, message", [
+    (["train.epochz=3"], "unknown config key 'train.epochz'"),
+    (["model.name=resnet_does_not_exist"], "model.name 'resnet_does_not_exist' is not a timm model"),
+    (["data.root=/no/such/place"], "data.root '/no/such/place' does not exist"),
+    (["train.amp=fp8"], "config key 'train.amp'"),
+])
+def test_bad_input_is_one_clear_line_and_nothing_written(synth_root, tmp_path, extra, message):
+    runs = tmp_path / "runs"
+    r = run_cli("train", *tiny_overrides(synth_root, runs), *extra)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not runs.exists()
+
+
+@pytest.mark.slow
+def test_bad_train_csv_columns(tmp_path):
+    root = tmp_path / "d"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "train.csv").write_text("id,sex,age,path\n1,male,20,1_male_Asian_20\n")
+    r = run_cli("train", *tiny_overrides(root, tmp_path / "runs"))
+    assert r.returncode == 2 and "lacks column(s) ['gender']" in r.stderr and "train.csv" in r.stderr
+
+
+@pytest.mark.slow
+def test_python_dash_m_and_console_script_agree():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "submit" in r.stdout and "data" in r.stdout

@@ -1,0 +1,108 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from baseline.config import load_config
+from baseline.data.layouts import DataError, read_table
+from baseline.data.split import (
+    assign_folds,
+    check_duplicates,
+    check_groups,
+    file_hash,
+    load_or_write_folds,
+    read_folds,
+    write_split,
+)
+from baseline.data.synth import write_synth
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return write_synth(tmp_path_factory.mktemp("split"), people=60, seed=3)
+
+
+def cfg_for(root, tmp_path, **kw):
+    over = {"data.root": root, "split.file": tmp_path / "split.csv", "split.folds": 5, **kw}
+    return load_config(None, [f"{k}={v}" for k, v in over.items()])
+
+
+def test_no_person_in_two_folds(root, tmp_path):
+    cfg = cfg_for(root, tmp_path)
+    table = read_table(cfg)
+    fold = read_folds(cfg, table, write_split(cfg, table))
+    per_person = pd.Series(fold).groupby(table.df.group.to_numpy()).nunique()
+    assert (per_person == 1).all()
+    assert sorted(set(fold)) == [0, 1, 2, 3, 4]
+
+
+def test_fold_proportions_close_to_the_whole(root, tmp_path):
+    table = read_table(cfg_for(root, tmp_path))
+    fold = assign_folds(table.df, 5, seed=0)
+    # gender x age bucket of the person: what the split stratifies on
+    key = table.df.gender * 3 + table.df.age.map(lambda a: 0 if a < 30 else (1 if a < 60 else 2))
+    whole = key.value_counts(normalize=True)
+    for k in range(5):
+        share = key[fold == k].value_counts(normalize=True).reindex(whole.index, fill_value=0)
+        assert (share - whole).abs().max() < 0.12, (k, share, whole)
+    # mask classes: 5/7, 1/7, 1/7 in every fold, since whole people move together
+    for k in range(5):
+        m = table.df["mask"][fold == k].value_counts(normalize=True)
+        assert m[0] == pytest.approx(5 / 7) and m[2] == pytest.approx(1 / 7)
+
+
+def test_deterministic_for_a_seed_and_identical_after_reload(root, tmp_path):
+    cfg = cfg_for(root, tmp_path)
+    table = read_table(cfg)
+    a, b = assign_folds(table.df, 5, 7), assign_folds(table.df, 5, 7)
+    assert (a == b).all()
+    assert not (assign_folds(table.df, 5, 8) == a).all()
+    path = write_split(cfg, table)
+    h = file_hash(path)
+    fold, path2 = load_or_write_folds(cfg, table)  # reads, never re-draws
+    assert path2 == path and file_hash(path) == h
+    assert (fold == read_folds(cfg, table, path)).all()
+
+
+def test_more_folds_than_groups_is_an_error(root, tmp_path):
+    table = read_table(cfg_for(root, tmp_path))
+    small = table.df[table.df.group.isin(table.df.group.unique()[:3])]
+    with pytest.raises(DataError, match="only 3 group"):
+        assign_folds(small, 5, 0)
+
+
+def test_hand_edited_split_with_a_person_in_two_folds_is_caught(root, tmp_path):
+    cfg = cfg_for(root, tmp_path)
+    table = read_table(cfg)
+    path = write_split(cfg, table)
+    df = pd.read_csv(path, dtype={"group": str})
+    person = df.group.iloc[0]
+    rows = df.index[df.group == person]
+    df.loc[rows[0], "fold"] = (df.loc[rows[1], "fold"] + 1) % 5
+    df.to_csv(path, index=False)
+    fold = read_folds(cfg, table, path)
+    with pytest.raises(DataError, match=f"group '{person}' is in 2 folds"):
+        check_groups(table, fold, path)
+
+
+def test_identical_image_in_train_and_val_is_caught(tmp_path):
+    root = write_synth(tmp_path / "d", people=10, seed=4)
+    cfg = cfg_for(root, tmp_path, **{"split.folds": 2})
+    table = read_table(cfg)
+    fold = assign_folds(table.df, 2, 0)
+    a = table.df.path[np.flatnonzero(fold == 0)[0]]
+    b = table.df.path[np.flatnonzero(fold == 1)[0]]
+    shutil.copy(a, b)
+    with pytest.raises(DataError, match="identical image"):
+        check_duplicates(table, fold, 0)
+
+
+def test_split_file_that_misses_new_images_is_an_error(root, tmp_path):
+    cfg = cfg_for(root, tmp_path)
+    table = read_table(cfg)
+    path = write_split(cfg, table)
+    df = pd.read_csv(path)
+    df.iloc[1:].to_csv(path, index=False)
+    with pytest.raises(DataError, match="does not list 1 image"):
+        read_folds(cfg, table, path)
