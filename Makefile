@@ -11,14 +11,9 @@ SWEEP ?= grid
 ARGS ?=
 IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
-ifeq ($(NPROC),1)
-  LAUNCH := $(BIN)/baseline
-else
-  LAUNCH := $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m baseline
-endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data split check train submit test lint docker-build docker-train docker-submit clean
+.PHONY: help venv data split check train submit sweep sweep-agent bench runs test lint docker-build docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,10 +38,23 @@ check: $(STAMP) ## report on the data: classes, folds, sizes, unreadable files, 
 	$(BIN)/baseline data check $(CONFIG_ARG) $(ARGS)
 
 train: $(STAMP) data ## train (CONFIG=file.yaml, ARGS="key=value ...", NPROC=N for torchrun)
-	$(LAUNCH) train $(CONFIG_ARG) $(ARGS)
+	$(BIN)/baseline train --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
 
 submit: $(STAMP) ## write submissions/<run>.csv from the newest run (ARGS="submit.checkpoints=[runs/a,runs/b]")
 	$(BIN)/baseline submit $(CONFIG_ARG) $(ARGS)
+
+sweep: $(STAMP) data ## run a sweep locally, one run per trial (SWEEP=grid|random|file.yaml, NPROC, ARGS)
+	$(BIN)/baseline sweep $(SWEEP) --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
+
+sweep-agent: $(STAMP) ## join a W&B sweep made with `wandb sweep FILE` (SWEEP_ID=entity/project/id)
+	@test -n "$(SWEEP_ID)" || { echo "usage: make sweep-agent SWEEP_ID=entity/project/id"; exit 2; }
+	$(BIN)/wandb agent $(SWEEP_ID)
+
+bench: $(STAMP) data ## images/s: in-memory limit vs the kit vs a naive PIL loader (train and inference)
+	$(BIN)/baseline bench $(CONFIG_ARG) $(ARGS)
+
+runs: $(STAMP) ## the local leaderboard: runs sorted by best macro-F1
+	$(BIN)/baseline runs $(ARGS)
 
 test: $(STAMP) ## run the whole test suite (slow end-to-end tests included)
 	$(BIN)/pytest -q $(ARGS)

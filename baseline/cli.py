@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, load_config
@@ -18,6 +20,9 @@ COMMANDS = {
     "train": "train one model (one fold) and write runs/<name>/",
     "submit": "predict the test images with checkpoints/runs and write submissions/<name>.csv",
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report)",
+    "sweep": "run a W&B-format sweep file (grid | random | PATH) locally, one run per trial",
+    "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
+    "bench": "images/s of the train step three ways (limit | kit | naive), the loaders, and inference",
 }
 
 
@@ -35,8 +40,12 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         if name == "data":
             sp.add_argument("action", choices=["synth", "split", "check"])
+        if name == "sweep":
+            sp.add_argument("sweep", help="grid | random | path to a sweep YAML in W&B's format")
+        if name in ("train", "sweep"):
+            sp.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun) when > 1")
         sp.add_argument("--config", "-c", help="YAML file with config keys (defaults < file < overrides)")
-        sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
+        sp.epilog = "Any further key=value arguments override config keys, e.g. train.epochs=3 model.name=resnet18."
     return p
 
 
@@ -59,11 +68,43 @@ def data_command(action: str, cfg: Config) -> int:
     return 1 if errors else 0
 
 
+def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
+    """`baseline train --nproc N ...` is `torchrun --standalone --nproc_per_node=N -m baseline train ...`."""
+    rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")]
+    rest = [a for a in rest if not a.startswith("--nproc=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "baseline", *rest]
+    return subprocess.call(cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    bad = [a for a in rest if "=" not in a or a.startswith("-")]
+    if bad:
+        p.error(f"unrecognized arguments {bad}: config overrides are key=value")
+    args.overrides = rest
     _setup_logging()
     try:
+        if getattr(args, "nproc", 1) > 1 and args.command == "train" and "WORLD_SIZE" not in os.environ:
+            return relaunch_under_torchrun(args.nproc, argv if argv is not None else sys.argv[1:])
         cfg = load_config(args.config, args.overrides)
+        if args.command == "sweep":
+            from .sweep import run_local
+
+            table = run_local(args.sweep, args.config, args.overrides, args.nproc)
+            print(table.to_string(index=False))
+            return 0 if (table.status == "finished").any() else 1
+        if args.command == "runs":
+            from .tracking import leaderboard
+
+            board = leaderboard(Path(cfg.run.dir))
+            print(board.to_string(index=False) if len(board) else f"no runs under {cfg.run.dir}")
+            return 0
+        if args.command == "bench":
+            from . import bench
+
+            print(bench.report(bench.run(cfg)))
+            return 0
         if args.command == "data":
             return data_command(args.action, cfg)
         if args.command == "train":

@@ -94,7 +94,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, ctx: StepCtx, 
     seconds = time.perf_counter() - t0
     mean_loss = (loss_sum / max(n_batches, 1)).item()
     return {"loss": mean_loss, "images": images * ctx.env.world, "seconds": seconds, "step": step,
-            "interrupted": interrupted}
+            "batches": n_batches, "interrupted": interrupted}
 
 
 @torch.inference_mode()

@@ -42,6 +42,9 @@ class NullTracker:
     def summary(self, values: dict) -> None:
         pass
 
+    def log_final(self, run_dir: Path, oof, classes: list[str], log_model: bool) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -82,7 +85,46 @@ class Tracker(NullTracker):
         if self.run is not None:
             self.run.summary.update(values)
 
+    def log_final(self, run_dir: Path, oof, classes: list[str], log_model: bool, worst: int = 16) -> None:
+        """Confusion matrix, the worst-predicted validation images, and the best checkpoint."""
+        if self.run is None:
+            return
+        import wandb
+
+        y, pred = oof["label"].to_numpy(), oof["pred"].to_numpy()
+        self.run.log({"confusion_matrix": wandb.plot.confusion_matrix(y_true=y.tolist(), preds=pred.tolist(),
+                                                                       class_names=classes)})
+        p_true = oof[[f"p{i}" for i in range(len(classes))]].to_numpy()[range(len(oof)), y]
+        table = wandb.Table(columns=["image", "path", "true", "pred", "p_true"])
+        for i in p_true.argsort()[:worst]:
+            table.add_data(wandb.Image(oof["path"].iloc[i]), oof["path"].iloc[i], classes[y[i]], classes[pred[i]],
+                           float(p_true[i]))
+        self.run.log({"worst_predictions": table})
+        for png in ("confusion_matrix.png", "learning_curves.png"):
+            if (run_dir / png).is_file():
+                self.run.log({png[:-4] + "_png": wandb.Image(str(run_dir / png))})
+        if log_model:
+            art = wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"classes": classes})
+            art.add_file(str(run_dir / "checkpoints" / "best.pt"))
+            self.run.log_artifact(art)
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def leaderboard(runs_dir: Path) -> pd.DataFrame:
+    """Every local run with a summary.json (sweep trials included), best macro-F1 first."""
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for s in sorted(Path(runs_dir).glob("**/summary.json")):
+        d = json.loads(s.read_text())
+        rows.append({"run": str(s.parent.relative_to(runs_dir)), "model": d.get("model"), "fold": d.get("fold"),
+                     "val_f1": d.get("val_f1"), "val_acc": d.get("val_acc"), "epochs": d.get("epochs_done"),
+                     "train_s": d.get("train_seconds"), "finished": d.get("finished")})
+    cols = ["run", "model", "fold", "val_f1", "val_acc", "epochs", "train_s", "finished"]
+    return pd.DataFrame(rows, columns=cols).sort_values("val_f1", ascending=False, na_position="last")

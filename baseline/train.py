@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
+import hashlib
 import json
 import logging
 import random
@@ -24,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import dist, engine, freeze, losses, memory, models
+from . import dist, engine, freeze, losses, memory, models, plots
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data.layouts import Table, read_table
@@ -62,9 +64,12 @@ def _train_in(cfg, env, table, fold, split_file, run_dir, resume_from) -> dict:
     state.wandb_id = tracker.wandb_id
     saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
                        cfg.train.keep_top_k, state.top)
-    with Preemption() as stop:
-        fit(cfg, env, parts, data, state, tracker, saver, run_dir, stop)
-    return finish(cfg, env, state, run_dir, tracker)
+    try:
+        with Preemption() as stop:
+            fit(cfg, env, parts, data, state, tracker, saver, run_dir, stop)
+        return finish(cfg, env, state, run_dir, tracker)
+    finally:
+        tracker.finish()  # also on errors and preemption, so W&B's files are complete
 
 
 # ---------------------------------------------------------------- steps
@@ -95,7 +100,12 @@ def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, Path]:
 
 
 def run_name(cfg: Config) -> str:
-    return cfg.run.name or f"{cfg.model.name}-f{cfg.split.fold}-{datetime.now():%Y%m%d-%H%M%S}"
+    """run.name, or one a teammate can read: model, fold, user, and a short hash of config + time."""
+    if cfg.run.name:
+        return cfg.run.name
+    stamp = f"{to_dict(cfg)}{datetime.now().isoformat()}"
+    user = getpass.getuser().replace("-", "")
+    return f"{cfg.model.name}-f{cfg.split.fold}-{user}-{hashlib.sha1(stamp.encode()).hexdigest()[:6]}"
 
 
 def prepare_run_dir(cfg: Config, env: dist.Env) -> tuple[Path, Path | None]:
@@ -256,6 +266,7 @@ class TrainState:
     wandb_id: str = ""
     bad_epochs: int = 0
     seconds: float = 0.0
+    batches_done: int = 0  # of the current epoch; > 0 only in a checkpoint written on preemption
 
 
 def checkpoint_state(cfg: Config, parts: Parts, state: TrainState, saver: ckpt.Saver) -> dict:
@@ -267,6 +278,7 @@ def checkpoint_state(cfg: Config, parts: Parts, state: TrainState, saver: ckpt.S
         "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
         "epoch": state.epoch, "step": state.step, "best": state.best, "best_epoch": state.best_epoch,
         "best_row": state.best_row, "top": [list(t) for t in saver.top], "bad_epochs": state.bad_epochs,
+        "batches_done": state.batches_done,
         "seconds": state.seconds, "rng": ckpt.rng_state(), "config": to_dict(cfg), "classes": state.classes,
         "split_hash": state.split_hash, "wandb_id": state.wandb_id, **ckpt.provenance(),
     }
@@ -296,7 +308,8 @@ def restore(cfg: Config, parts: Parts, state: TrainState, saved: dict, steps_per
         parts.scheduler.load_state_dict(saved["scheduler"])
     if parts.scaler is not None and saved.get("scaler"):
         parts.scaler.load_state_dict(saved["scaler"])
-    for k in ("epoch", "step", "best", "best_epoch", "best_row", "top", "wandb_id", "bad_epochs", "seconds"):
+    for k in ("epoch", "step", "best", "best_epoch", "best_row", "top", "wandb_id", "bad_epochs", "seconds",
+              "batches_done"):
         setattr(state, k, saved.get(k, getattr(state, k)))
     ckpt.set_rng_state(saved["rng"])
     log.info("resumed from epoch %d (step %d)", state.epoch, state.step)
@@ -340,6 +353,7 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
                 parts.scheduler.step_update(num_updates=state.step)
             parts.model = wrap_ddp(parts.raw, env)
         ds.set_epoch(data.train, cfg.seed, epoch)
+        data.train.sampler.skip = state.batches_done * data.batch_size  # > 0 only when resuming a preempted epoch
         bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not env.is_main, leave=False)
         memory.reset_peak(env.device)
         try:
@@ -354,11 +368,12 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
                 env.device, data.batch_size, f"in epoch {epoch + 1} after step {state.step}")) from None
         state.step = tr["step"]
         state.seconds += tr["seconds"]
+        state.batches_done += tr["batches"]
         if tr["interrupted"]:
             if env.is_main:
                 ckpt.save_atomic(checkpoint_state(cfg, parts, state, saver), run_dir / "checkpoints" / "last.pt")
-            raise SystemExit(f"stopped by signal during epoch {epoch + 1}; last.pt holds the state of the last "
-                             f"finished epoch's end plus this epoch's steps; resume with run.resume=auto run.name={run_dir.name}")
+            raise SystemExit(f"stopped by signal in epoch {epoch + 1} after {state.batches_done} batches; last.pt "
+                             f"holds that state: resume with run.resume=auto run.name={run_dir.name}")
         eval_model = parts.ema.module if parts.ema is not None else parts.model
         logits = engine.predict_logits(eval_model, data.val, parts.ctx)
         m = engine.metrics(logits, data.val_labels)
@@ -368,13 +383,15 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
                "lr": parts.optimizer.param_groups[0]["lr"], "trainable_params": parts.freezer.trainable(),
                "images_per_s": tr["images"] / max(tr["seconds"], 1e-9), "epoch_s": tr["seconds"],
                **parts.freezer.group_lrs(parts.optimizer), **memory.report(env.device)}
+        per_class = engine.per_class_f1(logits, data.val_labels, len(state.classes))
+        tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)}, step=state.step)
         metric = m[cfg.train.monitor]
         is_best = saver.better(metric, state.best)
         if is_best:
             state.best, state.best_epoch, state.best_row, state.bad_epochs = metric, epoch + 1, row, 0
         else:
             state.bad_epochs += 1
-        state.epoch = epoch + 1
+        state.epoch, state.batches_done = epoch + 1, 0
         if env.is_main:
             tracker.log_epoch(row)
             saver.save(checkpoint_state(cfg, parts, state, saver), epoch + 1, metric, is_best)
@@ -399,6 +416,14 @@ def write_oof(run_dir: Path, data: Data, logits: torch.Tensor, raw: torch.nn.Mod
     tmp.replace(run_dir / "oof.csv")
 
 
+def write_figures(run_dir: Path, classes: list[str]) -> None:
+    if (run_dir / "metrics.csv").is_file():
+        plots.learning_curves(run_dir / "metrics.csv", run_dir / "learning_curves.png")
+    if (run_dir / "oof.csv").is_file():
+        oof = pd.read_csv(run_dir / "oof.csv")
+        plots.confusion(oof["label"].to_numpy(), oof["pred"].to_numpy(), classes, run_dir / "confusion_matrix.png")
+
+
 def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker) -> dict:
     best = state.best_row or {}
     summary = {
@@ -411,6 +436,9 @@ def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker
     if env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.summary({k: v for k, v in summary.items() if v is not None})
+        write_figures(run_dir, state.classes)
+        if (run_dir / "oof.csv").is_file():
+            tracker.log_final(run_dir, pd.read_csv(run_dir / "oof.csv"), state.classes, cfg.log.wandb.log_model)
         tracker.finish()
         log.info("done: best %s %.4f at epoch %d -> %s", cfg.train.monitor, state.best or float("nan"),
                  state.best_epoch, run_dir)

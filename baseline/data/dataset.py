@@ -89,8 +89,20 @@ class ImageDataset(Dataset):
         img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw)
         if self.transform is not None:
             img = self.transform(image=np.ascontiguousarray(img))["image"]
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # a copy: cache rows may be read-only memmaps
         return x, (self.labels[i] if self.labels is not None else -1)
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way, for resuming a preempted epoch."""
+
+    skip = 0  # items of this epoch already trained on
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
 
 
 class ShardSampler(Sampler):
@@ -116,7 +128,7 @@ def train_loader(ds: ImageDataset, batch_size: int, workers: int, seed: int, ran
                  sampler: Sampler | None = None) -> DataLoader:
     # DistributedSampler even for one process: its shuffle depends only on (seed, epoch), which
     # is what makes a resumed run see the same batches as an uninterrupted one.
-    sampler = sampler or DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = sampler or EpochSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                       worker_init_fn=_seed_worker, generator=torch.Generator(), persistent_workers=False,
                       pin_memory=torch.cuda.is_available())

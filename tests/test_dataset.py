@@ -1,0 +1,102 @@
+"""Decode-once loading, cache modes, data check, and the benchmark's three ways."""
+
+import numpy as np
+import pytest
+import torch
+
+from baseline import bench
+from baseline.cli import main
+from baseline.config import load_config
+from baseline.data import dataset as ds
+from baseline.data.layouts import read_table
+from baseline.data.synth import write_synth
+from tests.conftest import tiny_overrides
+
+
+@pytest.fixture
+def small(tmp_path):
+    return write_synth(tmp_path / "d", people=6, seed=2)
+
+
+def paths_of(root):
+    return read_table(load_config(None, [f"data.root={root}"])).df.path.tolist()
+
+
+def test_ram_and_disk_cache_equal_direct_decoding(small, tmp_path):
+    paths = paths_of(small)
+    ram = ds.build_cache(paths, (24, 20), "ram", tmp_path / "c", 1)
+    disk = ds.build_cache(paths, (24, 20), "disk", tmp_path / "c", 1)
+    assert isinstance(disk, np.memmap) and ram.shape == (len(paths), 24, 20, 3)
+    assert np.array_equal(ram, disk)
+    assert np.array_equal(ram[5], ds.decode(paths[5], (24, 20)))
+    again = ds.build_cache(paths, (24, 20), "disk", tmp_path / "c", 1)  # reused, not rebuilt
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1 and np.array_equal(again, disk)
+    auto_small = ds.build_cache(paths, (24, 20), "auto", tmp_path / "c2", 1.0)
+    auto_big = ds.build_cache(paths, (24, 20), "auto", tmp_path / "c2", 1e-9)
+    assert not isinstance(auto_small, np.memmap) and isinstance(auto_big, np.memmap)
+    assert ds.build_cache(paths, (24, 20), "off", tmp_path / "c", 1) is None
+
+
+def test_dataset_yields_uint8_chw_and_normalize_matches_reference(small):
+    paths = paths_of(small)
+    d = ds.ImageDataset(paths, [0] * len(paths), (16, 12))
+    x, y = d[0]
+    assert x.dtype == torch.uint8 and x.shape == (3, 16, 12) and y == 0
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    got = ds.normalize(x[None], mean, std)
+    ref = (x[None].float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert torch.allclose(got, ref)
+
+
+def test_shard_sampler_covers_every_item_once():
+    for n, world in ((10, 3), (7, 2), (1, 4)):
+        seen = sorted(i for r in range(world) for i in ds.ShardSampler(n, r, world))
+        assert seen == list(range(n))
+
+
+def test_epoch_order_and_augmentation_are_a_function_of_seed_and_epoch(small):
+    from baseline.config import AugCfg
+    from baseline.data.transforms import train_transform
+
+    paths = paths_of(small)
+    d = ds.ImageDataset(paths, list(range(len(paths))), (16, 16), train_transform(AugCfg(), (16, 16)),
+                        ds.build_cache(paths, (16, 16), "ram", None, 1))
+    loader = ds.train_loader(d, 8, 0, seed=1, rank=0, world=1)
+
+    def epoch(e):
+        ds.set_epoch(loader, 1, e)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    a, b, c = epoch(3), epoch(3), epoch(4)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(a, c))
+
+
+def test_data_check_lists_every_unreadable_image(small, capsys):
+    paths = paths_of(small)
+    for p in (paths[0], paths[9]):
+        with open(p, "wb") as f:
+            f.write(b"broken")
+    rc = main(["data", "check", f"data.root={small}"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert paths[0] in out and paths[9] in out and "2 error(s)" in out
+    assert "images per class" in out
+
+
+def test_data_split_then_check_reports_folds(small, capsys):
+    assert main(["data", "split", f"data.root={small}", "split.folds=3"]) == 0
+    assert main(["data", "check", f"data.root={small}", "split.folds=3"]) == 0
+    out = capsys.readouterr().out
+    assert "fold 0:" in out and "fold 2:" in out and "0 error(s)" in out
+
+
+@pytest.mark.slow
+def test_bench_reports_three_ways(tmp_path):
+    root = write_synth(tmp_path / "b", people=20, seed=0)
+    cfg = load_config(None, tiny_overrides(root, tmp_path / "runs", **{"data.cache": "ram"}))
+    r = bench.run(cfg, batches=3)
+    for k in ("data_kit", "data_naive", "train_limit", "train_kit", "train_naive", "infer_kit", "infer_naive"):
+        assert r[k] > 0
+    assert r["data_kit"] > r["data_naive"]  # the cache skips decoding
+    assert "kit/limit" in bench.report(r)

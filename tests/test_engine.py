@@ -1,0 +1,177 @@
+"""Training engine: exact resume, preemption, exact DDP metrics, top-k, OOM tools, recipes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from baseline import dist, engine, memory, train
+from baseline.cli import main
+from baseline.config import load_config
+from baseline.data.layouts import read_table
+from baseline.data.split import load_or_write_folds
+from baseline.predict import load_model
+from tests.conftest import tiny_overrides
+
+METRICS = ["val_loss", "val_acc", "val_f1", "train_loss"]
+
+
+def clean_env():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_for_rows(path, n, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and len(pd.read_csv(path)) >= n:
+            return
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    raise TimeoutError(path)
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_matches_uninterrupted_run(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    common = {"train.epochs": 3, "data.num_workers": 0}
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "full"}, **common)]) == 0
+
+    over = tiny_overrides(synth_root, runs, **{"run.name": "cut"}, **common)
+    proc = subprocess.Popen([sys.executable, "-m", "baseline", "train", *over], env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_rows(runs / "cut" / "metrics.csv", 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(pd.read_csv(runs / "cut" / "metrics.csv"))
+    assert done < 3, "the run finished before the kill; make the epochs longer"
+    assert main(["train", *over, "run.resume=auto"]) == 0
+
+    full = pd.read_csv(runs / "full" / "metrics.csv")
+    cut = pd.read_csv(runs / "cut" / "metrics.csv").drop_duplicates("epoch", keep="last")
+    assert cut.epoch.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(cut[METRICS].to_numpy(), full[METRICS].to_numpy(), rtol=0, atol=1e-6)
+    a = torch.load(runs / "full" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(runs / "cut" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_writes_last_and_resumes_exactly(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    common = {"train.epochs": 4, "train.batch_size": 8}
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "whole"}, **common)]) == 0
+    over = tiny_overrides(synth_root, runs, **{"run.name": "term"}, **common)
+    proc = subprocess.Popen([sys.executable, "-m", "baseline", "train", *over], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_rows(runs / "term" / "metrics.csv", 1, proc)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "stopped by signal" in err and "run.resume=auto" in err, err[-2000:]
+    assert "Traceback" not in err
+    saved = torch.load(runs / "term" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["batches_done"] > 0 and saved["epoch"] < 4  # stopped inside an epoch, its steps kept
+
+    assert main(["train", *over, "run.resume=auto"]) == 0
+    whole = pd.read_csv(runs / "whole" / "metrics.csv")
+    term = pd.read_csv(runs / "term" / "metrics.csv")
+    assert term.epoch.tolist() == [1, 2, 3, 4]
+    val = ["val_loss", "val_acc", "val_f1"]
+    np.testing.assert_allclose(term[val].to_numpy(), whole[val].to_numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_metrics_equal_single_process_evaluation(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    # 70 validation images do not divide into 2 x batch 16: padding would double-count some.
+    over = tiny_overrides(synth_root, runs, **{"run.name": "ddp", "train.batch_size": 8})
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "baseline", "train", *over], capture_output=True, text=True, env=clean_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "8 per process x 2 = 16 global" in r.stdout
+    row = pd.read_csv(runs / "ddp" / "metrics.csv").iloc[-1]
+
+    cfg = load_config(None, over)
+    env = dist.Env()
+    table = read_table(cfg)
+    fold, _ = load_or_write_folds(cfg, table)
+    data = train.build_loaders(cfg, env, table, fold)
+    model, _, _ = load_model(runs / "ddp" / "checkpoints" / "last.pt", env.device)
+    ctx = engine.StepCtx(env, torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]))
+    single = engine.metrics(engine.predict_logits(model, data.val, ctx), data.val_labels)
+    assert len(pd.read_csv(runs / "ddp" / "oof.csv")) == (fold == 0).sum() == len(data.val_labels)
+    for k in ("val_acc", "val_f1"):
+        assert row[k] == pytest.approx(single[k], abs=1e-9)
+    assert row["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_top_k_keeps_the_best_epochs(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(["train", *tiny_overrides(synth_root, runs, **{
+        "run.name": "k", "train.epochs": 3, "train.keep_top_k": 2, "train.monitor": "val_loss"})]) == 0
+    m = pd.read_csv(runs / "k" / "metrics.csv")
+    best2 = sorted(m.nsmallest(2, "val_loss").epoch.tolist())
+    kept = sorted(int(p.stem[5:]) for p in (runs / "k" / "checkpoints").glob("epoch*.pt"))
+    assert kept == best2
+    best = torch.load(runs / "k" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best_epoch"] == int(m.loc[m.val_loss.idxmin(), "epoch"])
+
+
+@pytest.mark.slow
+def test_batch_size_auto_is_bounded_and_used(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(["train", *tiny_overrides(synth_root, runs, **{
+        "run.name": "auto", "train.batch_size": "auto", "train.max_batch_size": 24})]) == 0
+    log = (runs / "auto" / "train.log").read_text()
+    assert "train.batch_size=auto: 24 per process" in log
+
+
+def test_cpu_budget_bounds_the_batch():
+    assert memory.cpu_budget_batches((64, 64), 1.0) == 128
+    assert memory.cpu_budget_batches((512, 512), 0.001) == 1
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_across_epochs(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "mem", "train.epochs": 5})]) == 0
+    rss = pd.read_csv(runs / "mem" / "metrics.csv").mem_rss_mb
+    assert rss.iloc[-1] - rss.iloc[1] < 50, rss.tolist()  # MiB; epoch 1 pays the one-time allocations
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    {"train.ema": 0.9},
+    {"train.mixup": 0.2, "train.cutmix": 1.0},
+    {"train.loss": "focal", "train.class_weights": True},
+    {"train.loss": "f1"},
+    {"train.accum_steps": 2, "train.clip_grad": 1.0, "train.label_smoothing": 0.1},
+    {"sched.name": "step", "sched.step_epochs": 1, "optim.name": "sgd"},
+    {"sched.name": "plateau", "train.early_stop": 1, "train.epochs": 3},
+    {"train.channels_last": True},
+])
+def test_recipes_train(synth_root, tmp_path, extra):
+    runs = tmp_path / "runs"
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "r", **extra})]) == 0
+    m = pd.read_csv(runs / "r" / "metrics.csv")
+    assert np.isfinite(m.train_loss).all() and m.val_f1.between(0, 1).all()
+    saved = torch.load(runs / "r" / "checkpoints" / "last.pt", weights_only=True)
+    if "train.ema" in extra:
+        assert saved["model_ema"] is not None
+        assert not torch.equal(saved["model_ema"]["conv1.0.weight"], saved["model"]["conv1.0.weight"])
+    if "sched.name" in extra and extra["sched.name"] == "step":
+        assert m.lr.iloc[-1] < 0.005
+
+
+def test_oom_message_says_what_to_try():
+    msg = memory.oom_message(torch.device("cpu"), 256, "in epoch 3 after step 10")
+    assert "train.batch_size=256" in msg and "accum_steps" in msg and "epoch 3" in msg

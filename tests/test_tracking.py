@@ -1,0 +1,105 @@
+"""W&B offline runs with real files, disabled mode, no API key anywhere, local figures, leaderboard."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from baseline.cli import main
+from baseline.config import WandbCfg
+from baseline.tracking import leaderboard, resolve_mode
+from tests.conftest import tiny_overrides
+
+SECRET = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_mode_auto_is_offline_without_a_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_mode(WandbCfg(mode="auto")) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    assert resolve_mode(WandbCfg(mode="auto")) == "online"
+    assert resolve_mode(WandbCfg(mode="disabled")) == "disabled"
+
+
+def read_wandb_history(run_dir: Path) -> list[dict]:
+    """Read the offline run's .wandb file with wandb's own reader."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    ds = datastore.DataStore()
+    ds.open_for_scan(str(files[0]))
+    rows = []
+    while True:
+        data = ds.scan_data()
+        if data is None:
+            break
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(data)
+        if rec.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): item.value_json for item in rec.history.item})
+    return rows
+
+
+@pytest.mark.slow
+def test_offline_run_writes_real_files_with_logged_keys_and_no_key(synth_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)  # present in the environment, must never be written
+    runs = tmp_path / "runs"
+    over = tiny_overrides(synth_root, runs, **{"run.name": "wb", "log.wandb.mode": "offline", "train.epochs": 2,
+                                               "train.log_interval": 2, "log.wandb.group": "exp1"})
+    assert main(["train", *over]) == 0
+    run = runs / "wb"
+    history = read_wandb_history(run)
+    keys = set().union(*history)
+    for k in ("train/loss", "train/lr", "val_f1", "val_acc", "val_loss", "trainable_params", "epoch_s",
+              "images_per_s", "mem_rss_mb", "confusion_matrix_table", "worst_predictions"):
+        assert any(k in key for key in keys), (k, sorted(keys))
+    assert any(key.startswith("val_f1_class/") for key in keys)
+    for f in ("learning_curves.png", "confusion_matrix.png"):
+        assert (run / f).stat().st_size > 1000
+    wandb_id = json.loads((run / "summary.json").read_text())["wandb_id"]
+    assert wandb_id and wandb_id in str(next(run.glob("wandb/offline-run-*")))
+    for f in run.rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f"API key written to {f}"
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_wandb_run(synth_root, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    over = tiny_overrides(synth_root, runs, **{"run.name": "wr", "log.wandb.mode": "offline"})
+    assert main(["train", *over]) == 0
+    first = json.loads((runs / "wr" / "summary.json").read_text())["wandb_id"]
+    assert main(["train", *over, "train.epochs=2", "run.resume=auto"]) == 0
+    assert json.loads((runs / "wr" / "summary.json").read_text())["wandb_id"] == first
+    assert len(list((runs / "wr").glob(f"wandb/offline-run-*-{first}"))) == 2
+
+
+@pytest.mark.slow
+def test_disabled_mode_writes_no_wandb_files(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "off"})]) == 0
+    assert not list(runs.rglob("wandb"))
+    assert (runs / "off" / "metrics.csv").is_file() and (runs / "off" / "learning_curves.png").is_file()
+
+
+def test_leaderboard_sorts_by_f1(tmp_path, capsys):
+    for name, f1 in (("a", 0.5), ("b", 0.9), ("sweeps/s/t1", 0.7)):
+        d = tmp_path / name
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"val_f1": f1, "model": "m", "fold": 0, "epochs_done": 3}))
+    board = leaderboard(tmp_path)
+    assert board.run.tolist() == ["b", "sweeps/s/t1", "a"]
+    assert main(["runs", f"run.dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("b ") < out.index("a ")
+
+
+def test_default_run_name_is_readable():
+    from baseline.config import load_config
+    from baseline.train import run_name
+
+    name = run_name(load_config(None, ["model.name=resnet18", "split.fold=3"]))
+    assert name.startswith("resnet18-f3-") and len(name.split("-")[-1]) == 6
