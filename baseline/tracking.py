@@ -4,10 +4,13 @@ Other ranks get `NullTracker`, so callers never branch on the rank."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import netrc
 import os
 from pathlib import Path
+
+import pandas as pd
 
 from .config import WandbCfg
 
@@ -116,10 +119,6 @@ class Tracker(NullTracker):
 
 def leaderboard(runs_dir: Path) -> pd.DataFrame:
     """Every local run with a summary.json (sweep trials included), best macro-F1 first."""
-    import json
-
-    import pandas as pd
-
     rows = []
     for s in sorted(Path(runs_dir).glob("**/summary.json")):
         d = json.loads(s.read_text())
