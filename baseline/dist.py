@@ -71,6 +71,13 @@ def gather_rows(env: Env, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)])
 
 
+def sync_buffers(env: Env, module: torch.nn.Module) -> None:
+    """Rank 0's BatchNorm statistics on every rank, so evaluation matches the saved checkpoint."""
+    if env.distributed:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
 def all_min(env: Env, value: int) -> int:
     if not env.distributed:
         return value

@@ -55,6 +55,8 @@ def _train(cfg: Config, env: dist.Env) -> dict:
 
 
 def _train_in(cfg, env, table, fold, split_file, run_dir, resume_from) -> dict:
+    if env.is_main:
+        write_data_record(run_dir, table)
     data = build_loaders(cfg, env, table, fold)
     parts = build_parts(cfg, env, table, data)
     state = TrainState(split_hash=file_hash(split_file), classes=table.classes)
@@ -128,6 +130,14 @@ def prepare_run_dir(cfg: Config, env: dist.Env) -> tuple[Path, Path | None]:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
     return run_dir, resume_from
+
+
+def write_data_record(run_dir: Path, table: Table) -> None:
+    """The class list (index -> name) and any label corrections applied, next to the run."""
+    (run_dir / "classes.json").write_text(json.dumps(table.classes, indent=1))
+    fixes = table.df.attrs.get("corrections")
+    if fixes:
+        pd.DataFrame(fixes).to_csv(run_dir / "corrections_applied.csv", index=False)
 
 
 @contextlib.contextmanager
@@ -374,7 +384,11 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
                 ckpt.save_atomic(checkpoint_state(cfg, parts, state, saver), run_dir / "checkpoints" / "last.pt")
             raise SystemExit(f"stopped by signal in epoch {epoch + 1} after {state.batches_done} batches; last.pt "
                              f"holds that state: resume with run.resume=auto run.name={run_dir.name}")
-        eval_model = parts.ema.module if parts.ema is not None else parts.model
+        # The bare model: ranks may hold different numbers of validation batches, and a DDP forward
+        # is a collective that every rank must join.
+        eval_model = parts.ema.module if parts.ema is not None else parts.raw
+        dist.sync_buffers(env, parts.raw)
+        dist.sync_buffers(env, eval_model)
         logits = engine.predict_logits(eval_model, data.val, parts.ctx)
         m = engine.metrics(logits, data.val_labels)
         if parts.scheduler is not None:

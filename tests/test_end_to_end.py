@@ -94,3 +94,15 @@ def test_bad_train_csv_columns(tmp_path):
 def test_python_dash_m_and_console_script_agree():
     r = run_cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "submit" in r.stdout and "data" in r.stdout
+
+
+@pytest.mark.slow
+def test_run_folder_lists_classes_and_corrections(synth_root, tmp_path):
+    people = pd.read_csv(synth_root / "train" / "train.csv", dtype=str)
+    fix = tmp_path / "fix.csv"
+    fix.write_text(f"id,field,value\n{people.id[0]},age,61\n")
+    runs = tmp_path / "runs"
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "c", "data.corrections": fix})]) == 0
+    assert json.loads((runs / "c" / "classes.json").read_text())[0] == "wear/male/<30"
+    applied = pd.read_csv(runs / "c" / "corrections_applied.csv", dtype=str)
+    assert applied.id.tolist() == [people.id[0]] and applied.new.tolist() == ["61"]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from baseline import dist, engine, memory, train
+from baseline import dist, engine, memory, models, train
 from baseline.cli import main
 from baseline.config import load_config
 from baseline.data.layouts import read_table
@@ -105,7 +105,8 @@ def test_two_process_metrics_equal_single_process_evaluation(synth_root, tmp_pat
     fold, _ = load_or_write_folds(cfg, table)
     data = train.build_loaders(cfg, env, table, fold)
     model, _, _ = load_model(runs / "ddp" / "checkpoints" / "last.pt", env.device)
-    ctx = engine.StepCtx(env, torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]))
+    mean, std = models.data_stats(model)
+    ctx = engine.StepCtx(env, torch.tensor(mean), torch.tensor(std))
     single = engine.metrics(engine.predict_logits(model, data.val, ctx), data.val_labels)
     assert len(pd.read_csv(runs / "ddp" / "oof.csv")) == (fold == 0).sum() == len(data.val_labels)
     for k in ("val_acc", "val_f1"):

@@ -81,6 +81,7 @@ class ImageDataset(Dataset):
                  cache: np.ndarray | None = None):
         self.paths, self.labels, self.hw = list(paths), labels, hw
         self.transform, self.cache = transform, cache
+        self.epoch_seed: int | None = None  # set per epoch by `set_epoch`
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -88,6 +89,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw)
         if self.transform is not None:
+            if self.epoch_seed is not None:
+                # Augmentation is a function of (seed, epoch, item) alone: the same whatever the worker
+                # count, and a run resumed mid-epoch sees what the uninterrupted run saw.
+                self.transform.set_random_seed((self.epoch_seed * 1_000_003 + i) % 2**32)
             img = self.transform(image=np.ascontiguousarray(img))["image"]
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # a copy: cache rows may be read-only memmaps
         return x, (self.labels[i] if self.labels is not None else -1)
@@ -118,20 +123,14 @@ class ShardSampler(Sampler):
         return len(self.idx)
 
 
-def _seed_worker(_worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    if info.dataset.transform is not None:
-        info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
-
-
 def train_loader(ds: ImageDataset, batch_size: int, workers: int, seed: int, rank: int, world: int,
                  sampler: Sampler | None = None) -> DataLoader:
     # DistributedSampler even for one process: its shuffle depends only on (seed, epoch), which
     # is what makes a resumed run see the same batches as an uninterrupted one.
     sampler = sampler or EpochSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    # Its own generator, so starting workers does not draw from the global torch RNG.
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                      worker_init_fn=_seed_worker, generator=torch.Generator(), persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+                      generator=torch.Generator(), persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
@@ -139,8 +138,7 @@ def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     loader.generator.manual_seed(seed * 1000 + epoch)
-    if loader.num_workers == 0 and loader.dataset.transform is not None:
-        loader.dataset.transform.set_random_seed(seed * 1000 + epoch)
+    loader.dataset.epoch_seed = seed * 1000 + epoch
 
 
 def eval_loader(ds: ImageDataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
