@@ -28,7 +28,9 @@ COMMANDS = {
 
 def _setup_logging() -> None:
     main = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s", stream=sys.stdout)
+    level = logging.INFO if main else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("baseline").setLevel(level)  # also when something else configured the root logger
     for noisy in ("timm", "PIL", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

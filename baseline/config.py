@@ -167,8 +167,30 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+class _Text(str):
+    """A command-line value: its text, plus what YAML reads in it (`3` -> 3, `[a,b]` -> list).
+    A str-typed key takes the text as written, so `run.name=off` stays "off", not False."""
+
+    parsed: Any
+
+
+def _text(raw: str) -> _Text:
+    t = _Text(raw)
+    try:
+        t.parsed = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"value '{raw}' is not valid YAML ({e.problem})") from None
+    if t.parsed is None:
+        t.parsed = ""
+    return t
+
+
 def _check(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+    if isinstance(value, _Text):
+        if tp is str:
+            return str(value)
+        value = _fix_yaml_floats(value.parsed)
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -222,12 +244,7 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({e.problem})") from None
-    if value is None:
-        value = ""
+    value = _text(raw)
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -267,7 +284,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
         _merge(cfg, _fix_yaml_floats(data))
     for o in overrides:
-        _merge(cfg, _fix_yaml_floats(parse_override(o)))
+        _merge(cfg, parse_override(o))
     validate(cfg)
     return cfg
 
@@ -283,6 +300,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'split.folds': expected at least 2, got {cfg.split.folds}")
     if not 0 <= cfg.split.fold < cfg.split.folds:
         raise ConfigError(f"config key 'split.fold': expected 0..{cfg.split.folds - 1}, got {cfg.split.fold}")
+    if cfg.optim.layer_decay > 0 and cfg.sched.name == "none":
+        raise ConfigError("config key 'optim.layer_decay' needs a scheduler (timm's schedulers apply the "
+                          "per-layer scales); set sched.name=cosine|step|plateau")
     for key in ("train.epochs", "train.accum_steps", "train.keep_top_k", "train.log_interval"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:

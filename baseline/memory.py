@@ -104,7 +104,7 @@ def find_batch_size(cfg, env, model, ctx, n_cls: int, data) -> int:
 
 
 def _search(model, ctx, n_cls: int, hw: tuple[int, int], cap: int) -> int:
-    lo, hi = 0, 1
+    lo, hi = 0, 2  # BatchNorm cannot train on a batch of 1
     while hi <= cap and _fits(model, ctx, n_cls, hi, hw):
         lo, hi = hi, hi * 2
     hi = min(hi, cap + 1)

@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from . import dist, engine, models
 from .config import Config, ConfigError, from_dict, img_hw
 from .data import dataset as ds
-from .data.layouts import DataError, TestTable, read_test_table
+from .data.layouts import DataError, TestTable, check_test_labels, read_test_table
 
 log = logging.getLogger("baseline")
 
@@ -103,6 +103,8 @@ def submit(cfg: Config) -> Path:
     try:
         paths = resolve_checkpoints(cfg)
         test = read_test_table(cfg)
+        classes = load_model(paths[0], torch.device("cpu"))[2]
+        check_test_labels(test, classes, cfg.data.test_csv or "test set")
         probs, classes = predict_probs(cfg, test, paths, env)
         sub = submission_frame(test, probs.argmax(1), classes, cfg.data.format)
         validate(sub, test, len(classes), cfg.data.format)

@@ -75,13 +75,24 @@ class Tracker(NullTracker):
             self.run.log(row, step=step)
 
     def log_epoch(self, row: dict) -> None:
-        """One row of metrics.csv (header from the first row; resumed runs append)."""
-        new = not self.metrics_path.exists()
-        with open(self.metrics_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+        """One row of metrics.csv; resumed runs append. A column that appears later (e.g. the
+        backbone's LR once it unfreezes) rewrites the file with the wider header."""
+        rows = []
+        if self.metrics_path.exists():
+            with open(self.metrics_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        fields = list(rows[0]) if rows else []
+        fields += [k for k in row if k not in fields]
+        if rows and fields == list(rows[0]):
+            with open(self.metrics_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields).writerow(row)
+        else:
+            tmp = self.metrics_path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
                 w.writeheader()
-            w.writerow(row)
+                w.writerows(rows + [row])
+            tmp.replace(self.metrics_path)
         self.log(row, step=row.get("step"))
 
     def summary(self, values: dict) -> None:

@@ -57,3 +57,11 @@ def test_roundtrip_through_dict():
     again = from_dict(to_dict(cfg))
     assert again == cfg
     assert again.model.pretrained == "weights.pth" and again.train.batch_size == "auto"
+
+
+def test_string_keys_keep_the_text_as_written():
+    cfg = load_config(None, ["run.name=off", "model.name=yes", "log.wandb.group=1e3", "model.pretrained=false",
+                             "train.batch_size=auto", "optim.lr=3e-4"])
+    assert cfg.run.name == "off" and cfg.model.name == "yes" and cfg.log.wandb.group == "1e3"
+    assert cfg.model.pretrained is False and cfg.train.batch_size == "auto"
+    assert cfg.optim.lr == pytest.approx(3e-4)

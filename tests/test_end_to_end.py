@@ -106,3 +106,31 @@ def test_run_folder_lists_classes_and_corrections(synth_root, tmp_path):
     assert json.loads((runs / "c" / "classes.json").read_text())[0] == "wear/male/<30"
     applied = pd.read_csv(runs / "c" / "corrections_applied.csv", dtype=str)
     assert applied.id.tolist() == [people.id[0]] and applied.new.tolist() == ["61"]
+
+
+@pytest.mark.slow
+def test_csv_layout_train_submit_and_unknown_test_label(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "csvdata"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(48):
+        colour = ["red", "green", "blue"][i % 3]
+        Image.new("RGB", (20, 20), {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}[colour]).save(
+            root / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{colour}")
+    (root / "train.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    (root / "test.csv").write_text("image\nimg/0.png\nimg/1.png\nimg/2.png\n")
+    runs = tmp_path / "runs"
+    over = tiny_overrides(root, runs, **{"data.format": "csv", "data.train_csv": "train.csv", "data.test_csv": "test.csv",
+                                         "run.name": "csv", "train.batch_size": 8})
+    assert main(["train", *over, "train.epochs=3"]) == 0
+    out = tmp_path / "csv_sub.csv"
+    assert main(["submit", *over, f"submit.out={out}"]) == 0
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["image", "label"] and sub.label.isin(["red", "green", "blue"]).all()
+    (root / "test.csv").write_text("image,label\nimg/0.png,red\nimg/1.png,purple\n")
+    r = run_cli("submit", *over, f"submit.out={tmp_path / 'x.csv'}")
+    assert r.returncode == 2 and "row 3: label 'purple'" in r.stderr
+    assert not (tmp_path / "x.csv").exists()

@@ -22,22 +22,38 @@ def test_mode_auto_is_offline_without_a_key(monkeypatch, tmp_path):
     assert resolve_mode(WandbCfg(mode="disabled")) == "disabled"
 
 
+def wandb_records(path: Path) -> list[bytes]:
+    """The records of a .wandb file: W&B's LevelDB-style log (7-byte header, 32 KiB blocks,
+    records of checksum(4) length(2) type(1) with FULL=1 FIRST=2 MIDDLE=3 LAST=4)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    out, pos, part = [], 7, b""
+    while pos + 7 <= len(data):
+        room = 32768 - pos % 32768
+        if room < 7:
+            pos += room
+            continue
+        length, kind = int.from_bytes(data[pos + 4: pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7: pos + 7 + length]
+        pos += 7 + length
+        if kind == 0:
+            continue
+        part = chunk if kind in (1, 2) else part + chunk
+        if kind in (1, 4):
+            out.append(part)
+    return out
+
+
 def read_wandb_history(run_dir: Path) -> list[dict]:
-    """Read the offline run's .wandb file with wandb's own reader."""
+    """History rows of the offline run, decoded with wandb's own protobuf schema."""
     from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
 
     files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
-    ds = datastore.DataStore()
-    ds.open_for_scan(str(files[0]))
     rows = []
-    while True:
-        data = ds.scan_data()
-        if data is None:
-            break
+    for raw in wandb_records(files[0]):
         rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
+        rec.ParseFromString(raw)
         if rec.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): item.value_json for item in rec.history.item})
     return rows

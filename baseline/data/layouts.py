@@ -159,6 +159,17 @@ def read_mask_test(cfg: Config) -> TestTable:
     return TestTable(df, template, "ImageID", "ans")
 
 
+def check_test_labels(test: TestTable, classes: list[str], listed_in: str) -> None:
+    if "given_label" not in test.df.columns:
+        return
+    given = test.df["given_label"]
+    given = given.where(~given.str.lstrip("-").str.isdigit(), given.str.lstrip("0").replace("", "0"))
+    unknown = given[(given != "") & ~given.isin(classes)]
+    if len(unknown):
+        raise DataError(f"{listed_in} row {unknown.index[0] + 2}: label '{unknown.iloc[0]}' is not one of the "
+                        f"model's {len(classes)} classes {classes[:10]}")
+
+
 def _require_files(paths: list[Path], listed_in: Path) -> None:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -208,6 +219,8 @@ def read_csv_test(cfg: Config) -> TestTable:
     paths = [root / p for p in df[d.image_col]]
     _require_files(paths, csv_path)
     out = pd.DataFrame({"path": [str(p) for p in paths], "id": df[d.image_col]})
+    if d.label_col in df.columns:  # a labelled test set: its labels must be classes the model knows
+        out["given_label"] = df[d.label_col].str.strip()
     template = pd.DataFrame({d.image_col: df[d.image_col], d.label_col: ""})
     return TestTable(out, template, d.image_col, d.label_col)
 
