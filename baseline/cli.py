@@ -55,7 +55,7 @@ def data_command(action: str, cfg: Config) -> int:
     from .data import check, layouts, split, synth
 
     if action == "synth":
-        root = synth.write_synth(cfg.data.root, people=cfg.data.synth_people, seed=cfg.seed)
+        root = synth.write_synth(cfg.data.root, people=cfg.data.synth_people, seed=cfg.seed, scale=cfg.data.synth_scale)
         print(f"wrote the built-in dataset to {root}")
         return 0
     if action == "split":

@@ -41,7 +41,8 @@ class DataCfg:
     num_workers: int = 2
     cache: Literal["auto", "ram", "disk", "off"] = "auto"  # decode each image once, at img_size
     cache_ram_gb: float = 4.0  # `auto` uses RAM below this size, a memory-mapped disk file above it
-    synth_people: int = 240  # built-in dataset: people in train (eval gets a quarter more)
+    synth_people: int = 240  # built-in dataset: people in train (eval gets a quarter as many)
+    synth_scale: int = 1  # built-in dataset: 1 -> 96x128 pictures, 4 -> the competition's 384x512
 
 
 @dataclass

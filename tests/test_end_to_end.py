@@ -117,8 +117,9 @@ def test_csv_layout_train_submit_and_unknown_test_label(tmp_path):
     rows = []
     for i in range(48):
         colour = ["red", "green", "blue"][i % 3]
-        Image.new("RGB", (20, 20), {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}[colour]).save(
-            root / "img" / f"{i}.png")
+        img = Image.new("RGB", (20, 20), {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}[colour])
+        img.putpixel((i % 20, i // 20), (i, i, i))  # no two files identical: that would be leakage
+        img.save(root / "img" / f"{i}.png")
         rows.append(f"img/{i}.png,{colour}")
     (root / "train.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
     (root / "test.csv").write_text("image\nimg/0.png\nimg/1.png\nimg/2.png\n")

@@ -110,7 +110,7 @@ def check_frozen_then_unfrozen(run_dir, pretrained_file):
 @pytest.mark.slow
 def test_head_only_epoch_keeps_backbone_bit_identical(synth_root, tmp_path, pretrained_file):
     over = tiny_overrides(synth_root, tmp_path / "runs", **{
-        "run.name": "ft", "train.epochs": 2, "train.keep_top_k": 2, "model.pretrained": pretrained_file,
+        "run.name": "ft", "train.epochs": 2, "sched.name": "none", "train.keep_top_k": 2, "model.pretrained": pretrained_file,
         "data.synth_people": 30})
     assert main(["train", *over, SCHEDULE]) == 0
     check_frozen_then_unfrozen(tmp_path / "runs" / "ft", pretrained_file)
@@ -119,7 +119,7 @@ def test_head_only_epoch_keeps_backbone_bit_identical(synth_root, tmp_path, pret
 @pytest.mark.slow
 def test_head_only_epoch_under_two_process_ddp(synth_root, tmp_path, pretrained_file):
     over = tiny_overrides(synth_root, tmp_path / "runs", **{
-        "run.name": "ddp", "train.epochs": 2, "train.keep_top_k": 2, "model.pretrained": pretrained_file,
+        "run.name": "ddp", "train.epochs": 2, "sched.name": "none", "train.keep_top_k": 2, "model.pretrained": pretrained_file,
         "train.batch_size": 8})
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

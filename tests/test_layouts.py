@@ -185,3 +185,13 @@ def test_folder_layout(tmp_path):
     t = read_table(cfg)
     assert t.classes == ["cat", "dog"] and t.df.label.tolist() == [0, 0, 1]
     assert read_test_table(cfg).df.id.tolist() == ["q.jpg", "r.jpg"]
+
+
+def test_synth_is_deterministic_and_scales(tmp_path):
+    a = write_synth(tmp_path / "a", people=2, seed=5)
+    b = write_synth(tmp_path / "b", people=2, seed=5)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    big = write_synth(tmp_path / "c", people=1, seed=5, scale=4)
+    assert Image.open(next((big / "eval" / "images").iterdir())).size == (384, 512)

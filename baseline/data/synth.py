@@ -70,8 +70,13 @@ def age_bucket(age: int) -> int:
     return 0 if age < 30 else (1 if age < 60 else 2)
 
 
-def write_synth(root: str | Path, people: int = 240, seed: int = 0) -> Path:
-    """Write the dataset under `root` (train/ and eval/); returns root. Existing files are replaced."""
+def _sized(img: Image.Image, scale: int) -> Image.Image:
+    return img if scale == 1 else img.resize((W * scale, H * scale), Image.BICUBIC)
+
+
+def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int = 1) -> Path:
+    """Write the dataset under `root` (train/ and eval/); returns root. Existing files are replaced.
+    `scale` 4 gives the competition's 384x512 pictures (for benchmarks of decoding)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     img_dir = root / "train" / "images"
@@ -89,7 +94,7 @@ def write_synth(root: str | Path, people: int = 240, seed: int = 0) -> Path:
         ext = ".png" if i % 5 == 4 else (".jpeg" if i % 7 == 3 else ".jpg")
         for stem in STEMS:
             mask = 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
-            draw_face(rng, female, bucket, mask, skin).save(img_dir / folder / f"{stem}{ext}", quality=92)
+            _sized(draw_face(rng, female, bucket, mask, skin), scale).save(img_dir / folder / f"{stem}{ext}", quality=92)
     with open(root / "train" / "train.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "gender", "race", "age", "path"])
@@ -103,7 +108,7 @@ def write_synth(root: str | Path, people: int = 240, seed: int = 0) -> Path:
         for stem in STEMS:
             mask = 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
             image_id = hashlib.sha1(f"{seed}-{i}-{stem}".encode()).hexdigest()[:16] + ".jpg"
-            draw_face(rng, female, bucket, mask, skin).save(eval_dir / image_id, quality=92)
+            _sized(draw_face(rng, female, bucket, mask, skin), scale).save(eval_dir / image_id, quality=92)
             truth.append((image_id, mask * 6 + int(female) * 3 + bucket))
     order = rng.permutation(len(truth))
     truth = [truth[j] for j in order]
