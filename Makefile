@@ -68,7 +68,7 @@ docker-build: ## build the CUDA image
 
 docker-train: ## train inside the image on all GPUs (data/, runs/ mounted)
 	docker run --rm --gpus all --ipc=host -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
-		-e WANDB_API_KEY $(IMAGE) baseline train $(ARGS)
+		-e WANDB_API_KEY $(IMAGE) baseline train --nproc $(NPROC) $(ARGS)
 
 docker-submit: ## write a submission inside the image (data/, runs/, submissions/ mounted)
 	docker run --rm --gpus all --ipc=host -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \

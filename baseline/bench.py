@@ -57,7 +57,7 @@ def _time_steps(step, batches, max_batches: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run(cfg: Config, batches: int = 10) -> dict:
+def run(cfg: Config, batches: int = 10, rounds: int = 2) -> dict:
     env = dist.Env(device=dist.pick_device(cfg.train.device, 0))
     table = read_table(cfg)
     fold = np.full(len(table.df), 1)
@@ -87,13 +87,18 @@ def run(cfg: Config, batches: int = 10) -> dict:
     model.train()
     mem_x = torch.randint(0, 255, (bs, 3, *hw), dtype=torch.uint8)
     mem_y = torch.randint(0, len(table.classes), (bs,))
-    out = {
-        "data_kit": _time_loader(data.train, batches * 3),
-        "data_naive": _time_loader(naive, batches * 3),
-        "train_limit": _time_steps(step, ((mem_x, mem_y) for _ in range(batches)), batches),
-        "train_kit": _time_steps(step, data.train, batches),
-        "train_naive": _time_steps(lambda x, y: step(x, y, True), naive, batches),
+    ways = {
+        "data_kit": lambda: _time_loader(data.train, batches * 3),
+        "data_naive": lambda: _time_loader(naive, batches * 3),
+        "train_limit": lambda: _time_steps(step, ((mem_x, mem_y) for _ in range(batches)), batches),
+        "train_kit": lambda: _time_steps(step, data.train, batches),
+        "train_naive": lambda: _time_steps(lambda x, y: step(x, y, True), naive, batches),
     }
+    # Interleaved rounds, best of each: a shared, noisy machine slows some rounds, never speeds one up.
+    out: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            out[name] = max(out.get(name, 0.0), fn())
     val = data.val.dataset
     naive_val = DataLoader(NaiveDataset(list(val.paths), val.labels, hw, mean, std, False), batch_size=bs * 2,
                            num_workers=cfg.data.num_workers)

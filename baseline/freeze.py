@@ -62,7 +62,6 @@ class Freezer:
         self.head_modules = ordered[-1] if any(h in ordered[-1] for h in head) else sorted(head)
         self.stages = [g for g in ordered if g is not self.head_modules]
         self.phase: dict | None = None
-        self._grad_changed = False
 
     def phase_at(self, epoch: int) -> dict:
         return [p for p in self.schedule if p["epoch"] <= epoch][-1]
@@ -75,22 +74,16 @@ class Freezer:
         return []
 
     def apply(self, epoch: int) -> bool:
-        """Set requires_grad for `epoch`'s phase; True when that changed the trainable set."""
+        """Set requires_grad for `epoch`'s phase; True when a new phase began."""
         phase = self.phase_at(epoch)
         if phase == self.phase:
             return False
-        old = {n for n, p in self.model.named_parameters() if p.requires_grad}
         backbone = [m for g in self.stages for m in g]
         if backbone:
             timm_freeze(self.model, backbone, include_bn_running_stats=False)
         timm_unfreeze(self.model, self.head_modules + self.backbone_trainable(phase), include_bn_running_stats=False)
         self.phase = phase
-        new = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        self._grad_changed = new != old
         return True
-
-    def changed_grad(self) -> bool:
-        return self._grad_changed
 
     def frozen_bn_eval(self) -> None:
         """Called after model.train(): BN layers of frozen parts keep their running statistics."""

@@ -103,8 +103,7 @@ def submit(cfg: Config) -> Path:
     try:
         paths = resolve_checkpoints(cfg)
         test = read_test_table(cfg)
-        classes = load_model(paths[0], torch.device("cpu"))[2]
-        check_test_labels(test, classes, cfg.data.test_csv or "test set")
+        check_test_labels(test, ckpt.load(paths[0]).get("classes", []), cfg.data.test_csv or "test set")
         probs, classes = predict_probs(cfg, test, paths, env)
         sub = submission_frame(test, probs.argmax(1), classes, cfg.data.format)
         validate(sub, test, len(classes), cfg.data.format)

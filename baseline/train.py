@@ -7,6 +7,7 @@ import getpass
 import hashlib
 import json
 import logging
+import math
 import random
 import signal
 import time
@@ -233,27 +234,28 @@ def build_parts(cfg: Config, env: dist.Env, table: Table, data: Data) -> Parts:
         loss_fn = timm.loss.SoftTargetCrossEntropy() if cfg.train.loss != "f1" else losses.create("f1", n_cls)
     else:
         loss_fn = losses.create(cfg.train.loss, n_cls, cfg.train.label_smoothing, weight)
-    model = wrap_ddp(raw, env)
+    model = wrap(raw, cfg, env)
     optimizer = freezer.optimizer()
     scheduler = make_scheduler(cfg, optimizer, len(data.train))
     scaler = torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None
     ema = timm.utils.ModelEmaV3(raw, decay=cfg.train.ema) if cfg.train.ema > 0 else None
-    if cfg.train.compile:
-        model = torch.compile(model)
     return Parts(model, raw, optimizer, scheduler, scaler, ema, loss_fn.to(env.device), mixup, ctx, freezer)
 
 
-def wrap_ddp(raw: torch.nn.Module, env: dist.Env) -> torch.nn.Module:
-    if not env.distributed:
-        return raw
-    ids = [env.device.index] if env.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(raw, device_ids=ids)
+def wrap(raw: torch.nn.Module, cfg: Config, env: dist.Env) -> torch.nn.Module:
+    """The training view of the bare model: DDP under torchrun, then torch.compile if asked. Made anew
+    when the trainable set changes, since DDP registers its gradient hooks on the trainable parameters."""
+    model = raw
+    if env.distributed:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=ids)
+    return torch.compile(model) if cfg.train.compile else model
 
 
 def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     if cfg.sched.name == "none":
         return None
-    updates = max(1, steps_per_epoch // cfg.train.accum_steps)
+    updates = max(1, math.ceil(steps_per_epoch / cfg.train.accum_steps))  # the last micro-batch steps too
     sched, _ = timm.scheduler.create_scheduler_v2(
         optimizer, sched=cfg.sched.name, num_epochs=cfg.train.epochs, warmup_epochs=cfg.sched.warmup_epochs,
         min_lr=cfg.sched.min_lr, warmup_lr=cfg.sched.min_lr, decay_epochs=cfg.sched.step_epochs,
@@ -309,7 +311,7 @@ def restore(cfg: Config, parts: Parts, state: TrainState, saved: dict, steps_per
     if parts.freezer.apply(saved["epoch"]):  # resuming in a later freeze phase: its optimizer groups
         parts.optimizer = parts.freezer.optimizer()
         parts.scheduler = make_scheduler(cfg, parts.optimizer, steps_per_epoch)
-        parts.model = wrap_ddp(parts.raw, parts.ctx.env)
+        parts.model = wrap(parts.raw, cfg, parts.ctx.env)
     parts.raw.load_state_dict(saved["model"])
     if parts.ema is not None and saved.get("model_ema") is not None:
         parts.ema.module.load_state_dict(saved["model_ema"])
@@ -361,7 +363,7 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
             parts.scheduler = make_scheduler(cfg, parts.optimizer, len(data.train))
             if parts.scheduler is not None:
                 parts.scheduler.step_update(num_updates=state.step)
-            parts.model = wrap_ddp(parts.raw, env)
+            parts.model = wrap(parts.raw, cfg, env)
         ds.set_epoch(data.train, cfg.seed, epoch)
         data.train.sampler.skip = state.batches_done * data.batch_size  # > 0 only when resuming a preempted epoch
         bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not env.is_main, leave=False)

@@ -95,7 +95,7 @@ def test_data_split_then_check_reports_folds(small, capsys):
 def test_bench_reports_three_ways(tmp_path):
     root = write_synth(tmp_path / "b", people=20, seed=0)
     cfg = load_config(None, tiny_overrides(root, tmp_path / "runs", **{"data.cache": "ram"}))
-    r = bench.run(cfg, batches=3)
+    r = bench.run(cfg, batches=3, rounds=1)
     for k in ("data_kit", "data_naive", "train_limit", "train_kit", "train_naive", "infer_kit", "infer_naive"):
         assert r[k] > 0
     assert r["data_kit"] > r["data_naive"]  # the cache skips decoding
