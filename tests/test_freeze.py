@@ -127,3 +127,14 @@ def test_head_only_epoch_under_two_process_ddp(synth_root, tmp_path, pretrained_
                        timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     check_frozen_then_unfrozen(tmp_path / "runs" / "ddp", pretrained_file)
+
+
+def test_layer_decay_gives_earlier_layers_smaller_lr_scales():
+    model = timm.create_model("test_resnet", num_classes=4)
+    cfg = load_config(None, ["optim.layer_decay=0.5"])
+    f = freeze.Freezer(cfg, model)
+    f.apply(0)
+    scales = sorted({g["lr_scale"] for g in f.optimizer().param_groups})
+    assert len(scales) >= 3 and scales[-1] == pytest.approx(1.0) and scales[0] < 0.2
+    with pytest.raises(ConfigError, match="optim.layer_decay"):
+        load_config(None, ["optim.layer_decay=0.5", "sched.name=none"])
