@@ -14,6 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from . import dist
 from .data.dataset import normalize
+from .models import unwrap
 
 
 @dataclass
@@ -122,8 +123,6 @@ def predict_logits(model, loader, ctx: StepCtx, tta: bool = False) -> torch.Tens
 
 
 def _num_classes(model) -> int:
-    from .models import unwrap
-
     return unwrap(model).num_classes
 
 
