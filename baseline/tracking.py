@@ -128,6 +128,23 @@ class Tracker(NullTracker):
             self.run = None
 
 
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop rows of epochs after the checkpoint being resumed: a kill between writing an epoch's row
+    and its checkpoint would otherwise leave that epoch twice in metrics.csv."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if int(r["epoch"]) <= epochs_done]
+    if len(keep) < len(rows):
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(keep)
+        tmp.replace(path)
+
+
 def leaderboard(runs_dir: Path) -> pd.DataFrame:
     """Every local run with a summary.json (sweep trials included), best macro-F1 first."""
     rows = []

@@ -33,7 +33,7 @@ from .data import dataset as ds
 from .data.layouts import Table, read_table
 from .data.split import file_hash, load_or_write_folds
 from .data.transforms import train_transform
-from .tracking import NullTracker, Tracker
+from .tracking import NullTracker, Tracker, truncate_metrics
 
 log = logging.getLogger("baseline")
 
@@ -63,6 +63,8 @@ def _train_in(cfg, env, table, fold, split_file, run_dir, resume_from) -> dict:
     state = TrainState(split_hash=file_hash(split_file), classes=table.classes)
     if resume_from:
         restore(cfg, parts, state, ckpt.load(resume_from), len(data.train))
+        if env.is_main:
+            truncate_metrics(run_dir / "metrics.csv", state.epoch)
     tracker = Tracker(run_dir, cfg.log.wandb, to_dict(cfg), run_dir.name, state.wandb_id) if env.is_main else NullTracker()
     state.wandb_id = tracker.wandb_id
     saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",

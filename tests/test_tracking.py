@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from baseline.cli import main
@@ -119,3 +120,12 @@ def test_default_run_name_is_readable():
 
     name = run_name(load_config(None, ["model.name=resnet18", "split.fold=3"]))
     assert name.startswith("resnet18-f3-") and len(name.split("-")[-1]) == 6
+
+
+def test_truncate_metrics_drops_epochs_after_the_checkpoint(tmp_path):
+    from baseline.tracking import truncate_metrics
+
+    p = tmp_path / "metrics.csv"
+    p.write_text("epoch,val_f1\n1,0.1\n2,0.2\n3,0.3\n")
+    truncate_metrics(p, 2)
+    assert pd.read_csv(p).epoch.tolist() == [1, 2]
