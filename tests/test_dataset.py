@@ -1,6 +1,10 @@
 """Decode-once loading, cache modes, data check, and the benchmark's three ways."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -100,3 +104,19 @@ def test_bench_reports_three_ways(tmp_path):
         assert r[k] > 0
     assert r["data_kit"] > r["data_naive"]  # the cache skips decoding
     assert "kit/limit" in bench.report(r)
+
+
+def test_data_check_reports_duplicates_across_folds(small, capsys):
+    assert main(["data", "split", f"data.root={small}", "split.folds=3"]) == 0
+    t = read_table(load_config(None, [f"data.root={small}"]))
+    people = t.df.group.unique()
+    a = t.df[t.df.group == people[0]].path.iloc[0]
+    b = t.df[t.df.group == people[-1]].path.iloc[0]
+    shutil.copy(a, b)
+    rc = main(["data", "check", f"data.root={small}", "split.folds=3"])
+    out = capsys.readouterr().out
+    assert "identical content" in out and a in out and b in out
+    split = pd.read_csv(next((small / "splits").glob("*.csv")))
+    fold_of = dict(zip(split.path, split.fold))
+    same_fold = len({fold_of[str(Path(p).relative_to(small))] for p in (a, b)}) == 1
+    assert rc == (0 if same_fold else 1)  # identical images in two folds is leakage: an error
