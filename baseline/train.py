@@ -31,7 +31,7 @@ from . import dist, engine, freeze, losses, memory, models, plots
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data.layouts import Table, read_table
-from .data.split import file_hash, load_or_write_folds
+from .data.split import file_hash, load_or_write_folds, read_folds, split_path
 from .data.transforms import train_transform
 from .tracking import NullTracker, Tracker, truncate_metrics
 
@@ -94,13 +94,15 @@ def preflight(cfg: Config) -> None:
 
 
 def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, Path]:
-    """Read the table; rank 0 writes the split file if there is none, the others wait for it."""
+    """Read the table; rank 0 writes the split file if there is none and runs the leakage checks
+    (reading every image once), the others wait and read the folds."""
     table = read_table(cfg)
     if env.is_main:
         fold, path = load_or_write_folds(cfg, table)
     dist.barrier(env)
     if not env.is_main:
-        fold, path = load_or_write_folds(cfg, table)
+        path = split_path(cfg)
+        fold = read_folds(cfg, table, path)
     return table, fold, path
 
 

@@ -160,11 +160,12 @@ def read_mask_test(cfg: Config) -> TestTable:
 
 
 def check_test_labels(test: TestTable, classes: list[str], listed_in: str) -> None:
+    """A labelled test set may only name classes the model knows ("02" and "2" are one class)."""
     if "given_label" not in test.df.columns:
         return
     given = test.df["given_label"]
-    given = given.where(~given.str.lstrip("-").str.isdigit(), given.str.lstrip("0").replace("", "0"))
-    unknown = given[(given != "") & ~given.isin(classes)]
+    given = given[given != ""].map(lambda v: str(int(v)) if v.lstrip("-").isdigit() else v)
+    unknown = given[~given.isin(classes)]
     if len(unknown):
         raise DataError(f"{listed_in} row {unknown.index[0] + 2}: label '{unknown.iloc[0]}' is not one of the "
                         f"model's {len(classes)} classes {classes[:10]}")
