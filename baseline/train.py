@@ -63,8 +63,8 @@ def _train_in(cfg, env, table, fold, split_file, run_dir, resume_from) -> dict:
     state = TrainState(split_hash=file_hash(split_file), classes=table.classes)
     if resume_from:
         restore(cfg, parts, state, ckpt.load(resume_from), len(data.train))
-        if env.is_main:
-            truncate_metrics(run_dir / "metrics.csv", state.epoch)
+    if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale
+        truncate_metrics(run_dir / "metrics.csv", state.epoch)
     tracker = Tracker(run_dir, cfg.log.wandb, to_dict(cfg), run_dir.name, state.wandb_id) if env.is_main else NullTracker()
     state.wandb_id = tracker.wandb_id
     saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
