@@ -135,3 +135,12 @@ def test_csv_layout_train_submit_and_unknown_test_label(tmp_path):
     r = run_cli("submit", *over, f"submit.out={tmp_path / 'x.csv'}")
     assert r.returncode == 2 and "row 3: label 'purple'" in r.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.slow
+def test_nproc_flag_relaunches_under_torchrun(synth_root, tmp_path):
+    runs = tmp_path / "runs"
+    r = run_cli("train", "--nproc", "2", *tiny_overrides(synth_root, runs, **{"run.name": "np", "train.batch_size": 8}))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "8 per process x 2 = 16 global" in r.stdout
+    assert json.loads((runs / "np" / "summary.json").read_text())["world_size"] == 2
