@@ -41,7 +41,8 @@ class SoftF1Loss(nn.Module):
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse frequency, normalised to mean 1; absent classes get weight 0."""
+    """Inverse frequency, normalised to mean 1; absent classes get weight 0 (scikit-learn's
+    compute_class_weight refuses a class with no examples, which a small fold can have)."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
     return torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
