@@ -65,7 +65,11 @@ def _train_in(cfg, env, table, fold, split_file, run_dir, resume_from) -> dict:
         restore(cfg, parts, state, ckpt.load(resume_from), len(data.train))
     if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale
         truncate_metrics(run_dir / "metrics.csv", state.epoch)
-    tracker = Tracker(run_dir, cfg.log.wandb, to_dict(cfg), run_dir.name, state.wandb_id) if env.is_main else NullTracker()
+    batches = {"world_size": env.world, "batch_size_per_process": data.batch_size,
+               "global_batch_size": data.batch_size * env.world * cfg.train.accum_steps}
+    state.batches = batches
+    tracked = {**to_dict(cfg), **batches}
+    tracker = Tracker(run_dir, cfg.log.wandb, tracked, run_dir.name, state.wandb_id) if env.is_main else NullTracker()
     state.wandb_id = tracker.wandb_id
     saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
                        cfg.train.keep_top_k, state.top)
@@ -283,6 +287,7 @@ class TrainState:
     bad_epochs: int = 0
     seconds: float = 0.0
     batches_done: int = 0  # of the current epoch; > 0 only in a checkpoint written on preemption
+    batches: dict | None = None  # world size, per-process and global batch (auto may pick the batch)
 
 
 def checkpoint_state(cfg: Config, parts: Parts, state: TrainState, saver: ckpt.Saver) -> dict:
@@ -451,7 +456,7 @@ def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker
         "best_epoch": state.best_epoch, "val_f1": best.get("val_f1"), "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"), "epochs_done": state.epoch, "train_seconds": round(state.seconds, 1),
         "model": cfg.model.name, "fold": cfg.split.fold, "split_hash": state.split_hash,
-        "world_size": env.world, "wandb_id": state.wandb_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **(state.batches or {}), "wandb_id": state.wandb_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
