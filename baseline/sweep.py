@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import Config, ConfigError, load_config, to_dict
+from .config import ConfigError, load_config, to_dict
 
 log = logging.getLogger("baseline")
 
@@ -59,7 +59,7 @@ def read_sweep(path: Path) -> dict:
     return spec
 
 
-def validate_sweep(spec: dict, path: Path, base: Config, local: bool = True) -> None:
+def validate_sweep(spec: dict, path: Path) -> None:
     """The sweep's keys, method and distributions, and every parameter against our config."""
     where = f"sweep file '{path}'"
     unknown = set(spec) - TOP_KEYS
@@ -67,7 +67,7 @@ def validate_sweep(spec: dict, path: Path, base: Config, local: bool = True) -> 
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
     if spec.get("method") not in METHODS:
         raise ConfigError(f"{where}: method must be one of {sorted(METHODS)}, got {spec.get('method')!r}")
-    if local and spec["method"] == "bayes":
+    if spec["method"] == "bayes":
         raise ConfigError(f"{where}: bayes needs the W&B server; run it with `make sweep-agent` (or use grid/random)")
     metric = spec.get("metric") or {}
     if metric.get("goal") not in ("maximize", "minimize") or not metric.get("name"):
@@ -168,7 +168,7 @@ def run_local(name_or_path: str, config_file: str | None, base_overrides: list[s
     path = sweep_file(name_or_path)
     base = load_config(config_file, base_overrides)
     spec = read_sweep(path)
-    validate_sweep(spec, path, base)
+    validate_sweep(spec, path)
     sweep_dir = Path(base.run.dir) / "sweeps" / (spec.get("name") or path.stem)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     metric, goal = spec["metric"]["name"], spec["metric"]["goal"]

@@ -38,6 +38,13 @@ def wait_for_rows(path, n, proc, timeout=300):
     raise TimeoutError(path)
 
 
+def train_until_first_epoch(over, metrics_csv, **popen):
+    """Start `baseline train` in a child process; return it once its first epoch is logged."""
+    proc = subprocess.Popen([sys.executable, "-m", "baseline", "train", *over], env=clean_env(), **popen)
+    wait_for_rows(metrics_csv, 1, proc)
+    return proc
+
+
 @pytest.mark.slow
 def test_kill9_then_resume_matches_uninterrupted_run(synth_root, tmp_path):
     runs = tmp_path / "runs"
@@ -45,9 +52,8 @@ def test_kill9_then_resume_matches_uninterrupted_run(synth_root, tmp_path):
     assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "full"}, **common)]) == 0
 
     over = tiny_overrides(synth_root, runs, **{"run.name": "cut"}, **common)
-    proc = subprocess.Popen([sys.executable, "-m", "baseline", "train", *over], env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_rows(runs / "cut" / "metrics.csv", 1, proc)
+    proc = train_until_first_epoch(over, runs / "cut" / "metrics.csv",
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(pd.read_csv(runs / "cut" / "metrics.csv"))
@@ -69,9 +75,8 @@ def test_sigterm_finishes_the_step_writes_last_and_resumes_exactly(synth_root, t
     common = {"train.epochs": 4, "train.batch_size": 8}
     assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "whole"}, **common)]) == 0
     over = tiny_overrides(synth_root, runs, **{"run.name": "term"}, **common)
-    proc = subprocess.Popen([sys.executable, "-m", "baseline", "train", *over], env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_rows(runs / "term" / "metrics.csv", 1, proc)
+    proc = train_until_first_epoch(over, runs / "term" / "metrics.csv",
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)  # into epoch 2
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

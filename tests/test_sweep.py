@@ -21,7 +21,7 @@ from tests.conftest import tiny_overrides
 def test_packaged_sweeps_are_valid_wandb_files(name):
     path = sweep_file(name)
     spec = read_sweep(path)
-    validate_sweep(spec, path, load_config())
+    validate_sweep(spec, path)
     assert spec["method"] == name
     assert set(spec["metric"]) == {"name", "goal"} and spec["metric"]["name"] == "val_f1"
     assert "${args_no_hyphens}" in spec["command"] and "baseline" in spec["command"]
