@@ -62,6 +62,7 @@ def run(cfg: Config, batches: int = 10, rounds: int = 2) -> dict:
     table = read_table(cfg)
     fold = np.full(len(table.df), 1)
     fold[: len(fold) // 5] = 0
+    cfg = train.resolve_defaults(cfg, env, table, fold)
     t0 = time.perf_counter()
     data = train.build_loaders(cfg, env, table, fold)
     cache_s = time.perf_counter() - t0

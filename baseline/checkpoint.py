@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -16,11 +17,20 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what was asked."""
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temporary file, then rename: a kill at any moment leaves the previous good file."""
+def save_atomic(obj: dict, path: Path, *copies: Path) -> None:
+    """Write to a temporary file, then rename: a kill at any moment leaves the previous good file.
+    `copies` get the same bytes without serializing again (a hard link where the disk allows it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
+    for dst in copies:
+        dst_tmp = dst.with_name(f".{dst.name}.tmp")
+        dst_tmp.unlink(missing_ok=True)
+        try:
+            os.link(tmp, dst_tmp)
+        except OSError:
+            shutil.copyfile(tmp, dst_tmp)
+        os.replace(dst_tmp, dst)
     os.replace(tmp, path)
 
 
@@ -83,15 +93,15 @@ class Saver:
         return b is None or (a < b if self.mode == "min" else a > b)
 
     def save(self, state: dict, epoch: int, metric: float, is_best: bool) -> None:
-        save_atomic(state, self.dir / "last.pt")
-        if is_best:
-            save_atomic(state, self.dir / "best.pt")
+        """Serialize once; best.pt and a top-k file are links to the same bytes."""
+        copies = [self.dir / "best.pt"] if is_best else []
         if self.k > 1:
             name = f"epoch{epoch:03d}.pt"
             self.top.append((metric, name))
             self.top.sort(key=lambda t: t[0], reverse=self.mode == "max")
             if name in [n for _, n in self.top[: self.k]]:
-                save_atomic(state, self.dir / name)
-            for _, old in self.top[self.k:]:
-                (self.dir / old).unlink(missing_ok=True)
-            self.top = self.top[: self.k]
+                copies.append(self.dir / name)
+        evicted, self.top = self.top[self.k:], self.top[: self.k]
+        save_atomic({**state, "top": [list(t) for t in self.top]}, self.dir / "last.pt", *copies)
+        for _, old in evicted:
+            (self.dir / old).unlink(missing_ok=True)

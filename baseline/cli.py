@@ -22,7 +22,7 @@ COMMANDS = {
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report)",
     "sweep": "run a W&B-format sweep file (grid | random | PATH) locally, one run per trial",
     "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
-    "bench": "images/s of the train step three ways (limit | kit | naive), the loaders, and inference",
+    "bench": "speed: images/s three ways (limit | kit | naive); recipe: kit defaults vs a reference loop",
 }
 
 
@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         if name == "data":
             sp.add_argument("action", choices=["synth", "split", "check"])
+        if name == "bench":
+            sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe"])
         if name == "sweep":
             sp.add_argument("sweep", help="grid | random | path to a sweep YAML in W&B's format")
         if name in ("train", "sweep"):
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             board = leaderboard(Path(cfg.run.dir))
             print(board.to_string(index=False) if len(board) else f"no runs under {cfg.run.dir}")
             return 0
+        if args.command == "bench" and args.what == "recipe":
+            from . import recipe
+
+            return recipe.main(cfg, args.overrides)
         if args.command == "bench":
             from . import bench
 

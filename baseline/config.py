@@ -37,8 +37,8 @@ class DataCfg:
     label_col: str = "label"
     group_col: str = ""  # csv layout: rows with one group never share folds (e.g. a person id)
     corrections: str = ""  # mask layout: CSV of `id,field,value` applied before labelling
-    img_size: int | list[int] = 64  # int for a square, or [h, w]
-    num_workers: int = 2
+    img_size: int | list[int] | Literal["auto"] = "auto"  # int (square), [h, w], or auto: the data's aspect ratio
+    num_workers: int | Literal["auto"] = "auto"  # loader processes; auto: 0 on the CPU, up to 8 on a GPU
     cache: Literal["auto", "ram", "disk", "off"] = "auto"  # decode each image once, at img_size
     cache_ram_gb: float = 4.0  # `auto` uses RAM below this size, a memory-mapped disk file above it
     synth_people: int = 240  # built-in dataset: people in train (eval gets a quarter as many)
@@ -88,7 +88,7 @@ class OptimCfg:
 @dataclass
 class SchedCfg:
     name: Literal["cosine", "step", "plateau", "none"] = "cosine"
-    warmup_epochs: int = 1
+    warmup: float = 0.1  # share of all optimizer steps spent warming up (linear from min_lr)
     min_lr: float = 1e-5
     step_epochs: int = 10  # step schedule: decay every this many epochs
     gamma: float = 0.1  # step / plateau decay factor
@@ -97,7 +97,9 @@ class SchedCfg:
 @dataclass
 class TrainCfg:
     epochs: int = 10
-    batch_size: int | str = 64  # per process; "auto" finds the largest that fits
+    # per process; "data": from the training set size (16..64, at least 30 steps per epoch);
+    # "auto": the largest that fits in memory
+    batch_size: int | Literal["data", "auto"] = "data"
     max_batch_size: int = 256  # cap for batch_size=auto
     cpu_mem_gb: float = 8.0  # memory budget for batch_size=auto on the CPU
     accum_steps: int = 1
@@ -107,7 +109,7 @@ class TrainCfg:
     clip_grad: float = 0.0  # max grad norm; 0 = off
     ema: float = 0.0  # EMA decay of weights (e.g. 0.999); 0 = off
     loss: Literal["ce", "focal", "f1"] = "ce"
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     mixup: float = 0.0  # mixup alpha (timm); 0 = off
     cutmix: float = 0.0  # cutmix alpha (timm); 0 = off
     class_weights: bool = False  # inverse-frequency weights in the loss
@@ -142,6 +144,15 @@ class SubmitCfg:
 
 
 @dataclass
+class BenchCfg:
+    seeds: int = 3  # recipe benchmark: seeds per data set
+    sets: list[str] = field(default_factory=list)  # recipe benchmark: data set names; empty = the whole suite
+    root: str = "data/suite"  # where the suite's data sets are written (once)
+    tiny: bool = False  # a few-second version of the suite (CI)
+    out: str = "runs/bench"  # tables and per-run rows
+
+
+@dataclass
 class Config:
     seed: int = 42
     run: RunCfg = field(default_factory=RunCfg)
@@ -155,6 +166,7 @@ class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
     log: LogCfg = field(default_factory=LogCfg)
     submit: SubmitCfg = field(default_factory=SubmitCfg)
+    bench: BenchCfg = field(default_factory=BenchCfg)
 
 
 def _type_name(tp: Any) -> str:
@@ -295,8 +307,6 @@ def validate(cfg: Config) -> None:
     size = cfg.data.img_size
     if isinstance(size, list) and len(size) != 2:
         raise ConfigError(f"config key 'data.img_size': expected an int or [h, w], got {size!r}")
-    if isinstance(cfg.train.batch_size, str) and cfg.train.batch_size != "auto":
-        raise ConfigError(f"config key 'train.batch_size': expected an int or 'auto', got {cfg.train.batch_size!r}")
     if cfg.split.folds < 2:
         raise ConfigError(f"config key 'split.folds': expected at least 2, got {cfg.split.folds}")
     if not 0 <= cfg.split.fold < cfg.split.folds:
@@ -323,6 +333,8 @@ def from_dict(d: dict) -> Config:
 
 def img_hw(cfg: Config) -> tuple[int, int]:
     s = cfg.data.img_size
+    if s == "auto":
+        raise ConfigError("data.img_size=auto is resolved from the data (baseline.defaults.resolve) before use")
     return (s, s) if isinstance(s, int) else (s[0], s[1])
 
 

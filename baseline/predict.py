@@ -13,7 +13,7 @@ import timm
 import torch
 
 from . import checkpoint as ckpt
-from . import dist, engine, models
+from . import defaults, dist, engine, models
 from .config import Config, ConfigError, from_dict, img_hw
 from .data import dataset as ds
 from .data.layouts import DataError, TestTable, check_test_labels, read_test_table
@@ -67,8 +67,10 @@ def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env
         hw = img_hw(mcfg)
         if hw not in caches:  # decode the test images once per resolution
             caches[hw] = ds.build_cache(test.df["path"].tolist(), hw, "ram", Path(), 0)
+        workers = cfg.data.num_workers
+        workers = defaults.workers_for(env.device, os.cpu_count() or 1) if workers == "auto" else workers
         loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, hw, None, caches[hw]), cfg.submit.batch_size,
-                                cfg.data.num_workers, env.rank, env.world)
+                                workers, env.rank, env.world)
         mean, std = models.data_stats(model)
         ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device))
         probs = engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy()

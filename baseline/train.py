@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import dist, engine, freeze, losses, memory, models, plots
+from . import defaults, dist, engine, freeze, losses, memory, models, plots
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data.layouts import Table, read_table
@@ -50,6 +51,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     seed_everything(cfg.seed)
     preflight(cfg)
     table, fold, split_file = prepare_data(cfg, env)
+    cfg = resolve_defaults(cfg, env, table, fold)
     run_dir, resume_from = prepare_run_dir(cfg, env)
     with file_log(run_dir / "train.log", env):
         return _train_in(cfg, env, table, fold, split_file, run_dir, resume_from)
@@ -108,6 +110,14 @@ def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, Path]:
         path = split_path(cfg)
         fold = read_folds(cfg, table, path)
     return table, fold, path
+
+
+def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray) -> Config:
+    """img_size, batch size and workers from the data and the device (logged on rank 0)."""
+    n_train = int((fold != cfg.split.fold).sum())
+    logger = log if env.is_main else None
+    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world, os.cpu_count() or 1,
+                            logger)
 
 
 def run_name(cfg: Config) -> str:
@@ -265,7 +275,7 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
         return None
     updates = max(1, math.ceil(steps_per_epoch / cfg.train.accum_steps))  # the last micro-batch steps too
     sched, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched=cfg.sched.name, num_epochs=cfg.train.epochs, warmup_epochs=cfg.sched.warmup_epochs,
+        optimizer, sched=cfg.sched.name, num_epochs=cfg.train.epochs, warmup_epochs=cfg.sched.warmup * cfg.train.epochs,
         min_lr=cfg.sched.min_lr, warmup_lr=cfg.sched.min_lr, decay_epochs=cfg.sched.step_epochs,
         decay_rate=cfg.sched.gamma, patience_epochs=2, plateau_mode="min" if cfg.train.monitor == "val_loss" else "max",
         step_on_epochs=cfg.sched.name == "plateau", updates_per_epoch=updates,
@@ -455,7 +465,7 @@ def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker
         "run": run_dir.name, "metric_name": cfg.train.monitor, "best_metric": state.best,
         "best_epoch": state.best_epoch, "val_f1": best.get("val_f1"), "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"), "epochs_done": state.epoch, "train_seconds": round(state.seconds, 1),
-        "model": cfg.model.name, "fold": cfg.split.fold, "split_hash": state.split_hash,
+        "model": cfg.model.name, "img_size": list(img_hw(cfg)), "fold": cfg.split.fold, "split_hash": state.split_hash,
         **(state.batches or {}), "wandb_id": state.wandb_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if env.is_main:

@@ -229,7 +229,9 @@ def read_csv_test(cfg: Config) -> TestTable:
 # ---------------------------------------------------------------- ImageFolder layout
 def read_folder(cfg: Config) -> Table:
     root = _root(cfg)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "test")
+    # test/ holds the images to predict, splits/ the kit's own split files.
+    class_dirs = sorted(p for p in root.iterdir()
+                        if p.is_dir() and not p.name.startswith(".") and p.name not in ("test", "splits"))
     if not class_dirs:
         raise DataError(f"data.root '{root}' has no class folders (expected <root>/<class>/*.jpg)")
     rows = []

@@ -60,8 +60,8 @@ def draw_face(rng: np.random.Generator, female: bool, age_bucket: int, mask: int
     return img.rotate(angle, resample=Image.BILINEAR, fillcolor=bg)
 
 
-def _person(rng: np.random.Generator) -> tuple[bool, int, int, tuple]:
-    bucket = int(rng.choice(3, p=AGE_P))
+def _person(rng: np.random.Generator, age_p=AGE_P) -> tuple[bool, int, int, tuple]:
+    bucket = int(rng.choice(3, p=age_p))
     lo, hi = AGE_RANGES[bucket]
     return bool(rng.integers(2)), int(rng.integers(lo, hi + 1)), bucket, SKINS[rng.integers(len(SKINS))]
 
@@ -74,16 +74,18 @@ def _sized(img: Image.Image, scale: int) -> Image.Image:
     return img if scale == 1 else img.resize((W * scale, H * scale), Image.BICUBIC)
 
 
-def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int = 1) -> Path:
+def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int = 1, age_p=AGE_P,
+                draw=draw_face) -> Path:
     """Write the dataset under `root` (train/ and eval/); returns root. Existing files are replaced.
-    `scale` 4 gives the competition's 384x512 pictures (for benchmarks of decoding)."""
+    `scale` 4 gives the competition's 384x512 pictures (for benchmarks of decoding); `age_p` the share
+    of each age bucket; `draw` the picture-maker (another style: see data/suite.py)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     img_dir = root / "train" / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(people):
-        female, age, bucket, skin = _person(rng)
+        female, age, bucket, skin = _person(rng, age_p)
         pid = f"{i + 1:06d}"
         gender = "female" if female else "male"
         race = RACES[rng.integers(len(RACES))]
@@ -94,7 +96,7 @@ def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int =
         ext = ".png" if i % 5 == 4 else (".jpeg" if i % 7 == 3 else ".jpg")
         for stem in STEMS:
             mask = 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
-            _sized(draw_face(rng, female, bucket, mask, skin), scale).save(img_dir / folder / f"{stem}{ext}", quality=92)
+            _sized(draw(rng, female, bucket, mask, skin), scale).save(img_dir / folder / f"{stem}{ext}", quality=92)
     with open(root / "train" / "train.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "gender", "race", "age", "path"])
@@ -104,11 +106,11 @@ def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int =
     eval_dir.mkdir(parents=True, exist_ok=True)
     truth = []
     for i in range(max(1, people // 4)):
-        female, _age, bucket, skin = _person(rng)
+        female, _age, bucket, skin = _person(rng, age_p)
         for stem in STEMS:
             mask = 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
             image_id = hashlib.sha1(f"{seed}-{i}-{stem}".encode()).hexdigest()[:16] + ".jpg"
-            _sized(draw_face(rng, female, bucket, mask, skin), scale).save(eval_dir / image_id, quality=92)
+            _sized(draw(rng, female, bucket, mask, skin), scale).save(eval_dir / image_id, quality=92)
             truth.append((image_id, mask * 6 + int(female) * 3 + bucket))
     order = rng.permutation(len(truth))
     truth = [truth[j] for j in order]

@@ -1,0 +1,155 @@
+"""The recipe benchmark's data sets, different on purpose: sizes, image shapes, imbalance, drawing
+style, real scans, and all three layouts. Each is written once under a root and reused.
+
+`faces_b` (a second drawing style with other cues) is the held-out set: never tuned on, reported last.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .synth import write_synth
+
+MARKER = ".complete"  # written last, so a half-written set is rebuilt
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    what: str  # one line for the table
+    write: Callable[[Path, int], None]  # (folder, divisor of its size) -> files
+    overrides: dict = field(default_factory=dict)  # data.* keys that read it
+    epochs: int = 8
+    held_out: bool = False
+
+
+# ---------------------------------------------------------------- a second drawing style
+def draw_face_b(rng: np.random.Generator, female: bool, age_bucket: int, mask: int, skin: tuple) -> Image.Image:
+    """Other cues than the built-in style: gender by earrings and a side ponytail, age by forehead
+    lines (and glasses for the oldest), a mask pulled down to the chin for "incorrect"; hair colour
+    is noise; gradient background; larger pose changes."""
+    w, h = 96, 128
+    top, bottom = rng.integers(30, 230, size=3), rng.integers(30, 230, size=3)
+    ramp = np.linspace(0, 1, h)[:, None, None]
+    bg = (top * (1 - ramp) + bottom * ramp + rng.normal(0, 6, (h, w, 3))).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(np.broadcast_to(bg, (h, w, 3)).copy())
+    d = ImageDraw.Draw(img)
+    s = rng.uniform(0.8, 1.15)
+    cx, cy = w / 2 + rng.uniform(-10, 10), h / 2 + rng.uniform(-9, 9)
+    fw, fh = 27 * s, 36 * s
+    hair = tuple(int(v) for v in rng.integers(0, 255, size=3))
+    if female:
+        side = 1 if rng.integers(2) else -1
+        d.ellipse([cx + side * fw * 0.6 - 9 * s, cy - fh * 0.8, cx + side * fw * 0.6 + 9 * s + side * 14 * s,
+                   cy + fh * 0.2], fill=hair)
+    d.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=tuple(int(c) for c in skin))
+    d.chord([cx - fw, cy - fh - 4 * s, cx + fw, cy - fh * 0.1], 180, 360, fill=hair)
+    if female:
+        for ex in (cx - fw - 1, cx + fw + 1):
+            d.ellipse([ex - 4 * s, cy + 2 * s, ex + 4 * s, cy + 10 * s], fill=(250, 210, 40))
+    for k in range(2 * age_bucket):  # forehead lines: none, two, four
+        y = cy - fh * 0.45 + k * 3.2 * s
+        d.line([cx - fw * 0.45, y, cx + fw * 0.45, y], fill=(90, 50, 40), width=max(1, round(1.4 * s)))
+    eye_y = cy - fh * 0.05
+    for ex in (cx - fw * 0.38, cx + fw * 0.38):
+        d.ellipse([ex - 3.5 * s, eye_y - 2.5 * s, ex + 3.5 * s, eye_y + 2.5 * s], fill=(40, 70, 120))
+        if age_bucket == 2 and rng.random() < 0.6:
+            d.ellipse([ex - 7 * s, eye_y - 6 * s, ex + 7 * s, eye_y + 6 * s], outline=(10, 10, 10), width=2)
+    nose_y = cy + fh * 0.25
+    d.ellipse([cx - 3 * s, nose_y - 3 * s, cx + 3 * s, nose_y + 3 * s], fill=(150, 80, 70))
+    mouth_y = cy + fh * 0.55
+    d.ellipse([cx - 8 * s, mouth_y - 3 * s, cx + 8 * s, mouth_y + 3 * s], fill=(160, 30, 60))
+    colour = tuple(int(v) for v in rng.integers(0, 255, size=3))
+    if mask == 0:  # over nose and mouth, straps to the ears
+        box = [cx - fw * 0.8, nose_y - 7 * s, cx + fw * 0.8, cy + fh * 0.85]
+    elif mask == 1:  # pulled down to the chin, mouth visible
+        box = [cx - fw * 0.7, mouth_y + 5 * s, cx + fw * 0.7, cy + fh * 1.1]
+    if mask in (0, 1):
+        d.polygon([(box[0], box[1]), (box[2], box[1]), (box[2] - 4 * s, box[3]), (box[0] + 4 * s, box[3])], fill=colour)
+        for x0, x1 in ((box[0], cx - fw), (box[2], cx + fw)):
+            d.line([x0, box[1] + 3 * s, x1, cy], fill=(235, 235, 235), width=2)
+    angle = rng.uniform(-15, 15)
+    return img.rotate(angle, resample=Image.BILINEAR, fillcolor=tuple(int(v) for v in bottom))
+
+
+# ---------------------------------------------------------------- writers
+def _mask_writer(people: int, **kw) -> Callable[[Path, int], None]:
+    return lambda root, div: write_synth(root, people=max(10, people // div), seed=11, **kw)
+
+
+def write_digits_csv(root: Path, div: int) -> None:
+    """scikit-learn's digits (8x8 scans of handwriting, 10 classes) as PNGs and a train.csv."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    n = len(digits.images) // div
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    with open(root / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        for i in range(n):
+            name = f"images/{i:05d}.png"
+            Image.fromarray((digits.images[i] * (255 / 16)).astype(np.uint8), "L").save(root / name)
+            w.writerow([name, str(digits.target[i])])
+
+
+SHAPES = ["circle", "square", "triangle", "cross", "ring"]
+
+
+def write_shapes_folder(root: Path, div: int, per_class: int = 120, seed: int = 5) -> None:
+    """Square colour photos of five shapes on textured backgrounds, in the ImageFolder layout."""
+    rng = np.random.default_rng(seed)
+    for c, shape in enumerate(SHAPES):
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(max(6, per_class // div)):
+            bg = rng.integers(0, 256, size=(8, 8, 3)).astype(np.uint8)
+            img = Image.fromarray(bg).resize((64, 64), Image.BICUBIC)
+            d = ImageDraw.Draw(img)
+            r, x, y = rng.uniform(9, 20), rng.uniform(22, 42), rng.uniform(22, 42)
+            col = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            if shape == "circle":
+                d.ellipse([x - r, y - r, x + r, y + r], fill=col)
+            elif shape == "square":
+                d.rectangle([x - r, y - r, x + r, y + r], fill=col)
+            elif shape == "triangle":
+                d.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=col)
+            elif shape == "cross":
+                d.rectangle([x - r, y - r / 3, x + r, y + r / 3], fill=col)
+                d.rectangle([x - r / 3, y - r, x + r / 3, y + r], fill=col)
+            else:
+                d.ellipse([x - r, y - r, x + r, y + r], outline=col, width=max(2, int(r / 3)))
+            img.rotate(rng.uniform(0, 360), resample=Image.BILINEAR).save(root / shape / f"{i:04d}.jpg", quality=90)
+
+
+RARE_OLD = [0.47, 0.46, 0.07]  # the contest's share of people aged 60 and over is this small
+
+SUITE = [
+    DataSet("synth_60", "built-in, 60 people, 96x128", _mask_writer(60), epochs=10),
+    DataSet("synth_240", "built-in, 240 people (the default set)", _mask_writer(240), epochs=6),
+    DataSet("synth_2000", "built-in, 2000 people, one epoch", _mask_writer(2000), epochs=1),
+    DataSet("photos_384x512", "built-in, 60 people, 384x512 photos", _mask_writer(60, scale=4), epochs=8),
+    DataSet("rare_old", "built-in, 200 people, 7% aged >=60", _mask_writer(200, age_p=RARE_OLD), epochs=6),
+    DataSet("digits_csv", "scikit-learn digits, 8x8 scans, csv layout", write_digits_csv,
+            {"data.format": "csv", "data.train_csv": "train.csv"}, epochs=6),
+    DataSet("shapes_folder", "5 shapes, 64x64, folder layout", write_shapes_folder, {"data.format": "folder"},
+            epochs=8),
+    DataSet("faces_b", "second drawing style, 150 people, 96x128", _mask_writer(150, draw=draw_face_b),
+            epochs=8, held_out=True),
+]
+
+
+def ensure(ds: DataSet, root: Path, div: int = 1) -> Path:
+    """The data set's folder under `root`, written first if it is not complete. `div` > 1 divides
+    its size (the benchmark's tiny mode)."""
+    folder = Path(root) / (ds.name if div == 1 else f"{ds.name}_div{div}")
+    if not (folder / MARKER).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        ds.write(folder, div)
+        (folder / MARKER).write_text("")
+    return folder

@@ -1,0 +1,86 @@
+"""Defaults that depend on the data and the device: `data.img_size=auto`, `train.batch_size=data`,
+`data.num_workers=auto`. Each is resolved once, before anything is built, logged with its reason,
+and saved resolved in the run's config.yaml and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import Config
+
+log = logging.getLogger("baseline")
+
+MIN_STEPS = 30  # optimizer steps per epoch a small data set should still get
+BATCH_RANGE = (16, 64)  # train.batch_size=data stays within these
+SIDE = {"cpu": 64, "cuda": 224}  # img_size=auto aims at about SIDE x SIDE pixels on this device
+SAMPLE = 200  # images whose headers img_size=auto reads
+
+
+def _round8(v: float) -> int:
+    return max(32, int(round(v / 8)) * 8)
+
+
+def img_size_for(sizes: list[tuple[int, int]], side: int) -> tuple[int, int]:
+    """[h, w] with the median aspect ratio of `sizes` ((w, h) pairs), about side*side pixels, never
+    upsampling past the median image (but at least 32, multiples of 8)."""
+    w, h = np.median(np.array(sizes, dtype=float), axis=0)
+    area = min(side * side, w * h)
+    th = math.sqrt(area * h / w)
+    return _round8(th), _round8(area / th)
+
+
+def batch_for(n_train: int, world: int) -> int:
+    """Largest power of two in BATCH_RANGE that still gives MIN_STEPS optimizer steps per epoch."""
+    per_process = n_train / (world * MIN_STEPS)
+    bs = 2 ** max(0, math.floor(math.log2(max(per_process, 1))))
+    return int(min(max(bs, BATCH_RANGE[0]), BATCH_RANGE[1], max(1, n_train // world)))
+
+
+def workers_for(device: torch.device, cpus: int) -> int:
+    # On the CPU the loader's workers take cores from the model; images are decoded once and cached,
+    # so the main process can augment them. On a GPU the workers keep the device fed.
+    return 0 if device.type != "cuda" else max(1, min(8, cpus - 1))
+
+
+def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
+    """(w, h) of an evenly spaced sample of `paths`, from the headers (EXIF rotation counted)."""
+    picked = paths if len(paths) <= n else [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
+    out = []
+    for p in picked:
+        with Image.open(p) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+            out.append((w, h))
+    return out
+
+
+def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int, cpus: int,
+            logger: logging.Logger | None = log) -> Config:
+    """A copy of `cfg` with every data-aware default made concrete; each choice told to `logger`."""
+    cfg = copy.deepcopy(cfg)
+    reasons = []
+    if cfg.data.img_size == "auto":
+        sizes = image_sizes(paths)
+        side = SIDE["cuda" if device.type == "cuda" else "cpu"]
+        cfg.data.img_size = list(img_size_for(sizes, side))
+        w, h = np.median(np.array(sizes), axis=0)
+        reasons.append(f"data.img_size={cfg.data.img_size} from the data's {w:.0f}x{h:.0f} (w x h, median) "
+                       f"images, about {side}x{side} pixels on {device.type}")
+    if cfg.train.batch_size == "data":
+        cfg.train.batch_size = batch_for(n_train, world)
+        reasons.append(f"train.batch_size={cfg.train.batch_size} because {n_train} training images "
+                       f"({n_train // (cfg.train.batch_size * world)} steps per epoch)")
+    if cfg.data.num_workers == "auto":
+        cfg.data.num_workers = workers_for(device, cpus)
+        reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type}")
+    for r in reasons if logger else []:
+        logger.info("default: %s", r)
+    return cfg

@@ -1,0 +1,39 @@
+"""Saver: one serialization per epoch, best/top-k as links to it, top-k order and eviction."""
+
+import torch
+
+from baseline import checkpoint as ckpt
+
+
+def test_saver_serializes_once_and_links_best_and_top_k(tmp_path, monkeypatch):
+    saves = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: (saves.append(f), real_save(obj, f)))
+    saver = ckpt.Saver(tmp_path, "max", keep_top_k=2)
+    for epoch, metric in enumerate([0.5, 0.7, 0.6, 0.4], start=1):
+        saver.save({"w": torch.tensor([float(epoch)])}, epoch, metric, is_best=metric == 0.7 or epoch == 1)
+    assert len(saves) == 4  # one torch.save per epoch, whatever best and top-k add
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best.pt", "epoch002.pt", "epoch003.pt", "last.pt"]  # epoch 1 and 4 evicted / never kept
+    assert ckpt.load(tmp_path / "best.pt")["w"].item() == 2.0
+    assert ckpt.load(tmp_path / "last.pt")["w"].item() == 4.0
+    assert (tmp_path / "best.pt").stat().st_ino == (tmp_path / "epoch002.pt").stat().st_ino
+    # the checkpoint carries the top-k list as it is after this epoch, so a resume evicts correctly
+    assert ckpt.load(tmp_path / "last.pt")["top"] == [[0.7, "epoch002.pt"], [0.6, "epoch003.pt"]]
+
+
+def test_a_kill_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    saver = ckpt.Saver(tmp_path, "max", keep_top_k=1)
+    saver.save({"w": torch.tensor([1.0])}, 1, 0.5, is_best=True)
+
+    def dies(obj, f):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies)
+    try:
+        saver.save({"w": torch.tensor([2.0])}, 2, 0.9, is_best=True)
+    except KeyboardInterrupt:
+        pass
+    assert ckpt.load(tmp_path / "last.pt")["w"].item() == 1.0
+    assert ckpt.load(tmp_path / "best.pt")["w"].item() == 1.0
