@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data split check train submit sweep sweep-agent bench runs test lint docker-build docker-train docker-submit clean
+.PHONY: help venv data split check train submit sweep sweep-agent bench bench-recipe runs test lint docker-build docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ sweep-agent: $(STAMP) ## join a W&B sweep made with `wandb sweep FILE` (SWEEP_ID
 
 bench: $(STAMP) data ## images/s: in-memory limit vs the kit vs a naive PIL loader (train and inference)
 	$(BIN)/baseline bench $(CONFIG_ARG) $(ARGS)
+
+bench-recipe: $(STAMP) ## kit defaults vs a 60-line reference loop on 8 data sets, 3 seeds (~1 h on 2 cores; ARGS="bench.tiny=true")
+	$(BIN)/baseline bench recipe $(CONFIG_ARG) $(ARGS)
 
 runs: $(STAMP) ## the local leaderboard: runs sorted by best macro-F1
 	$(BIN)/baseline runs $(ARGS)

@@ -25,7 +25,7 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from . import train
-from .config import Config, img_hw, load_config
+from .config import Config, load_config
 from .data import suite
 from .data.layouts import read_table
 from .data.split import load_or_write_folds

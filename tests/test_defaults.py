@@ -28,12 +28,15 @@ def test_img_size_follows_the_median_aspect_ratio(sizes, side, expected):
 
 
 @pytest.mark.parametrize("n_train, world, expected", [
-    (56, 1, 16),  # the floor
-    (840, 1, 16),  # 840 / 30 = 28 -> 16: 52 steps per epoch instead of 13 at 64
+    (56, 1, 16),  # a tiny set
+    (336, 1, 32),  # the floor: 10 steps per epoch
+    (840, 1, 32),  # 26 steps per epoch instead of 13 at 64
     (1344, 1, 32),
+    (1920, 1, 64),  # 30 steps at 64
     (11200, 1, 64),  # the cap
     (11200, 4, 64),
-    (1344, 2, 16),  # per process under DDP
+    (1344, 2, 32),  # per process under DDP: 672 images each
+    (600, 2, 16),  # 300 per process: tiny
     (10, 1, 10),  # never more than the data has
 ])
 def test_batch_follows_the_data_size(n_train, world, expected):
@@ -55,10 +58,10 @@ def test_resolve_says_why_and_keeps_explicit_values(tmp_path, caplog):
     cfg = load_config()
     with caplog.at_level(logging.INFO, logger="baseline"):
         out = defaults.resolve(cfg, paths, 840, torch.device("cpu"), 1, 2)
-    assert out.data.img_size == [72, 56] and out.train.batch_size == 16 and out.data.num_workers == 0
+    assert out.data.img_size == [72, 56] and out.train.batch_size == 32 and out.data.num_workers == 0
     assert cfg.data.img_size == "auto"  # a copy: the caller's config is untouched
     text = caplog.text
-    assert "batch_size=16 because 840 training images" in text and "96x128" in text
+    assert "batch_size=32 because 840 training images" in text and "96x128" in text
     fixed = load_config(None, ["data.img_size=48", "train.batch_size=8", "data.num_workers=1"])
     assert defaults.resolve(fixed, paths, 840, torch.device("cpu"), 1, 2) == fixed
 

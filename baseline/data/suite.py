@@ -105,7 +105,7 @@ SHAPES = ["circle", "square", "triangle", "cross", "ring"]
 def write_shapes_folder(root: Path, div: int, per_class: int = 120, seed: int = 5) -> None:
     """Square colour photos of five shapes on textured backgrounds, in the ImageFolder layout."""
     rng = np.random.default_rng(seed)
-    for c, shape in enumerate(SHAPES):
+    for shape in SHAPES:
         (root / shape).mkdir(parents=True, exist_ok=True)
         for i in range(max(6, per_class // div)):
             bg = rng.integers(0, 256, size=(8, 8, 3)).astype(np.uint8)
@@ -131,10 +131,10 @@ RARE_OLD = [0.47, 0.46, 0.07]  # the contest's share of people aged 60 and over 
 
 SUITE = [
     DataSet("synth_60", "built-in, 60 people, 96x128", _mask_writer(60), epochs=10),
-    DataSet("synth_240", "built-in, 240 people (the default set)", _mask_writer(240), epochs=6),
+    DataSet("synth_240", "built-in, 240 people (the default set)", _mask_writer(240), epochs=5),
     DataSet("synth_2000", "built-in, 2000 people, one epoch", _mask_writer(2000), epochs=1),
     DataSet("photos_384x512", "built-in, 60 people, 384x512 photos", _mask_writer(60, scale=4), epochs=8),
-    DataSet("rare_old", "built-in, 200 people, 7% aged >=60", _mask_writer(200, age_p=RARE_OLD), epochs=6),
+    DataSet("rare_old", "built-in, 200 people, 7% aged >=60", _mask_writer(200, age_p=RARE_OLD), epochs=5),
     DataSet("digits_csv", "scikit-learn digits, 8x8 scans, csv layout", write_digits_csv,
             {"data.format": "csv", "data.train_csv": "train.csv"}, epochs=6),
     DataSet("shapes_folder", "5 shapes, 64x64, folder layout", write_shapes_folder, {"data.format": "folder"},
