@@ -64,7 +64,7 @@ def run(cfg: Config, batches: int = 10, rounds: int = 2) -> dict:
     fold[: len(fold) // 5] = 0
     cfg = train.resolve_defaults(cfg, env, table, fold)
     t0 = time.perf_counter()
-    data = train.build_loaders(cfg, env, table, fold)
+    data = train.build_loaders(cfg, env, table, fold, train.decode_images(cfg, table))
     cache_s = time.perf_counter() - t0
     parts = train.build_parts(cfg, env, table, data)
     ctx, model, opt = parts.ctx, parts.model, parts.optimizer

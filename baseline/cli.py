@@ -14,8 +14,9 @@ from .config import Config, ConfigError, load_config
 from .data.layouts import DataError
 from .memory import OutOfMemory
 from .models import ModelError
+from .tracking import TrackingError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrackingError)
 COMMANDS = {
     "train": "train one model (one fold) and write runs/<name>/",
     "submit": "predict the test images with checkpoints/runs and write submissions/<name>.csv",
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
             board = leaderboard(Path(cfg.run.dir))
             print(board.to_string(index=False) if len(board) else f"no runs under {cfg.run.dir}")
+            if board["data"].nunique() > 1:
+                print(f"note: {board['data'].nunique()} different data sets; F1 is ranked within each, not across")
             return 0
         if args.command == "bench" and args.what == "recipe":
             from . import recipe

@@ -36,11 +36,13 @@ class DataCfg:
     image_col: str = "image"
     label_col: str = "label"
     group_col: str = ""  # csv layout: rows with one group never share folds (e.g. a person id)
+    allow_outside_root: bool = False  # csv layout: accept image paths that leave data.root (../x.jpg, /abs)
     corrections: str = ""  # mask layout: CSV of `id,field,value` applied before labelling
     img_size: int | list[int] | Literal["auto"] = "auto"  # int (square), [h, w], or auto: the data's aspect ratio
     num_workers: int | Literal["auto"] = "auto"  # loader processes; auto: 0 on the CPU, up to 8 on a GPU
     cache: Literal["auto", "ram", "disk", "off"] = "auto"  # decode each image once, at img_size
     cache_ram_gb: float = 4.0  # `auto` uses RAM below this size, a memory-mapped disk file above it
+    max_pixels: int = 64_000_000  # larger images are refused (decompression bombs, mistaken huge files)
     synth_people: int = 240  # built-in dataset: people in train (eval gets a quarter as many)
     synth_scale: int = 1  # built-in dataset: 1 -> 96x128 pictures, 4 -> the competition's 384x512
 
@@ -314,10 +316,45 @@ def validate(cfg: Config) -> None:
     if cfg.optim.layer_decay > 0 and cfg.sched.name == "none":
         raise ConfigError("config key 'optim.layer_decay' needs a scheduler (timm's schedulers apply the "
                           "per-layer scales); set sched.name=cosine|step|plateau")
-    for key in ("train.epochs", "train.accum_steps", "train.keep_top_k", "train.log_interval"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"config key '{key}': expected at least 1")
+    if isinstance(size, int):
+        size = [size, size]
+    if isinstance(size, list) and min(size) < 8:
+        raise ConfigError(f"config key 'data.img_size': expected sides of at least 8 pixels, got {cfg.data.img_size!r}")
+    for key, lo, hi, what in RANGES:
+        value = get(cfg, key)
+        if isinstance(value, str):  # 'auto' / 'data' and the like: checked by type
+            continue
+        if not (lo is None or value >= lo) or not (hi is None or value <= hi) or value != value:
+            raise ConfigError(f"config key '{key}': expected {what}, got {value!r}")
+
+
+def get(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+_POS = 1e-12  # "greater than zero" for float keys
+RANGES = [  # (key, lowest, highest, how the message says it)
+    ("train.epochs", 1, None, "at least 1"), ("train.accum_steps", 1, None, "at least 1"),
+    ("train.keep_top_k", 1, None, "at least 1"), ("train.log_interval", 1, None, "at least 1"),
+    ("train.batch_size", 1, None, "at least 1, 'data' or 'auto'"), ("train.max_batch_size", 2, None, "at least 2"),
+    ("train.cpu_mem_gb", _POS, None, "more than 0"), ("train.clip_grad", 0, None, "0 (off) or more"),
+    ("train.ema", 0, 0.99999, "0 (off) or a decay below 1"), ("train.label_smoothing", 0, 0.99, "0..0.99"),
+    ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
+    ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
+    ("data.cache_ram_gb", 0, None, "0 or more"), ("data.max_pixels", 1, None, "at least 1"),
+    ("data.synth_people", 5, None, "at least 5"), ("data.synth_scale", 1, 16, "1..16"),
+    ("aug.hflip", 0, 1, "a probability 0..1"), ("aug.affine", 0, 1, "a probability 0..1"),
+    ("aug.color", 0, 1, "a probability 0..1"), ("aug.dropout", 0, 1, "a probability 0..1"),
+    ("model.drop_rate", 0, 0.99, "0..0.99"), ("model.drop_path_rate", 0, 0.99, "0..0.99"),
+    ("optim.lr", _POS, 10, "more than 0 (and at most 10)"), ("optim.weight_decay", 0, None, "0 or more"),
+    ("optim.momentum", 0, 1, "0..1"), ("optim.layer_decay", 0, 1, "0 (off) or 0..1"),
+    ("sched.warmup", 0, 0.9, "a share of the steps 0..0.9"), ("sched.min_lr", 0, None, "0 or more"),
+    ("sched.step_epochs", 1, None, "at least 1"), ("sched.gamma", _POS, 1, "0..1"),
+    ("submit.batch_size", 1, None, "at least 1"), ("bench.seeds", 1, None, "at least 1"),
+]
 
 
 def to_dict(cfg: Config) -> dict:

@@ -96,7 +96,7 @@ def find_batch_size(cfg, env, model, ctx, n_cls: int, data) -> int:
     with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
         lo = _search(model, ctx, n_cls, hw, cap)
     if lo == 0:
-        raise RuntimeError(oom_message(env.device, 1, "finding the batch size"))
+        raise OutOfMemory(oom_message(env.device, 2, "finding the batch size"))
     found = dist.all_min(env, lo)
     if env.is_main:
         log.info("train.batch_size=auto: %d per process (cap %d)", found, cap)

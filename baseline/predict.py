@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from . import defaults, dist, engine, models
 from .config import Config, ConfigError, from_dict, img_hw
 from .data import dataset as ds
-from .data.layouts import DataError, TestTable, check_test_labels, read_test_table
+from .data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
 
 log = logging.getLogger("baseline")
 
@@ -66,7 +66,7 @@ def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env
         classes = mclasses
         hw = img_hw(mcfg)
         if hw not in caches:  # decode the test images once per resolution
-            caches[hw] = ds.build_cache(test.df["path"].tolist(), hw, "ram", Path(), 0)
+            caches[hw] = ds.build_cache(test.df["path"].tolist(), hw, "ram", Path(), 0, cfg.data.max_pixels)
         workers = cfg.data.num_workers
         workers = defaults.workers_for(env.device, os.cpu_count() or 1) if workers == "auto" else workers
         loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, hw, None, caches[hw]), cfg.submit.batch_size,
@@ -100,17 +100,41 @@ def validate(sub: pd.DataFrame, test: TestTable, num_classes: int, fmt: str) -> 
         raise DataError(f"submission labels outside 0..{num_classes - 1}")
 
 
+def check_classes(paths: list[Path], classes: list[str], what: str) -> list[str]:
+    """Every checkpoint must predict exactly the data's classes, by name and order; returns them."""
+    for path in paths:
+        got = ckpt.load(path).get("classes")
+        if got is None:
+            raise ckpt.CheckpointError(f"'{path}' is not a baseline checkpoint (no class list inside)")
+        if got != classes:
+            extra = f", e.g. it has '{next(iter(set(got) - set(classes)))}'" if set(got) - set(classes) else ""
+            raise ckpt.CheckpointError(f"checkpoint '{path}' predicts {len(got)} classes, {what} has "
+                                       f"{len(classes)}{extra}; it was trained on other data")
+    return classes
+
+
+def writable_target(out: Path) -> None:
+    """Fail before predicting if the submission cannot be written there."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if out.is_dir() or (out.exists() and not os.access(out, os.W_OK)) or not os.access(folder, os.W_OK):
+        raise ConfigError(f"submit.out '{out}' cannot be written (not a writable file path); choose another")
+
+
 def submit(cfg: Config) -> Path:
     env = dist.setup(cfg.train.device)
     try:
         paths = resolve_checkpoints(cfg)
         test = read_test_table(cfg)
-        check_test_labels(test, ckpt.load(paths[0]).get("classes", []), cfg.data.test_csv or "test set")
+        classes = check_classes(paths, class_names(cfg), f"the {cfg.data.format} data under '{cfg.data.root}'")
+        check_test_labels(test, classes, cfg.data.test_csv or "test set")
+        name = paths[0].parent.parent.name if len(paths) == 1 else f"ensemble{len(paths)}-{datetime.now():%Y%m%d-%H%M%S}"
+        out = Path(cfg.submit.out or f"submissions/{name}.csv")
+        writable_target(out)
         probs, classes = predict_probs(cfg, test, paths, env)
         sub = submission_frame(test, probs.argmax(1), classes, cfg.data.format)
         validate(sub, test, len(classes), cfg.data.format)
-        name = paths[0].parent.parent.name if len(paths) == 1 else f"ensemble{len(paths)}-{datetime.now():%Y%m%d-%H%M%S}"
-        out = Path(cfg.submit.out or f"submissions/{name}.csv")
         if env.is_main:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.tmp")

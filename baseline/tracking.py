@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from .config import WandbCfg
 
@@ -27,9 +28,24 @@ def has_api_key() -> bool:
     return any("wandb" in host for host in rc.hosts)
 
 
+class TrackingError(ValueError):
+    """W&B cannot be used as configured; the message says how to go on without it."""
+
+
 def resolve_mode(cfg: WandbCfg) -> str:
-    if cfg.mode != "auto":
+    """auto: online with a usable API key, offline without one. A key that cannot be one (wandb's own
+    format check) is refused at once, before W&B spends seconds retrying it."""
+    if cfg.mode == "offline" or cfg.mode == "disabled":
         return cfg.mode
+    from wandb.sdk.lib.wbauth.validation import check_api_key
+
+    key = os.environ.get("WANDB_API_KEY") or None
+    problem = check_api_key(key) if key else None
+    if problem:
+        raise TrackingError(f"WANDB_API_KEY is not usable ({problem}) Fix it, or run without W&B's server: "
+                            "log.wandb.mode=offline (sync later) or log.wandb.mode=disabled")
+    if cfg.mode == "online":
+        return "online"
     return "online" if has_api_key() else "offline"
 
 
@@ -145,13 +161,26 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
         tmp.replace(path)
 
 
+def _run_row(run_dir: Path, runs_dir: Path) -> dict:
+    from .rundir import state
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    data = cfg.get("data", {})
+    classes = run_dir / "classes.json"
+    n_cls = len(json.loads(classes.read_text())) if classes.is_file() else None
+    summary = run_dir / "summary.json"
+    d = json.loads(summary.read_text()) if summary.is_file() else {}
+    return {"run": str(run_dir.relative_to(runs_dir)), "data": f"{data.get('format')}:{data.get('root')} ({n_cls} classes)",
+            "model": cfg.get("model", {}).get("name"), "fold": cfg.get("split", {}).get("fold"),
+            "val_f1": d.get("val_f1"), "val_acc": d.get("val_acc"), "epochs": d.get("epochs_done"),
+            "train_s": d.get("train_seconds"), "state": state(run_dir)}
+
+
 def leaderboard(runs_dir: Path) -> pd.DataFrame:
-    """Every local run with a summary.json (sweep trials included), best macro-F1 first."""
-    rows = []
-    for s in sorted(Path(runs_dir).glob("**/summary.json")):
-        d = json.loads(s.read_text())
-        rows.append({"run": str(s.parent.relative_to(runs_dir)), "model": d.get("model"), "fold": d.get("fold"),
-                     "val_f1": d.get("val_f1"), "val_acc": d.get("val_acc"), "epochs": d.get("epochs_done"),
-                     "train_s": d.get("train_seconds"), "finished": d.get("finished")})
-    cols = ["run", "model", "fold", "val_f1", "val_acc", "epochs", "train_s", "finished"]
-    return pd.DataFrame(rows, columns=cols).sort_values("val_f1", ascending=False, na_position="last")
+    """Every local run folder (sweep trials included), finished or not: ranked by macro-F1 within
+    each data set (format, root, class count), data sets one after another."""
+    rows = [_run_row(c.parent, Path(runs_dir)) for c in sorted(Path(runs_dir).glob("**/config.yaml"))
+            if (c.parent / "checkpoints").is_dir()]
+    cols = ["run", "data", "model", "fold", "val_f1", "val_acc", "epochs", "train_s", "state"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["data", "val_f1"], ascending=[True, False],
+                                                        na_position="last").reset_index(drop=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
-import hashlib
 import json
 import logging
 import math
@@ -14,7 +12,6 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +25,13 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, freeze, losses, memory, models, plots
+from . import defaults, dist, engine, freeze, losses, memory, models, plots, rundir
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data.layouts import Table, read_table
 from .data.split import file_hash, load_or_write_folds, read_folds, split_path
 from .data.transforms import train_transform
-from .tracking import NullTracker, Tracker, truncate_metrics
+from .tracking import NullTracker, Tracker, resolve_mode, truncate_metrics
 
 log = logging.getLogger("baseline")
 
@@ -52,19 +49,29 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     preflight(cfg)
     table, fold, split_file = prepare_data(cfg, env)
     cfg = resolve_defaults(cfg, env, table, fold)
-    run_dir, resume_from = prepare_run_dir(cfg, env)
-    with file_log(run_dir / "train.log", env):
-        return _train_in(cfg, env, table, fold, split_file, run_dir, resume_from)
+    state = TrainState(split_hash=file_hash(split_file), classes=table.classes)
+    resume_from = rundir.resume_point(cfg)
+    saved = ckpt.load(resume_from) if resume_from else None
+    if saved is not None:
+        rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from)
+    cache = decode_images(cfg, table)  # every image decoded before the run folder is touched
+    run_dir = resume_from.parent.parent if resume_from else Path(cfg.run.dir) / dist.broadcast_object(
+        env, rundir.run_name(cfg))
+    with rundir.locked(run_dir, env):
+        if env.is_main:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, run_dir / "config.yaml")
+        with file_log(run_dir / "train.log", env):
+            return _train_in(cfg, env, table, fold, state, run_dir, saved, cache)
 
 
-def _train_in(cfg, env, table, fold, split_file, run_dir, resume_from) -> dict:
+def _train_in(cfg, env, table, fold, state, run_dir, saved, cache) -> dict:
     if env.is_main:
         write_data_record(run_dir, table)
-    data = build_loaders(cfg, env, table, fold)
+    data = build_loaders(cfg, env, table, fold, cache)
     parts = build_parts(cfg, env, table, data)
-    state = TrainState(split_hash=file_hash(split_file), classes=table.classes)
-    if resume_from:
-        restore(cfg, parts, state, ckpt.load(resume_from), len(data.train))
+    if saved is not None:
+        restore(cfg, parts, state, saved, len(data.train))
     if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale
         truncate_metrics(run_dir / "metrics.csv", state.epoch)
     batches = {"world_size": env.world, "batch_size_per_process": data.batch_size,
@@ -97,6 +104,7 @@ def preflight(cfg: Config) -> None:
     if isinstance(p, str) and p and not Path(p).is_file():
         raise models.ModelError(f"model.pretrained '{p}' is not a file (expected a weights file, true or false)")
     freeze.resolve_schedule(cfg)
+    resolve_mode(cfg.log.wandb)
 
 
 def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, Path]:
@@ -118,37 +126,6 @@ def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray)
     logger = log if env.is_main else None
     return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world, os.cpu_count() or 1,
                             logger)
-
-
-def run_name(cfg: Config) -> str:
-    """run.name, or one a teammate can read: model, fold, user, and a short hash of config + time."""
-    if cfg.run.name:
-        return cfg.run.name
-    stamp = f"{to_dict(cfg)}{datetime.now().isoformat()}"
-    user = getpass.getuser().replace("-", "")
-    return f"{cfg.model.name}-f{cfg.split.fold}-{user}-{hashlib.sha1(stamp.encode()).hexdigest()[:6]}"
-
-
-def prepare_run_dir(cfg: Config, env: dist.Env) -> tuple[Path, Path | None]:
-    """The run folder, and the checkpoint to resume from (None for a fresh run)."""
-    resume_from = None
-    if cfg.run.resume == "auto":
-        if not cfg.run.name:
-            raise ConfigError("run.resume=auto needs run.name (the run folder to continue)")
-        last = Path(cfg.run.dir) / cfg.run.name / "checkpoints" / "last.pt"
-        resume_from = last if last.is_file() else None
-    elif cfg.run.resume:
-        resume_from = Path(cfg.run.resume)
-        if not resume_from.is_file():
-            raise ConfigError(f"run.resume '{resume_from}' is not a checkpoint file")
-    if resume_from is not None:
-        run_dir = resume_from.parent.parent
-    else:
-        run_dir = Path(cfg.run.dir) / dist.broadcast_object(env, run_name(cfg))
-    if env.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-    return run_dir, resume_from
 
 
 def write_data_record(run_dir: Path, table: Table) -> None:
@@ -187,17 +164,23 @@ class Data:
     batch_size: int
 
 
-def build_loaders(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray) -> Data:
+def decode_images(cfg: Config, table: Table) -> np.ndarray | None:
+    """The decode-once cache (None with data.cache=off); a broken image is a DataError here."""
+    return ds.build_cache(table.df["path"].tolist(), img_hw(cfg), cfg.data.cache, Path(cfg.data.root) / ".cache",
+                          cfg.data.cache_ram_gb, cfg.data.max_pixels)
+
+
+def build_loaders(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, cache: np.ndarray | None) -> Data:
     hw = img_hw(cfg)
     df = table.df
-    cache = ds.build_cache(df["path"].tolist(), hw, cfg.data.cache, Path(cfg.data.root) / ".cache", cfg.data.cache_ram_gb)
     is_val = fold == cfg.split.fold
     tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     sub = (lambda idx: cache[idx]) if cache is not None else (lambda idx: None)
     labels = df["label"].to_numpy()
     train_ds = ds.ImageDataset(df["path"].iloc[tr_idx], labels[tr_idx].tolist(), hw,
-                               train_transform(cfg.aug, hw), sub(tr_idx))
-    val_ds = ds.ImageDataset(df["path"].iloc[va_idx], labels[va_idx].tolist(), hw, None, sub(va_idx))
+                               train_transform(cfg.aug, hw), sub(tr_idx), cfg.data.max_pixels)
+    val_ds = ds.ImageDataset(df["path"].iloc[va_idx], labels[va_idx].tolist(), hw, None, sub(va_idx),
+                             cfg.data.max_pixels)
     bs = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 0
     if bs > len(train_ds) // env.world:
         raise ConfigError(f"train.batch_size={bs} is larger than the {len(train_ds) // env.world} training images per process")
@@ -316,17 +299,7 @@ def checkpoint_state(cfg: Config, parts: Parts, state: TrainState, saver: ckpt.S
 
 
 def restore(cfg: Config, parts: Parts, state: TrainState, saved: dict, steps_per_epoch: int) -> None:
-    if saved.get("classes") != state.classes:
-        raise ckpt.CheckpointError(
-            f"cannot resume: the checkpoint has {len(saved.get('classes') or [])} classes, the data {len(state.classes)}"
-        )
-    if saved["config"]["model"]["name"] != cfg.model.name:
-        raise ckpt.CheckpointError(
-            f"cannot resume: the checkpoint is a '{saved['config']['model']['name']}', model.name is '{cfg.model.name}'"
-        )
-    if saved.get("split_hash") != state.split_hash:
-        log.warning("resuming with a different split file than the checkpoint's (%s vs %s)",
-                    saved.get("split_hash"), state.split_hash)
+    """Continue from a checkpoint that rundir.check_resume has accepted."""
     if parts.freezer.apply(saved["epoch"]):  # resuming in a later freeze phase: its optimizer groups
         parts.optimizer = parts.freezer.optimizer()
         parts.scheduler = make_scheduler(cfg, parts.optimizer, steps_per_epoch)

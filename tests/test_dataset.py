@@ -12,7 +12,7 @@ from baseline import bench
 from baseline.cli import main
 from baseline.config import load_config
 from baseline.data import dataset as ds
-from baseline.data.layouts import read_table
+from baseline.data.layouts import DataError, read_table
 from baseline.data.synth import write_synth
 from tests.conftest import tiny_overrides
 
@@ -120,3 +120,38 @@ def test_data_check_reports_duplicates_across_folds(small, capsys):
     fold_of = dict(zip(split.path, split.fold))
     same_fold = len({fold_of[str(Path(p).relative_to(small))] for p in (a, b)}) == 1
     assert rc == (0 if same_fold else 1)  # identical images in two folds is leakage: an error
+
+
+def test_a_truncated_disk_cache_is_rebuilt_not_read(small, tmp_path, caplog):
+    paths = paths_of(small)
+    first = np.array(ds.build_cache(paths, (24, 20), "disk", tmp_path / "c", 1))
+    (file,) = (tmp_path / "c").glob("*.npy")
+    with open(file, "r+b") as f:
+        f.truncate(file.stat().st_size // 2)
+    again = ds.build_cache(paths, (24, 20), "disk", tmp_path / "c", 1)
+    assert np.array_equal(again, first) and "rebuilding" in caplog.text
+    assert file.stat().st_size > first.nbytes  # whole again
+
+
+def test_16_bit_greyscale_is_scaled_by_its_range_not_clipped_white(tmp_path):
+    from PIL import Image
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 4 + 1000).astype(np.uint16)  # 1000..17380 of 65535
+    p = tmp_path / "scan16.png"
+    Image.fromarray(ramp).save(p)
+    assert Image.open(p).mode.startswith("I;16")
+    img = ds.decode(str(p), (64, 64))
+    assert img.shape == (64, 64, 3) and img.min() == 0 and img.max() == 255  # the whole range is used
+    assert (img[..., 0] == img[..., 1]).all() and img[0, 0, 0] < img[32, 0, 0] < img[63, 63, 0]
+    float_img = tmp_path / "f.tif"
+    Image.fromarray(ramp.astype(np.float32) / 1e4, "F").save(float_img)
+    assert ds.decode(str(float_img), (64, 64)).max() == 255
+
+
+def test_more_pixels_than_max_pixels_is_refused_by_name(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "huge.png"
+    Image.new("RGB", (400, 300)).save(p)
+    with pytest.raises(DataError, match="huge.png.*400x300.*data.max_pixels=100000"):
+        ds.decode(str(p), (32, 32), max_pixels=100_000)

@@ -108,7 +108,7 @@ def test_two_process_metrics_equal_single_process_evaluation(synth_root, tmp_pat
     env = dist.Env()
     table = read_table(cfg)
     fold, _ = load_or_write_folds(cfg, table)
-    data = train.build_loaders(cfg, env, table, fold)
+    data = train.build_loaders(cfg, env, table, fold, train.decode_images(cfg, table))
     model, _, _ = load_model(runs / "ddp" / "checkpoints" / "last.pt", env.device)
     mean, std = models.data_stats(model)
     ctx = engine.StepCtx(env, torch.tensor(mean), torch.tensor(std))

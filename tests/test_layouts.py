@@ -80,7 +80,12 @@ def test_upper_case_gender_is_accepted(mask_root):
     (lambda rows: rows[:1] + [[rows[1][0], "robot", *rows[1][2:]]] + rows[2:], "row 2: gender 'robot'"),
     (lambda rows: rows[:1] + [[*rows[1][:3], "old", rows[1][4]]] + rows[2:], "row 2: age 'old'"),
     (lambda rows: rows[:1] + [[*rows[1][:4], "not-a-person-folder"]] + rows[2:], "does not parse"),
-    (lambda rows: rows[:1] + [[*rows[1][:4], "999999_male_Asian_20"]] + rows[2:], "does not exist"),
+    (lambda rows: rows[:1] + [[*rows[1][:4], f"999999_{rows[1][1]}_Asian_{rows[1][3]}"]] + rows[2:], "does not exist"),
+    (lambda rows: rows[:1] + [[*rows[1][:3], "250", rows[1][4]]] + rows[2:], "row 2: age 250 is outside"),
+    (lambda rows: rows[:1] + [[*rows[1][:3], "-5", rows[1][4]]] + rows[2:], "row 2: age -5 is outside"),
+    (lambda rows: rows[:1] + [[rows[1][0], "female" if rows[1][1] == "male" else "male", *rows[1][2:]]] + rows[2:],
+     "row 2: the row says .* but its folder"),
+    (lambda rows: rows + [rows[1]], "rows 2 and .*: id .* is listed twice"),
 ])
 def test_bad_train_csv_names_the_problem(mask_root, edit, message):
     rewrite_csv(mask_root / "train" / "train.csv", edit)

@@ -106,3 +106,35 @@ def test_split_file_that_misses_new_images_is_an_error(root, tmp_path):
     df.iloc[1:].to_csv(path, index=False)
     with pytest.raises(DataError, match="does not list 1 image"):
         read_folds(cfg, table, path)
+
+
+def copy_person_under_new_id(root, src_row=1):
+    """One person's folder copied under a second id: the leakage a careless data dump makes."""
+    csv = root / "train" / "train.csv"
+    df = pd.read_csv(csv, dtype=str)
+    src = df.iloc[src_row]
+    clone = src.copy()
+    clone["id"] = "999999"
+    clone["path"] = "999999_" + src["path"].split("_", 1)[1]
+    shutil.copytree(root / "train" / "images" / src["path"], root / "train" / "images" / clone["path"])
+    pd.concat([df, clone.to_frame().T]).to_csv(csv, index=False)
+    return src["id"], clone["id"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_split_puts_a_copied_person_in_one_fold_and_data_check_flags_it(tmp_path, seed, caplog):
+    from baseline.data.check import check
+
+    root = write_synth(tmp_path / "d", people=12, seed=4)
+    original, copy = copy_person_under_new_id(root)
+    cfg = cfg_for(root, tmp_path, **{"split.folds": 3, "seed": seed})
+    lines = []
+    assert check(cfg, out=lines.append) == 7  # before any split: 7 identical images across two groups
+    assert any("identical image(s) belong to different groups" in line for line in lines)
+    table = read_table(cfg)
+    fold = read_folds(cfg, table, write_split(cfg, table))
+    groups = table.df.group.to_numpy()
+    assert len(set(fold[(groups == original) | (groups == copy)])) == 1
+    assert "1 group(s) joined others" in caplog.text
+    check_duplicates(table, fold, 0)  # no identical image across train / validation
+    assert check(cfg, out=lambda _: None) == 0  # once the split keeps them together, no error

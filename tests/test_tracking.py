@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from baseline.cli import main
 from baseline.config import WandbCfg
@@ -102,21 +103,42 @@ def test_disabled_mode_writes_no_wandb_files(synth_root, tmp_path):
     assert (runs / "off" / "metrics.csv").is_file() and (runs / "off" / "learning_curves.png").is_file()
 
 
-def test_leaderboard_sorts_by_f1(tmp_path, capsys):
-    for name, f1 in (("a", 0.5), ("b", 0.9), ("sweeps/s/t1", 0.7)):
-        d = tmp_path / name
-        d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({"val_f1": f1, "model": "m", "fold": 0, "epochs_done": 3}))
+def fake_run(root, name, fmt="mask", n_cls=18, f1=None, error=None, last=False):
+    d = root / name
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"data": {"format": fmt, "root": f"data/{fmt}"},
+                                                   "model": {"name": "m"}, "split": {"fold": 0}}))
+    (d / "classes.json").write_text(json.dumps([str(i) for i in range(n_cls)]))
+    if f1 is not None:
+        (d / "summary.json").write_text(json.dumps({"val_f1": f1, "epochs_done": 3}))
+    if error:
+        (d / "error.txt").write_text(error)
+    if last:
+        (d / "checkpoints" / "last.pt").write_bytes(b"x")
+
+
+def test_leaderboard_ranks_within_each_data_set_and_shows_every_state(tmp_path, capsys):
+    fake_run(tmp_path, "a", f1=0.5)
+    fake_run(tmp_path, "b", f1=0.9)
+    fake_run(tmp_path, "sweeps/s/t1", f1=0.7)
+    fake_run(tmp_path, "digits", fmt="csv", n_cls=3, f1=0.99)
+    fake_run(tmp_path, "crashed", error="OutOfMemory: out of memory in epoch 2")
+    fake_run(tmp_path, "killed", last=True)
     board = leaderboard(tmp_path)
-    assert board.run.tolist() == ["b", "sweeps/s/t1", "a"]
+    assert board.run.tolist() == ["digits", "b", "sweeps/s/t1", "a", "crashed", "killed"]
+    assert board.data.tolist()[:2] == ["csv:data/csv (3 classes)", "mask:data/mask (18 classes)"]
+    states = dict(zip(board.run, board.state))
+    assert states["b"] == "finished" and states["killed"] == "stopped"
+    assert states["crashed"] == "failed: OutOfMemory: out of memory in epoch 2"
     assert main(["runs", f"run.dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert out.index("b ") < out.index("a ")
+    printed = [line.split()[0] for line in out.splitlines()[1:] if not line.startswith("note")]
+    assert printed == board.run.tolist() and "2 different data sets" in out
 
 
 def test_default_run_name_is_readable():
     from baseline.config import load_config
-    from baseline.train import run_name
+    from baseline.rundir import run_name
 
     name = run_name(load_config(None, ["model.name=resnet18", "split.fold=3"]))
     assert name.startswith("resnet18-f3-") and len(name.split("-")[-1]) == 6

@@ -35,6 +35,13 @@ def image_sizes(paths: list[str]) -> Counter:
     return sizes
 
 
+def _identical_across_groups(df: pd.DataFrame, dup: pd.Series) -> int:
+    """Identical images whose copies carry different groups (e.g. one person under two ids)."""
+    if not len(dup):
+        return 0
+    return int(df["group"].loc[dup.index].groupby(dup).nunique().gt(1).sum())
+
+
 def check(cfg: Config, out=print) -> int:
     """Print the report; return the number of errors found."""
     table = read_table(cfg)
@@ -52,13 +59,17 @@ def check(cfg: Config, out=print) -> int:
         out(f"ERROR unreadable image {p}: {why}")
     errors += len(bad)
     hashes = pd.Series(content_hashes(df["path"].tolist()))
+    hashes = hashes[~df["path"].isin({p for p, _ in bad})]  # broken files are reported once, above
     dup = hashes[hashes.duplicated(keep=False)]
     for _, same in df["path"].groupby(dup).groups.items() if len(dup) else []:
         out(f"WARNING identical content: {[df['path'][i] for i in same]}")
+    across = _identical_across_groups(df, dup)
     path = split_path(cfg)
     if not Path(path).is_file():
-        out(f"no split file at {path} yet (`baseline data split` writes it)")
-        return errors
+        out(f"no split file at {path} yet (`baseline data split` writes it and keeps identical images in one fold)")
+        if across:
+            out(f"ERROR {across} identical image(s) belong to different groups; the split will join those groups")
+        return errors + across
     try:
         fold = read_folds(cfg, table, path)
         check_groups(table, fold, path)

@@ -21,16 +21,35 @@ from .layouts import DataError
 log = logging.getLogger(__name__)
 
 
-def decode(path: str, hw: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 HxWx3 at `hw`; EXIF rotation applied; grey/RGBA/palette made RGB."""
+MAX_PIXELS = 64_000_000  # data.max_pixels' default
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and float greyscale (I;16*, I, F) scaled to 8 bits by the image's own value range;
+    PIL's convert() would clip them, and a 16-bit scan comes out solid white."""
+    a = np.asarray(im, dtype=np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(scaled.round().astype(np.uint8), "L")
+
+
+def decode(path: str, hw: tuple[int, int], max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 HxWx3 at `hw`; EXIF rotation applied; grey/RGBA/palette/16-bit made RGB."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise DataError(f"image '{path}' has {im.width}x{im.height} pixels, more than data.max_pixels="
+                                f"{max_pixels}; shrink it, drop it, or raise data.max_pixels if it is genuine")
             im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I") or im.mode == "F":
+                im = to_8bit(im)
             if im.mode != "RGB":
                 im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
             im = im.resize((hw[1], hw[0]), Image.BILINEAR, reducing_gap=2.0)
             return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"image '{path}' could not be decoded: {e}") from None
 
 
@@ -42,37 +61,53 @@ def _cache_key(paths: list[str], hw: tuple[int, int]) -> str:
     return h.hexdigest()[:16]
 
 
-def decode_all(paths: list[str], hw: tuple[int, int], out: np.ndarray, workers: int = 4) -> np.ndarray:
+def decode_all(paths: list[str], hw: tuple[int, int], out: np.ndarray, workers: int = 4,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
     # PIL releases the GIL while decoding, so threads scale on the cores we have.
     def one(i: int) -> None:
-        out[i] = decode(paths[i], hw)
+        out[i] = decode(paths[i], hw, max_pixels)
 
     with ThreadPoolExecutor(max(1, workers)) as ex:
         list(ex.map(one, range(len(paths))))
     return out
 
 
-def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Path, ram_gb: float) -> np.ndarray | None:
-    """Decoded images as one uint8 array (N, H, W, 3), or None for mode 'off'."""
+def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Path, ram_gb: float,
+                max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+    """Decoded images as one uint8 array (N, H, W, 3), or None for mode 'off'. A disk cache is named
+    by a fingerprint of the file list, sizes, mtimes and image size; one that does not read back
+    whole (truncated, foreign) is rebuilt, never used."""
     if mode == "off":
         return None
     nbytes = len(paths) * hw[0] * hw[1] * 3
     if mode == "auto":
         mode = "ram" if nbytes < ram_gb * 2**30 else "disk"
     workers = min(8, os.cpu_count() or 1)
+    shape = (len(paths), *hw, 3)
     if mode == "ram":
-        return decode_all(paths, hw, np.empty((len(paths), *hw, 3), np.uint8), workers)
+        return decode_all(paths, hw, np.empty(shape, np.uint8), workers, max_pixels)
     cache_dir.mkdir(parents=True, exist_ok=True)
     file = cache_dir / f"{_cache_key(paths, hw)}.npy"
     if file.is_file():
-        return np.load(file, mmap_mode="r")
+        cached = _open_cache(file, shape)
+        if cached is not None:
+            return cached
+        log.warning("decode cache '%s' is damaged or not this data's: rebuilding it", file)
     tmp = file.with_suffix(".tmp.npy")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *hw, 3))
-    decode_all(paths, hw, arr, workers)
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    decode_all(paths, hw, arr, workers, max_pixels)
     arr.flush()
     del arr
     os.replace(tmp, file)
     return np.load(file, mmap_mode="r")
+
+
+def _open_cache(file: Path, shape: tuple) -> np.ndarray | None:
+    try:
+        arr = np.load(file, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return arr if arr.shape == shape and arr.dtype == np.uint8 else None
 
 
 def reseed(compose, seed: int) -> None:
@@ -87,8 +122,8 @@ class ImageDataset(Dataset):
     """(uint8 CHW tensor, label) pairs; from the cache when there is one."""
 
     def __init__(self, paths: list[str], labels: list[int] | None, hw: tuple[int, int], transform=None,
-                 cache: np.ndarray | None = None):
-        self.paths, self.labels, self.hw = list(paths), labels, hw
+                 cache: np.ndarray | None = None, max_pixels: int = MAX_PIXELS):
+        self.paths, self.labels, self.hw, self.max_pixels = list(paths), labels, hw, max_pixels
         self.transform, self.cache = transform, cache
         self.epoch_seed: int | None = None  # set per epoch by `set_epoch`
 
@@ -96,7 +131,7 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw)
+        img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw, self.max_pixels)
         if self.transform is not None:
             if self.epoch_seed is not None:
                 # Augmentation is a function of (seed, epoch, item) alone: the same whatever the worker

@@ -77,12 +77,44 @@ def _mask_of(stem: str) -> int:
     return 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
 
 
-def _parse_folder(name: str, csv_path: Path, row: int) -> None:
+def _parse_folder(name: str, csv_path: Path, row: int) -> tuple[str, int]:
+    """(gender, age) that the folder name `<id>_<gender>_<race>_<age>` states."""
     parts = name.split("_")
     if len(parts) != 4 or not parts[3].isdigit() or parts[1].lower() not in GENDERS:
         raise DataError(
             f"{csv_path} row {row}: folder name '{name}' does not parse as <id>_<gender>_<race>_<age>"
         )
+    return parts[1].lower(), int(parts[3])
+
+
+MAX_AGE = 120
+
+
+def _person_row(p, csv_path: Path, row: int) -> tuple[str, int]:
+    """The row's (gender, age), checked for range and against its folder name."""
+    gender = str(p.gender).strip().lower()
+    if gender not in GENDERS:
+        raise DataError(f"{csv_path} row {row}: gender '{p.gender}' is not male or female")
+    try:
+        age = int(str(p.age).strip())
+    except ValueError:
+        raise DataError(f"{csv_path} row {row}: age '{p.age}' is not an integer") from None
+    if not 0 <= age <= MAX_AGE:
+        raise DataError(f"{csv_path} row {row}: age {age} is outside 0..{MAX_AGE}")
+    folder_gender, folder_age = _parse_folder(p.path, csv_path, row)
+    if (folder_gender, folder_age) != (gender, age):
+        raise DataError(f"{csv_path} row {row}: the row says {gender}, {age} but its folder '{p.path}' says "
+                        f"{folder_gender}, {folder_age}; fix one of them (or use data.corrections)")
+    return gender, age
+
+
+def _no_repeats(df: pd.DataFrame, cols: list[str], csv_path: Path) -> None:
+    for col in cols:
+        dup = df[col].duplicated(keep=False)
+        if dup.any():
+            rows = [int(i) + 2 for i in df.index[dup][:2]]
+            raise DataError(f"{csv_path} rows {rows[0]} and {rows[1]}: {col} '{df[col][dup].iloc[0]}' is listed "
+                            f"twice; each {col} must appear once")
 
 
 def _apply_corrections(people: pd.DataFrame, path: str) -> tuple[pd.DataFrame, list[dict]]:
@@ -104,20 +136,19 @@ def read_mask(cfg: Config) -> Table:
     root = _root(cfg)
     csv_path = root / "train" / "train.csv"
     people = _read_csv(csv_path, ["id", "gender", "age", "path"], "train.csv")
+    _no_repeats(people, ["id", "path"], csv_path)
+    for i, p in enumerate(people.itertuples(index=False)):  # as written, before any correction
+        _person_row(p, csv_path, i + 2)
     corrections: list[dict] = []
     if cfg.data.corrections:
         people, corrections = _apply_corrections(people, cfg.data.corrections)
     rows = []
     for i, p in enumerate(people.itertuples(index=False)):
         row = i + 2  # header is line 1
-        _parse_folder(p.path, csv_path, row)
-        gender = str(p.gender).strip().lower()
-        if gender not in GENDERS:
-            raise DataError(f"{csv_path} row {row}: gender '{p.gender}' is not male or female")
-        try:
-            age = int(str(p.age).strip())
-        except ValueError:
-            raise DataError(f"{csv_path} row {row}: age '{p.age}' is not an integer") from None
+        gender, age = str(p.gender).strip().lower(), int(str(p.age).strip())
+        if gender not in GENDERS or not 0 <= age <= MAX_AGE:
+            raise DataError(f"data.corrections '{cfg.data.corrections}': id '{p.id}' is corrected to "
+                            f"{p.gender}, {p.age}; expected male/female and an age in 0..{MAX_AGE}")
         folder = root / "train" / "images" / p.path
         if not folder.is_dir():
             raise DataError(f"{csv_path} row {row}: image folder '{folder}' does not exist")
@@ -152,6 +183,7 @@ def read_mask_test(cfg: Config) -> TestTable:
     root = _root(cfg)
     info_path = root / "eval" / "info.csv"
     info = _read_csv(info_path, ["ImageID"], "eval/info.csv")
+    _no_repeats(info, ["ImageID"], info_path)
     paths = [root / "eval" / "images" / i for i in info["ImageID"]]
     _require_files(paths, info_path)
     df = pd.DataFrame({"path": [str(p) for p in paths], "id": info["ImageID"]})
@@ -178,6 +210,19 @@ def _require_files(paths: list[Path], listed_in: Path) -> None:
 
 
 # ---------------------------------------------------------------- generic CSV layout
+MISSING_LABELS = {"nan", "none", "null", "na", "n/a"}
+
+
+def _under_root(root: Path, names: pd.Series, csv_path: Path, allowed: bool) -> list[Path]:
+    """Image paths of a CSV, which must stay inside data.root (a copied folder then still works)."""
+    paths = [root / p for p in names]
+    if not allowed:
+        top = root.resolve()
+        for i, p in enumerate(paths):
+            if not p.resolve().is_relative_to(top):
+                raise DataError(f"{csv_path} row {i + 2}: image '{names.iloc[i]}' is outside data.root '{root}'; "
+                                "move it under the root or set data.allow_outside_root=true")
+    return paths
 def _class_list(values: pd.Series) -> list[str]:
     uniq = values.unique().tolist()
     if all(v.lstrip("-").isdigit() for v in uniq):
@@ -196,11 +241,16 @@ def read_csv_layout(cfg: Config) -> Table:
     empty = df.index[(df[d.label_col].str.strip() == "") | (df[d.image_col].str.strip() == "")]
     if len(empty):
         raise DataError(f"{csv_path} row {empty[0] + 2}: empty '{d.image_col}' or '{d.label_col}'")
+    missing = df.index[df[d.label_col].str.strip().str.lower().isin(MISSING_LABELS)]
+    if len(missing):
+        raise DataError(f"{csv_path} row {missing[0] + 2}: label '{df[d.label_col][missing[0]]}' reads as a missing "
+                        "value, not a class; drop the row or give it its class")
+    _no_repeats(df, [d.image_col], csv_path)
     labels = df[d.label_col].str.strip()
     if labels.str.lstrip("-").str.isdigit().all():
         labels = labels.astype(int).astype(str)  # "01" and "1" are one class
     classes = _class_list(labels)
-    paths = [root / p for p in df[d.image_col]]
+    paths = _under_root(root, df[d.image_col], csv_path, cfg.data.allow_outside_root)
     _require_files(paths, csv_path)
     table = pd.DataFrame({
         "path": [str(p) for p in paths],
@@ -217,7 +267,8 @@ def read_csv_test(cfg: Config) -> TestTable:
         raise DataError("data.format=csv needs data.test_csv to predict (a CSV with the image column)")
     csv_path = root / d.test_csv
     df = _read_csv(csv_path, [d.image_col], "data.test_csv")
-    paths = [root / p for p in df[d.image_col]]
+    _no_repeats(df, [d.image_col], csv_path)
+    paths = _under_root(root, df[d.image_col], csv_path, cfg.data.allow_outside_root)
     _require_files(paths, csv_path)
     out = pd.DataFrame({"path": [str(p) for p in paths], "id": df[d.image_col]})
     if d.label_col in df.columns:  # a labelled test set: its labels must be classes the model knows
@@ -264,6 +315,12 @@ def read_table(cfg: Config) -> Table:
     if table.df.empty:
         raise DataError(f"no training images found under data.root '{cfg.data.root}'")
     return table
+
+
+def class_names(cfg: Config) -> list[str]:
+    """The classes the data defines: fixed for the competition layout, else read from the training
+    table (the csv's labels, the folder names)."""
+    return MASK_CLASSES if cfg.data.format == "mask" else read_table(cfg).classes
 
 
 def read_test_table(cfg: Config) -> TestTable:

@@ -7,6 +7,7 @@ reads it and never re-draws it, so every teammate and every fold run sees the sa
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from ..config import Config
 from .layouts import DataError, Table
+
+log = logging.getLogger("baseline")
 
 
 def split_path(cfg: Config) -> Path:
@@ -32,13 +35,34 @@ def strata(df: pd.DataFrame) -> np.ndarray:
     return df["label"].to_numpy()
 
 
-def assign_folds(df: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
-    n_groups = df["group"].nunique()
+def merged_groups(groups: pd.Series, hashes: list[str]) -> pd.Series:
+    """Groups joined wherever two of them hold an identical image (one person copied under a second
+    id, a file in two class folders): union-find over the groups sharing a content hash."""
+    parent: dict[str, str] = {g: g for g in groups.unique()}
+
+    def root(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    first: dict[str, str] = {}
+    for g, h in zip(groups, hashes):
+        other = first.setdefault(h, g)
+        a, b = root(g), root(other)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return groups.map(root)
+
+
+def assign_folds(df: pd.DataFrame, folds: int, seed: int, groups: pd.Series | None = None) -> np.ndarray:
+    groups = df["group"] if groups is None else groups
+    n_groups = groups.nunique()
     if n_groups < folds:
         raise DataError(f"split.folds={folds} but the data has only {n_groups} group(s): a fold would be empty")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold = np.full(len(df), -1)
-    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(df)), strata(df), df["group"])):
+    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(df)), strata(df), groups)):
         fold[val_idx] = k
     return fold
 
@@ -47,7 +71,12 @@ def write_split(cfg: Config, table: Table, path: Path | None = None) -> Path:
     """Draw the folds and write the split file atomically; returns its path."""
     path = path or split_path(cfg)
     root = Path(cfg.data.root)
-    fold = assign_folds(table.df, cfg.split.folds, cfg.seed)
+    groups = merged_groups(table.df["group"].astype(str), content_hashes(table.df["path"].tolist()))
+    joined = table.df["group"].nunique() - groups.nunique()
+    if joined:
+        log.warning("split: %d group(s) joined others because they share identical images; they stay in one fold",
+                    joined)
+    fold = assign_folds(table.df, cfg.split.folds, cfg.seed, groups)
     out = pd.DataFrame({
         "path": [os.path.relpath(p, root) for p in table.df["path"]],
         "group": table.df["group"].to_numpy(),

@@ -1,0 +1,180 @@
+"""The run folder: its name, a lock so that one training at a time writes it, the resume guard,
+and the state `baseline runs` reads (finished, running, stopped, failed)."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+
+from . import dist
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError, to_dict
+
+log = logging.getLogger("baseline")
+
+LOCK = ".lock"
+ERROR = "error.txt"
+# Keys a resume may change: they do not change what is learned (epochs extends a run; the data may
+# move to another folder, its split file is compared by hash).
+RESUMABLE = ("run.", "log.", "submit.", "bench.", "train.epochs", "train.early_stop", "train.log_interval",
+             "train.device", "train.keep_top_k", "data.num_workers", "data.cache", "data.cache_ram_gb",
+             "data.root", "data.max_pixels", "split.file")
+
+
+class RunLocked(ConfigError):
+    """Another training holds the run folder."""
+
+
+def run_name(cfg: Config) -> str:
+    """run.name, or one a teammate can read: model, fold, user, and a short hash of config + time."""
+    if cfg.run.name:
+        return cfg.run.name
+    stamp = f"{to_dict(cfg)}{datetime.now().isoformat()}"
+    user = getpass.getuser().replace("-", "")
+    return f"{cfg.model.name}-f{cfg.split.fold}-{user}-{hashlib.sha1(stamp.encode()).hexdigest()[:6]}"
+
+
+def resume_point(cfg: Config) -> Path | None:
+    """The checkpoint run.resume names (None: a fresh run)."""
+    if cfg.run.resume == "auto":
+        if not cfg.run.name:
+            raise ConfigError("run.resume=auto needs run.name (the run folder to continue)")
+        last = Path(cfg.run.dir) / cfg.run.name / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    if cfg.run.resume:
+        path = Path(cfg.run.resume)
+        if not path.is_file():
+            raise ConfigError(f"run.resume '{path}' is not a checkpoint file")
+        return path
+    return None
+
+
+# ---------------------------------------------------------------- lock
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def acquire(run_dir: Path) -> Path:
+    """Create run_dir/.lock (host, pid, time) or refuse with its holder. A lock left by a dead
+    process on this host is taken over with a warning."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        held = _holder(path)
+        if held.get("host") != me["host"] or _alive(int(held.get("pid", 0))):
+            raise RunLocked(f"run folder '{run_dir}' is in use by pid {held.get('pid')} on {held.get('host')} "
+                            f"(since {held.get('since')}); wait for it, or choose another run.name") from None
+        log.warning("run folder '%s': taking over the lock of pid %s, which is no longer running",
+                    run_dir, held.get("pid"))
+        tmp = run_dir / f"{LOCK}.{os.getpid()}"
+        tmp.write_text(json.dumps(me))
+        os.replace(tmp, path)
+        if _holder(path).get("pid") != me["pid"]:  # another process took it over at the same moment
+            raise RunLocked(f"run folder '{run_dir}' was just taken by another process; choose another run.name") from None
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(me))
+    return path
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path, env: dist.Env):
+    """Hold the run folder's lock (rank 0) for the whole run; every rank refuses together if it is
+    held. A failure's one line goes to error.txt for `baseline runs`."""
+    refusal = None
+    if env.is_main:
+        try:
+            path = acquire(run_dir)
+        except RunLocked as e:
+            refusal = str(e)
+    refusal = dist.broadcast_object(env, refusal)
+    if refusal:
+        raise RunLocked(refusal)
+    if not env.is_main:
+        yield
+        return
+    (run_dir / ERROR).unlink(missing_ok=True)
+    try:
+        yield
+    except BaseException as e:
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            (run_dir / ERROR).write_text(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+        raise
+    finally:
+        if _holder(path).get("pid") == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- resume guard
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "schedule":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(saved: dict, now: dict) -> tuple[list[str], list[str]]:
+    """Keys that differ between a checkpoint's config and this one: (refused, allowed), as
+    'key: checkpoint -> now' lines."""
+    a, b = _flat(saved), _flat(now)
+    refused, allowed = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+            (allowed if key.startswith(RESUMABLE) else refused).append(line)
+    return refused, allowed
+
+
+def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, path: Path) -> None:
+    """Refuse a resume that would change what is learned, before anything is written."""
+    refused, allowed = config_diff(saved.get("config", {}), to_dict(cfg))
+    if saved.get("classes") != classes:
+        refused.append(f"classes: {len(saved.get('classes') or [])} in the checkpoint, {len(classes)} in the data")
+    if saved.get("split_hash") != split_hash:
+        refused.append(f"split file: sha {saved.get('split_hash')} in the checkpoint, {split_hash} now")
+    if refused:
+        raise CheckpointError(f"cannot resume from '{path}': " + "; ".join(refused) +
+                              ". Set these back, or start a new run (another run.name)")
+    for line in allowed:
+        log.info("resume: %s", line)
+
+
+# ---------------------------------------------------------------- state
+def state(run_dir: Path) -> str:
+    """finished | running | failed: <line> | stopped (at epoch N) | empty."""
+    if (run_dir / "summary.json").is_file() and not (run_dir / LOCK).is_file():
+        return "finished"
+    held = _holder(run_dir / LOCK)
+    if held and (held.get("host") != socket.gethostname() or _alive(int(held.get("pid", 0)))):
+        return "running"
+    if (run_dir / ERROR).is_file():
+        return "failed: " + (run_dir / ERROR).read_text().strip()
+    last = run_dir / "checkpoints" / "last.pt"
+    return "stopped" if last.is_file() else "empty"
