@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from .config import Config
+from .data.layouts import DataError
 
 log = logging.getLogger("baseline")
 
@@ -58,11 +59,14 @@ def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
     picked = paths if len(paths) <= n else [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
     out = []
     for p in picked:
-        with Image.open(p) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-                w, h = h, w
-            out.append((w, h))
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                    w, h = h, w
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"image '{p}' could not be read: {e}") from None
+        out.append((w, h))
     return out
 
 
