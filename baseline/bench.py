@@ -1,7 +1,8 @@
 """`baseline bench`: the same model, batch and data three ways, in images per second.
 
 limit  forward+backward on tensors already in memory (the most any pipeline can reach)
-kit    the real baseline train step, data from disk through its loader (decode-once cache)
+kit    the kit's loader (decode-once cache) feeding a plain forward/backward/AdamW step (no
+       accumulation, clipping, scaler or EMA: the data path is what this compares)
 naive  PIL open + torchvision transforms per item, no cache (how most baselines load)
 Also the loaders alone (no model), and inference (kit vs naive). Quote ratios, not absolute times.
 """

@@ -28,6 +28,7 @@ COMMANDS = {
 
 
 def _setup_logging() -> None:
+    # Before dist.setup() there is no Env yet: torchrun's RANK says which process prints.
     main = int(os.environ.get("RANK", "0")) == 0
     level = logging.INFO if main else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunCfg:
-    name: str = ""  # run folder name; empty -> "<model>-f<fold>-<time>"
+    name: str = ""  # run folder name; empty -> "<model>-f<fold>-<user>-<6 hex of config and time>"
     dir: str = "runs"  # parent of run folders
     resume: str = ""  # "" (fresh run) | "auto" (resume runs/<name> if it has last.pt) | path to a checkpoint
 

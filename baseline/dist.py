@@ -12,7 +12,6 @@ import torch.distributed as dist
 @dataclass(frozen=True)
 class Env:
     rank: int = 0
-    local_rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
 
@@ -43,7 +42,7 @@ def setup(device: str = "auto") -> Env:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Env(rank, local_rank, world, dev)
+    return Env(rank, world, dev)
 
 
 def teardown() -> None:

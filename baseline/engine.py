@@ -1,4 +1,5 @@
-"""train_one_epoch / evaluate: AMP, accumulation (DDP no_sync), clipping, EMA; exact metrics."""
+"""train_one_epoch (AMP, accumulation with DDP no_sync, clipping, EMA) and predict_logits (every
+item exactly once across ranks, in dataset order); metrics from the gathered logits."""
 
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ A schedule is a list of phases, each in force from its `epoch` on:
     {epoch: 2, train: last_stages, stages: 2, lr_scale: 0.1}  + the last 2 backbone stages at lr*0.1
     {epoch: 4, train: all, lr_scale: 0.1}                     everything; backbone at lr*0.1
 Frozen parts keep their BatchNorm statistics too (their BN layers stay in eval mode), unless
-freeze.bn=train. The optimizer is rebuilt at each boundary with two groups (head at lr, backbone at
-lr*lr_scale); parameters trained in both phases keep their optimizer state.
+freeze.bn=train. The optimizer is rebuilt at each boundary with the head at lr and the backbone at
+lr*lr_scale, each split into weight-decay and no-decay groups (up to four groups); parameters trained
+in both phases keep their optimizer state. With optim.layer_decay > 0 timm's layer-wise groups
+replace these, so a phase's lr_scale below 1 is refused there.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def resolve_schedule(cfg: Config) -> list[dict]:
             raise ConfigError(f"{key}.stages: train=last_stages needs stages >= 1")
         out.append({"stages": 0, "lr_scale": 1.0, **ph})
     out.sort(key=lambda p: p["epoch"])
+    if cfg.optim.layer_decay > 0 and any(p["lr_scale"] != 1.0 for p in out):
+        raise ConfigError("freeze.schedule lr_scale and optim.layer_decay both set the backbone's LR; timm's "
+                          "layer-wise groups would ignore lr_scale: use one of them")
     if out[0]["epoch"] != 0:
         raise ConfigError("freeze.schedule: the first phase must start at epoch 0")
     return out

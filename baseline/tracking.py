@@ -1,5 +1,6 @@
 """Tracking: a local metrics file always, W&B (online | offline | disabled) on top; rank 0 only.
-Other ranks get `NullTracker`, so callers never branch on the rank."""
+Other ranks get `NullTracker` from the one place that builds trackers (train._train_in), so the
+code that logs never branches on the rank."""
 
 from __future__ import annotations
 

@@ -345,9 +345,9 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
         run_dir: Path, stop: Preemption) -> None:
     parts.ctx.stop = stop
     if env.is_main:
-        log.info("run %s: %d train / %d val images, batch %d per process x %d = %d global, %d epochs",
-                 run_dir.name, len(data.train.dataset), len(data.val.dataset), data.batch_size, env.world,
-                 data.batch_size * env.world, cfg.train.epochs)
+        log.info("run %s: %d train / %d val images, batch %d per process x %d processes x %d accumulation = %d "
+                 "global, %d epochs", run_dir.name, len(data.train.dataset), len(data.val.dataset), data.batch_size,
+                 env.world, cfg.train.accum_steps, state.batches["global_batch_size"], cfg.train.epochs)
     while state.epoch < cfg.train.epochs:
         epoch = state.epoch
         if parts.freezer.apply(epoch):  # a schedule boundary: new trainable set, new optimizer groups

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from baseline.config import load_config
 from baseline.data.synth import write_synth
 
 # Tests never reach for a network or an API key.
@@ -30,13 +29,3 @@ def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
-
-
-@pytest.fixture
-def tiny_cfg(synth_root, tmp_path):
-    """A config that trains in seconds on the session's small dataset."""
-
-    def make(**extra):
-        return load_config(None, tiny_overrides(synth_root, tmp_path / "runs", **extra))
-
-    return make

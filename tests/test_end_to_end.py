@@ -142,6 +142,6 @@ def test_nproc_flag_relaunches_under_torchrun(synth_root, tmp_path):
     runs = tmp_path / "runs"
     r = run_cli("train", "--nproc", "2", *tiny_overrides(synth_root, runs, **{"run.name": "np", "train.batch_size": 8}))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "8 per process x 2 = 16 global" in r.stdout
+    assert "8 per process x 2 processes x 1 accumulation = 16 global" in r.stdout
     summary = json.loads((runs / "np" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 16 and summary["batch_size_per_process"] == 8

@@ -101,7 +101,7 @@ def test_two_process_metrics_equal_single_process_evaluation(synth_root, tmp_pat
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "baseline", "train", *over], capture_output=True, text=True, env=clean_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "8 per process x 2 = 16 global" in r.stdout
+    assert "8 per process x 2 processes x 1 accumulation = 16 global" in r.stdout
     row = pd.read_csv(runs / "ddp" / "metrics.csv").iloc[-1]
 
     cfg = load_config(None, over)

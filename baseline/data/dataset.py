@@ -167,11 +167,10 @@ class ShardSampler(Sampler):
         return len(self.idx)
 
 
-def train_loader(ds: ImageDataset, batch_size: int, workers: int, seed: int, rank: int, world: int,
-                 sampler: Sampler | None = None) -> DataLoader:
+def train_loader(ds: ImageDataset, batch_size: int, workers: int, seed: int, rank: int, world: int) -> DataLoader:
     # DistributedSampler even for one process: its shuffle depends only on (seed, epoch), which
     # is what makes a resumed run see the same batches as an uninterrupted one.
-    sampler = sampler or EpochSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = EpochSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     # Its own generator, so starting workers does not draw from the global torch RNG.
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                       generator=torch.Generator(), persistent_workers=False, pin_memory=torch.cuda.is_available())
