@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data split check train submit sweep sweep-agent bench bench-recipe runs test lint docker-build docker-train docker-submit clean
+.PHONY: help venv data split check train submit sweep sweep-agent bench bench-recipe runs test test-fast lint docker-build docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ runs: $(STAMP) ## the local leaderboard: runs sorted by best macro-F1
 
 test: $(STAMP) ## run the whole test suite (slow end-to-end tests included)
 	$(BIN)/pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## the unit tests only (nothing trains), well under a minute
+	$(BIN)/pytest -q -m "not slow" $(ARGS)
 
 lint: $(STAMP) ## ruff and hadolint
 	$(BIN)/ruff check .

@@ -99,7 +99,7 @@ class SchedCfg:
 @dataclass
 class TrainCfg:
     epochs: int = 10
-    # per process; "data": from the training set size (32..64, at least 30 steps per epoch where it can);
+    # per process; "data": from the training set size and device (16 | 32 | up to 64 on a GPU);
     # "auto": the largest that fits in memory
     batch_size: int | Literal["data", "auto"] = "data"
     max_batch_size: int = 256  # cap for batch_size=auto

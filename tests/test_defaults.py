@@ -27,20 +27,21 @@ def test_img_size_follows_the_median_aspect_ratio(sizes, side, expected):
     assert defaults.img_size_for(sizes, side) == expected
 
 
-@pytest.mark.parametrize("n_train, world, expected", [
-    (56, 1, 16),  # a tiny set
-    (336, 1, 32),  # the floor: 10 steps per epoch
-    (840, 1, 32),  # 26 steps per epoch instead of 13 at 64
-    (1344, 1, 32),
-    (1920, 1, 64),  # 30 steps at 64
-    (11200, 1, 64),  # the cap
-    (11200, 4, 64),
-    (1344, 2, 32),  # per process under DDP: 672 images each
-    (600, 2, 16),  # 300 per process: tiny
-    (10, 1, 10),  # never more than the data has
+@pytest.mark.parametrize("n_train, world, device, expected", [
+    (56, 1, "cpu", 16),  # a tiny set
+    (336, 1, "cpu", 32),  # the floor: 10 steps per epoch
+    (840, 1, "cpu", 32),  # 26 steps per epoch instead of 13 at 64
+    (840, 1, "cuda", 32),
+    (1920, 1, "cuda", 64),  # 30 steps at 64
+    (1920, 1, "cpu", 32),  # on the CPU 64 is no faster per image: keep the steps
+    (11200, 1, "cuda", 64),  # the cap
+    (11200, 4, "cuda", 64),
+    (1344, 2, "cpu", 32),  # per process under DDP: 672 images each
+    (600, 2, "cpu", 16),  # 300 per process: tiny
+    (10, 1, "cpu", 10),  # never more than the data has
 ])
-def test_batch_follows_the_data_size(n_train, world, expected):
-    assert defaults.batch_for(n_train, world) == expected
+def test_batch_follows_the_data_size_and_device(n_train, world, device, expected):
+    assert defaults.batch_for(n_train, world, torch.device(device)) == expected
 
 
 def test_workers_are_zero_on_the_cpu():

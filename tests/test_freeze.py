@@ -30,6 +30,7 @@ def backbone(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
 
+@pytest.mark.slow  # its fixture trains
 def test_local_file_loads_backbone_and_makes_a_new_head(pretrained_file):
     src = torch.load(pretrained_file, weights_only=True)["model"]
     model = create(ModelCfg(name="test_resnet", pretrained=str(pretrained_file)), num_classes=5)
