@@ -74,6 +74,16 @@ def data_command(action: str, cfg: Config) -> int:
     return 1 if errors else 0
 
 
+def runs_command(cfg: Config) -> int:
+    from .tracking import leaderboard
+
+    board = leaderboard(Path(cfg.run.dir))
+    print(board.to_string(index=False) if len(board) else f"no runs under {cfg.run.dir}")
+    if board["data"].nunique() > 1:
+        print(f"note: {board['data'].nunique()} different data sets; F1 is ranked within each, not across")
+    return 0
+
+
 def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
     """`baseline train --nproc N ...` is `torchrun --standalone --nproc_per_node=N -m baseline train ...`."""
     rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")]
@@ -101,13 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table.to_string(index=False))
             return 0 if (table.status == "finished").any() else 1
         if args.command == "runs":
-            from .tracking import leaderboard
-
-            board = leaderboard(Path(cfg.run.dir))
-            print(board.to_string(index=False) if len(board) else f"no runs under {cfg.run.dir}")
-            if board["data"].nunique() > 1:
-                print(f"note: {board['data'].nunique()} different data sets; F1 is ranked within each, not across")
-            return 0
+            return runs_command(cfg)
         if args.command == "bench" and args.what == "recipe":
             from . import recipe
 
