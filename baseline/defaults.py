@@ -20,7 +20,7 @@ log = logging.getLogger("baseline")
 
 MIN_STEPS = 30  # optimizer steps per epoch that the batch should leave, where the data allows
 # train.batch_size=data stays in 32..cap: below 32 a step costs nearly as much as at 32; on the CPU an
-# image costs as much (or more) at 64 as at 32 (resnet18 at 72x56: 85 img/s at 64, ~95 at 32), so
+# image costs as much at 64 as at 32 (resnet18 at 72x56: about 80-85 img/s at either), so
 # larger batches only take optimizer steps away.
 MIN_BATCH, MAX_BATCH = 32, {"cpu": 32, "cuda": 64}
 TINY = 320  # fewer training images than this: batch 16, else an epoch is under 10 steps
