@@ -120,8 +120,8 @@ class Freezer:
         groups = []
         for g in self.param_groups():
             groups += _split_decay(g, o.weight_decay)
-        # foreach: one kernel per op over all tensors. torch only picks it by itself for CUDA tensors; on
-        # the CPU the per-tensor loop made AdamW's step 5x slower (resnet18: 0.30 s vs 0.06 s).
+        # foreach: one kernel per op over all tensors; torch only picks it by itself for CUDA tensors. On
+        # the CPU (resnet18) AdamW's step took 0.024 s with it and 0.030 s without, measured alone.
         return create_optimizer_v2(groups, opt=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
                                    foreach=True)
 
