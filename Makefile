@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data split check train submit sweep sweep-agent bench bench-recipe runs test test-fast lint docker-build docker-train docker-submit clean
+.PHONY: help venv data split check train submit sweep sweep-agent bench bench-recipe runs tensorboard pictures test test-fast lint docker-build docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,16 @@ bench-recipe: $(STAMP) ## kit defaults vs a 60-line reference loop on 8 data set
 
 runs: $(STAMP) ## the local leaderboard: runs sorted by best macro-F1
 	$(BIN)/baseline runs $(ARGS)
+
+tensorboard: $(STAMP) ## serve the TensorBoard files of every run under runs/ (runs with log.tensorboard=true)
+	$(BIN)/tensorboard --logdir runs --bind_all
+
+PICTURES := docs/pictures
+pictures: $(STAMP) data ## redraw the README's pictures of the built-in data into docs/pictures/ (~2 min)
+	$(BIN)/baseline data check check.out=$(PICTURES)
+	rm -rf runs/docs-pictures
+	$(BIN)/baseline train run.name=docs-pictures train.epochs=3 log.wandb.mode=disabled
+	cp runs/docs-pictures/{learning_curves,confusion_matrix,per_class_f1,worst_predictions}.png $(PICTURES)/
 
 test: $(STAMP) ## run the whole test suite (slow end-to-end tests included)
 	$(BIN)/pytest -q $(ARGS)

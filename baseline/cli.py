@@ -48,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe"])
         if name == "sweep":
             sp.add_argument("sweep", help="grid | random | path to a sweep YAML in W&B's format")
+        if name == "runs":
+            sp.add_argument("--compare", nargs="+", metavar="RUN",
+                            help="runs (names under run.dir, or folders) whose per-class F1 to draw in one picture")
         if name in ("train", "sweep"):
             sp.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun) when > 1")
         sp.add_argument("--config", "-c", help="YAML file with config keys (defaults < file < overrides)")
@@ -74,14 +77,27 @@ def data_command(action: str, cfg: Config) -> int:
     return 1 if errors else 0
 
 
-def runs_command(cfg: Config) -> int:
-    from .tracking import leaderboard
+def runs_command(cfg: Config, compare: list[str] | None) -> int:
+    from .tracking import compare_runs, leaderboard
 
+    if compare:
+        table, png = compare_runs([_run_folder(cfg, r) for r in compare])
+        print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+        print(f"picture: {png}")
+        return 0
     board = leaderboard(Path(cfg.run.dir))
     print(board.to_string(index=False) if len(board) else f"no runs under {cfg.run.dir}")
     if board["data"].nunique() > 1:
         print(f"note: {board['data'].nunique()} different data sets; F1 is ranked within each, not across")
     return 0
+
+
+def _run_folder(cfg: Config, name: str) -> Path:
+    for p in (Path(name), Path(cfg.run.dir) / name):
+        if (p / "oof.csv").is_file():
+            return p
+    raise ConfigError(f"runs --compare: no run folder with an oof.csv at {name} or {Path(cfg.run.dir) / name} "
+                      "(a run writes oof.csv after its first validation)")
 
 
 def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
@@ -95,6 +111,9 @@ def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args, rest = p.parse_known_args(argv)
+    if getattr(args, "compare", None):  # nargs="+" also swallows key=value overrides after the names
+        rest += [a for a in args.compare if "=" in a]
+        args.compare = [a for a in args.compare if "=" not in a]
     bad = [a for a in rest if "=" not in a or a.startswith("-")]
     if bad:
         p.error(f"unrecognized arguments {bad}: config overrides are key=value")
@@ -111,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table.to_string(index=False))
             return 0 if (table.status == "finished").any() else 1
         if args.command == "runs":
-            return runs_command(cfg)
+            return runs_command(cfg, args.compare)
         if args.command == "bench" and args.what == "recipe":
             from . import recipe
 

@@ -135,6 +135,7 @@ class WandbCfg:
 @dataclass
 class LogCfg:
     wandb: WandbCfg = field(default_factory=WandbCfg)
+    tensorboard: bool = False  # event files in <run>/tb/ (`make tensorboard` serves runs/)
 
 
 @dataclass
@@ -143,6 +144,11 @@ class SubmitCfg:
     tta: bool = False  # average with the horizontally flipped image
     out: str = ""  # "" -> submissions/<name>.csv
     batch_size: int = 128
+
+
+@dataclass
+class CheckCfg:
+    out: str = ""  # folder for the `data check` pictures; "" -> <data.root>/report
 
 
 @dataclass
@@ -168,6 +174,7 @@ class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
     log: LogCfg = field(default_factory=LogCfg)
     submit: SubmitCfg = field(default_factory=SubmitCfg)
+    check: CheckCfg = field(default_factory=CheckCfg)
     bench: BenchCfg = field(default_factory=BenchCfg)
 
 

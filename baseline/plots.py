@@ -1,4 +1,5 @@
-"""PNG figures for the run folder, readable with no account: learning curves and confusion matrix."""
+"""PNG figures, readable with no account: a run's learning curves, confusion matrix, per-class F1
+and worst predictions; image grids for the data report (data/report.py). Drawn without a display."""
 
 from __future__ import annotations
 
@@ -45,3 +46,108 @@ def confusion(labels: np.ndarray, preds: np.ndarray, classes: list[str], out: Pa
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return cm
+
+
+def _thumb(path: str, side: int) -> np.ndarray:
+    """The image as the model's source saw it (EXIF rotation applied), fitted into side x side."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        im.thumbnail((side, side))
+        return np.asarray(im)
+
+
+def image_grid(items: list[tuple[str, str]], out: Path, title: str, cols: int = 6, side: int = 112) -> None:
+    """A grid of images with a short caption each; items are (path, caption). One montage on one
+    axis (a subplot per image costs ~20 ms each), unreadable files as a red tile."""
+    rows = max(1, -(-len(items) // cols))
+    cap = 30  # caption band in pixels
+    grid = np.full((rows * (side + cap), cols * side, 3), 255, np.uint8)
+    for k, (path, _) in enumerate(items):
+        if not path:  # a gap
+            continue
+        r, c = divmod(k, cols)
+        try:
+            t = _thumb(path, side - 4)
+        except OSError:
+            t = np.full((side - 4, side - 4, 3), (220, 60, 60), np.uint8)
+        y, x = r * (side + cap) + cap + (side - t.shape[0]) // 2, c * side + (side - t.shape[1]) // 2
+        grid[y:y + t.shape[0], x:x + t.shape[1]] = t
+    dpi = 100
+    fig = plt.figure(figsize=(grid.shape[1] / dpi, grid.shape[0] / dpi + 0.4), dpi=dpi)
+    ax = fig.add_axes([0, 0, 1, grid.shape[0] / (grid.shape[0] + 40)])
+    ax.imshow(grid, interpolation="nearest")
+    ax.axis("off")
+    for k, (_, caption) in enumerate(items):
+        r, c = divmod(k, cols)
+        ax.text(c * side + side / 2, r * (side + cap) + cap - 2, caption, ha="center", va="bottom", fontsize=6)
+    fig.suptitle(title, fontsize=10, y=0.995, va="top")
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    _palette(out)
+
+
+def _palette(png: Path) -> None:
+    """256 colours: a third of the bytes for photo grids, no visible change at this size."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        small = im.convert("RGB").quantize(256)
+    small.save(png, optimize=True)
+
+
+def worst_order(oof: pd.DataFrame) -> np.ndarray:
+    """Row order of the validation images by their loss (-log p of the true class), highest first."""
+    probs = oof[[c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
+    p_true = probs[np.arange(len(oof)), oof["label"].to_numpy()]
+    return np.argsort(p_true, kind="stable")  # the loss falls as p rises
+
+
+def worst_predictions(oof: pd.DataFrame, classes: list[str], out: Path, n: int = 18) -> list[str]:
+    """The validation images the best epoch got most wrong; returns their paths in drawn order."""
+    order = worst_order(oof)[:n]
+    probs = oof[[f"p{i}" for i in range(len(classes))]].to_numpy()
+    items = []
+    for i in order:
+        y, p = int(oof["label"].iloc[i]), int(oof["pred"].iloc[i])
+        items.append((oof["path"].iloc[i], f"true {classes[y]}\npred {classes[p]} ({probs[i, p]:.2f})"))
+    image_grid(items, out, "highest-loss validation images (best epoch)", side=160)
+    return [path for path, _ in items]
+
+
+def per_class_f1(labels: np.ndarray, preds: np.ndarray, classes: list[str], out: Path) -> np.ndarray:
+    """Bars of each class's F1, worst at the top, with its validation support; returns the F1s."""
+    from sklearn.metrics import f1_score
+
+    ids = list(range(len(classes)))
+    f1 = f1_score(labels, preds, labels=ids, average=None, zero_division=0)
+    support = np.bincount(labels, minlength=len(classes))
+    order = np.argsort(f1, kind="stable")[::-1]  # barh draws bottom-up: the worst ends on top
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.28 * len(classes) + 1)))
+    ax.barh(range(len(classes)), f1[order], color="tab:blue")
+    ax.set_yticks(range(len(classes)), [f"{classes[i]} (n={support[i]})" for i in order], fontsize=7)
+    ax.set(xlim=(0, 1.05), xlabel="F1", title=f"per-class F1 (best epoch, validation), macro {f1.mean():.3f}")
+    for k, i in enumerate(order):
+        ax.text(min(f1[i] + 0.01, 0.95), k, f"{f1[i]:.2f}", va="center", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return f1
+
+
+def compare_per_class(f1s: dict[str, np.ndarray], classes: list[str], out: Path) -> None:
+    """Per-class F1 of several runs side by side, classes sorted by the first run's F1."""
+    names = list(f1s)
+    order = np.argsort(f1s[names[0]], kind="stable")[::-1]
+    height = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(classes) + 1)))
+    for k, name in enumerate(names):
+        f1 = f1s[name][order]
+        ax.barh(np.arange(len(classes)) + k * height, f1, height, label=f"{name} (macro {f1s[name].mean():.3f})")
+    ax.set_yticks(np.arange(len(classes)) + 0.4 - height / 2, [classes[i] for i in order], fontsize=7)
+    ax.set(xlim=(0, 1.05), xlabel="F1", title="per-class F1 (best epoch, validation)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)

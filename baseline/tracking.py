@@ -1,4 +1,5 @@
-"""Tracking: a local metrics file always, W&B (online | offline | disabled) on top; rank 0 only.
+"""Tracking: a local metrics file always, W&B (online | offline | disabled) and TensorBoard event
+files (`log.tensorboard=true`, into <run>/tb/) on top; rank 0 only.
 Other ranks get `NullTracker` from the one place that builds trackers (train._train_in), so the
 code that logs never branches on the rank."""
 
@@ -27,6 +28,9 @@ def has_api_key() -> bool:
     except (OSError, netrc.NetrcParseError):
         return False
     return any("wandb" in host for host in rc.hosts)
+
+
+PICTURES = ("confusion_matrix.png", "worst_predictions.png", "per_class_f1.png", "learning_curves.png")
 
 
 class TrackingError(ValueError):
@@ -69,10 +73,21 @@ class NullTracker:
         pass
 
 
+def _numbers(row: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 class Tracker(NullTracker):
-    def __init__(self, run_dir: Path, cfg: WandbCfg, config: dict, name: str, wandb_id: str = ""):
+    def __init__(self, run_dir: Path, cfg: WandbCfg, config: dict, name: str, wandb_id: str = "",
+                 tensorboard: bool = False, resume_step: int = 0):
         self.metrics_path = run_dir / "metrics.csv"
         self.run = None
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: TensorBoard hides events logged after the checkpoint resumed from, as metrics.csv drops them
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
         self.mode = resolve_mode(cfg)
         if self.mode != "disabled":
             import wandb
@@ -90,6 +105,9 @@ class Tracker(NullTracker):
     def log(self, row: dict, step: int | None = None) -> None:
         if self.run is not None:
             self.run.log(row, step=step)
+        if self.tb is not None:
+            for tag, value in _numbers(row).items():
+                self.tb.add_scalar(tag, value, global_step=step)
 
     def log_epoch(self, row: dict) -> None:
         """One row of metrics.csv; resumed runs append. A column that appears later (e.g. the
@@ -118,6 +136,8 @@ class Tracker(NullTracker):
 
     def log_final(self, run_dir: Path, oof, classes: list[str], log_model: bool, worst: int = 16) -> None:
         """Confusion matrix, the worst-predicted validation images, and the best checkpoint."""
+        if self.tb is not None:
+            self._tb_pictures(run_dir)
         if self.run is None:
             return
         import wandb
@@ -131,7 +151,7 @@ class Tracker(NullTracker):
             table.add_data(wandb.Image(oof["path"].iloc[i]), oof["path"].iloc[i], classes[y[i]], classes[pred[i]],
                            float(p_true[i]))
         self.run.log({"worst_predictions": table})
-        for png in ("confusion_matrix.png", "learning_curves.png"):
+        for png in PICTURES:
             if (run_dir / png).is_file():
                 self.run.log({png[:-4] + "_png": wandb.Image(str(run_dir / png))})
         if log_model:
@@ -139,10 +159,22 @@ class Tracker(NullTracker):
             art.add_file(str(run_dir / "checkpoints" / "best.pt"))
             self.run.log_artifact(art)
 
+    def _tb_pictures(self, run_dir: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        for png in PICTURES:
+            if (run_dir / png).is_file():
+                with Image.open(run_dir / png) as im:
+                    self.tb.add_image(png[:-4], np.asarray(im.convert("RGB")), dataformats="HWC")
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:
@@ -185,3 +217,26 @@ def leaderboard(runs_dir: Path) -> pd.DataFrame:
     cols = ["run", "data", "model", "fold", "val_f1", "val_acc", "epochs", "train_s", "state"]
     return pd.DataFrame(rows, columns=cols).sort_values(["data", "val_f1"], ascending=[True, False],
                                                         na_position="last").reset_index(drop=True)
+
+
+def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, Path]:
+    """Per-class F1 (best epoch, validation) of several runs on the same classes: the table, and a
+    picture of it written next to the first run's folder."""
+    from sklearn.metrics import f1_score
+
+    from . import plots
+
+    names = [Path(r).name for r in run_dirs]
+    classes = [json.loads((Path(r) / "classes.json").read_text()) for r in run_dirs]
+    for name, c in zip(names[1:], classes[1:]):
+        if c != classes[0]:
+            raise TrackingError(f"runs --compare: {name} has other classes than {names[0]} ({len(c)} vs "
+                             f"{len(classes[0])}); per-class F1 compares runs on the same classes")
+    f1s = {}
+    for name, r in zip(names, run_dirs):
+        oof = pd.read_csv(Path(r) / "oof.csv")
+        f1s[name] = f1_score(oof["label"], oof["pred"], labels=list(range(len(classes[0]))), average=None,
+                             zero_division=0)
+    out = Path(run_dirs[0]).parent / f"compare_{'_vs_'.join(names)}.png"
+    plots.compare_per_class(f1s, classes[0], out)
+    return pd.DataFrame(f1s, index=classes[0]), out

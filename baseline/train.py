@@ -78,7 +78,8 @@ def _train_in(cfg, env, table, fold, state, run_dir, saved, cache) -> dict:
                "global_batch_size": data.batch_size * env.world * cfg.train.accum_steps}
     state.batches = batches
     tracked = {**to_dict(cfg), **batches}
-    tracker = Tracker(run_dir, cfg.log.wandb, tracked, run_dir.name, state.wandb_id) if env.is_main else NullTracker()
+    tracker = (Tracker(run_dir, cfg.log.wandb, tracked, run_dir.name, state.wandb_id, cfg.log.tensorboard, state.step)
+               if env.is_main else NullTracker())
     state.wandb_id = tracker.wandb_id
     saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
                        cfg.train.keep_top_k, state.top)
@@ -424,12 +425,14 @@ def write_oof(run_dir: Path, data: Data, logits: torch.Tensor, raw: torch.nn.Mod
     tmp.replace(run_dir / "oof.csv")
 
 
-def write_figures(run_dir: Path, classes: list[str]) -> None:
+def write_figures(run_dir: Path, classes: list[str], oof: pd.DataFrame | None) -> None:
     if (run_dir / "metrics.csv").is_file():
         plots.learning_curves(run_dir / "metrics.csv", run_dir / "learning_curves.png")
-    if (run_dir / "oof.csv").is_file():
-        oof = pd.read_csv(run_dir / "oof.csv")
-        plots.confusion(oof["label"].to_numpy(), oof["pred"].to_numpy(), classes, run_dir / "confusion_matrix.png")
+    if oof is not None:
+        y, pred = oof["label"].to_numpy(), oof["pred"].to_numpy()
+        plots.confusion(y, pred, classes, run_dir / "confusion_matrix.png")
+        plots.per_class_f1(y, pred, classes, run_dir / "per_class_f1.png")
+        plots.worst_predictions(oof, classes, run_dir / "worst_predictions.png")
 
 
 def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker) -> dict:
@@ -444,9 +447,10 @@ def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker
     if env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.summary({k: v for k, v in summary.items() if v is not None})
-        write_figures(run_dir, state.classes)
-        if (run_dir / "oof.csv").is_file():
-            tracker.log_final(run_dir, pd.read_csv(run_dir / "oof.csv"), state.classes, cfg.log.wandb.log_model)
+        oof = pd.read_csv(run_dir / "oof.csv") if (run_dir / "oof.csv").is_file() else None
+        write_figures(run_dir, state.classes, oof)
+        if oof is not None:
+            tracker.log_final(run_dir, oof, state.classes, cfg.log.wandb.log_model)
         tracker.finish()
         log.info("done: best %s %.4f at epoch %d -> %s", cfg.train.monitor, state.best or float("nan"),
                  state.best_epoch, run_dir)

@@ -140,8 +140,13 @@ def test_csv_layout_train_submit_and_unknown_test_label(tmp_path):
 @pytest.mark.slow
 def test_nproc_flag_relaunches_under_torchrun(synth_root, tmp_path):
     runs = tmp_path / "runs"
-    r = run_cli("train", "--nproc", "2", *tiny_overrides(synth_root, runs, **{"run.name": "np", "train.batch_size": 8}))
+    r = run_cli("train", "--nproc", "2", *tiny_overrides(synth_root, runs, **{"run.name": "np", "train.batch_size": 8,
+                                                                            "log.tensorboard": "true"}))
     assert r.returncode == 0, r.stderr[-2000:]
+    # rank 0 alone writes: one TensorBoard event file (a second writer would add its own), every picture
+    assert len(list((runs / "np" / "tb").glob("events.out.tfevents.*"))) == 1
+    for png in ("learning_curves", "confusion_matrix", "per_class_f1", "worst_predictions"):
+        assert (runs / "np" / f"{png}.png").is_file()
     assert "8 per process x 2 processes x 1 accumulation = 16 global" in r.stdout
     summary = json.loads((runs / "np" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 16 and summary["batch_size_per_process"] == 8
