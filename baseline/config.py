@@ -119,6 +119,7 @@ class TrainCfg:
     keep_top_k: int = 1
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
     log_interval: int = 20  # steps between host syncs for the train loss
+    log_every_s: float = 30.0  # off a terminal (no progress bar): a progress line at most this often
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
@@ -346,6 +347,7 @@ _POS = 1e-12  # "greater than zero" for float keys
 RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.epochs", 1, None, "at least 1"), ("train.accum_steps", 1, None, "at least 1"),
     ("train.keep_top_k", 1, None, "at least 1"), ("train.log_interval", 1, None, "at least 1"),
+    ("train.log_every_s", 0, None, "seconds, 0 or more"),
     ("train.batch_size", 1, None, "at least 1, 'data' or 'auto'"), ("train.max_batch_size", 2, None, "at least 2"),
     ("train.cpu_mem_gb", _POS, None, "more than 0"), ("train.clip_grad", 0, None, "0 (off) or more"),
     ("train.ema", 0, 0.99999, "0 (off) or a decay below 1"), ("train.label_smoothing", 0, 0.99, "0..0.99"),

@@ -22,10 +22,9 @@ import timm.loss
 import timm.scheduler
 import timm.utils
 import torch
-from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, freeze, losses, memory, models, plots, rundir
+from . import defaults, dist, engine, freeze, losses, memory, models, plots, progress, rundir
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data.layouts import Table, read_table
@@ -359,12 +358,17 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
             parts.model = wrap(parts.raw, cfg, env)
         ds.set_epoch(data.train, cfg.seed, epoch)
         data.train.sampler.skip = state.batches_done * data.batch_size  # > 0 only when resuming a preempted epoch
-        bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not env.is_main, leave=False)
+        name = f"{epoch + 1}/{cfg.train.epochs}"
+        loader = progress.bar(data.train, f"epoch {name}", data.batch_size, env.is_main)
+        lines = progress.Lines(lambda row: tracker.log(row, step=row["step"]), epoch=name, first_step=state.step,
+                               steps=math.ceil((len(data.train) - state.batches_done) / cfg.train.accum_steps),
+                               images_per_step=state.batches["global_batch_size"], every_s=cfg.train.log_every_s,
+                               show=env.is_main)
         memory.reset_peak(env.device)
         try:
-            tr = engine.train_one_epoch(parts.model, bar, parts.optimizer, parts.scheduler, parts.loss_fn, parts.ctx,
-                                        step=state.step, scaler=parts.scaler, ema=parts.ema, mixup=parts.mixup,
-                                        on_log=lambda row: tracker.log(row, step=row["step"]))
+            tr = engine.train_one_epoch(parts.model, loader, parts.optimizer, parts.scheduler, parts.loss_fn,
+                                        parts.ctx, step=state.step, scaler=parts.scaler, ema=parts.ema,
+                                        mixup=parts.mixup, on_log=lines)
         except torch.OutOfMemoryError:
             if env.is_main:
                 with open(run_dir / "train.log", "a") as f:

@@ -140,9 +140,14 @@ def test_csv_layout_train_submit_and_unknown_test_label(tmp_path):
 @pytest.mark.slow
 def test_nproc_flag_relaunches_under_torchrun(synth_root, tmp_path):
     runs = tmp_path / "runs"
-    r = run_cli("train", "--nproc", "2", *tiny_overrides(synth_root, runs, **{"run.name": "np", "train.batch_size": 8,
-                                                                            "log.tensorboard": "true"}))
+    over = {"run.name": "np", "train.batch_size": 8, "log.tensorboard": "true", "train.log_interval": 2,
+            "train.log_every_s": 0}
+    r = run_cli("train", "--nproc", "2", *tiny_overrides(synth_root, runs, **over))
     assert r.returncode == 0, r.stderr[-2000:]
+    # not a terminal: progress lines (rank 0 only), no progress bar's carriage returns anywhere
+    assert "\r" not in r.stdout + r.stderr and "\r" not in (runs / "np" / "train.log").read_text()
+    steps = [ln for ln in r.stdout.splitlines() if ln.startswith("epoch 1/1  step ")]
+    assert len(steps) == 4 and "img/s  ETA 0:00:" in steps[0], r.stdout  # 70 images per rank / 8 = 9 steps, every 2nd logged
     # rank 0 alone writes: one TensorBoard event file (a second writer would add its own), every picture
     assert len(list((runs / "np" / "tb").glob("events.out.tfevents.*"))) == 1
     for png in ("learning_curves", "confusion_matrix", "per_class_f1", "worst_predictions"):
