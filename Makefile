@@ -13,18 +13,27 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data split check train submit sweep sweep-agent bench bench-recipe runs tensorboard pictures test test-fast lint docker-build docker-train docker-submit clean
+.PHONY: help venv lock data split check train submit sweep sweep-agent bench bench-recipe runs tensorboard pictures test test-fast lint docker-build docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+PIP_VERSION := 25.1.1
+
+# Every package at the lock's exact version and hash, then the kit itself without dependencies.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet "pip==$(PIP_VERSION)"
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
-venv: $(STAMP) ## create .venv with the pinned dependencies (done by every target on first use)
+venv: $(STAMP) ## create .venv from requirements.lock (done by every target on first use)
+
+lock: $(STAMP) ## re-resolve requirements.lock after editing pyproject.toml (ARGS=--upgrade: newest of everything)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --generate-hashes $(ARGS) -o $(LOCK)
 
 $(DATA)/train/train.csv: | $(STAMP)
 	$(BIN)/baseline data synth data.root=$(DATA)

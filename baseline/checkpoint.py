@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import random
 import shutil
@@ -66,8 +68,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
+
+
+@functools.cache
 def provenance() -> dict:
-    """Package versions and git commit, so a checkpoint says what made it."""
+    """Package versions, the lock file's hash and the git commit, so a checkpoint says what made it."""
     versions = {}
     for pkg in ("torch", "torchvision", "timm", "albumentations", "baseline"):
         try:
@@ -79,7 +85,8 @@ def provenance() -> dict:
                                 cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return {"versions": versions, "git_commit": commit}
+    lock = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16] if LOCK.is_file() else "unknown"
+    return {"versions": versions, "lock_sha256": lock, "git_commit": commit}
 
 
 class Saver:
