@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock data split check train submit sweep sweep-agent bench bench-recipe runs tensorboard pictures test test-fast lint docker-build docker-train docker-submit clean
+.PHONY: help venv lock data split check train submit sweep sweep-agent bench bench-recipe gpu-check runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench: $(STAMP) data ## images/s: in-memory limit vs the kit vs a naive PIL load
 bench-recipe: $(STAMP) ## kit defaults vs a 60-line reference loop on 8 data sets, 3 seeds (~1 h on 2 cores; ARGS="bench.tiny=true")
 	$(BIN)/baseline bench recipe $(CONFIG_ARG) $(ARGS)
 
+gpu-check: $(STAMP) data ## one table for a lent GPU: train step vs limit (eager, compile), batch auto, forced OOM, inference (ARGS="bench.tiny=true" on a CPU)
+	$(BIN)/baseline bench gpu $(ARGS)
+
 runs: $(STAMP) ## the local leaderboard: runs sorted by best macro-F1
 	$(BIN)/baseline runs $(ARGS)
 
@@ -88,8 +91,11 @@ lint: $(STAMP) ## ruff and hadolint
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
 
-docker-build: ## build the CUDA image
-	docker build -t $(IMAGE) .
+docker-build: ## build the image (ARGS="--build-arg BASE=<image>"; extra CA certs: certs/*.crt)
+	docker build $(ARGS) -t $(IMAGE) .
+
+docker-smoke: ## build the image from a local debootstrap base and run synth -> train -> submit in it (root; ~? min)
+	bash .ci/docker-smoke
 
 docker-train: ## train inside the image on all GPUs (data/, runs/ mounted)
 	docker run --rm --gpus all --ipc=host -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \

@@ -23,7 +23,8 @@ COMMANDS = {
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report)",
     "sweep": "run a W&B-format sweep file (grid | random | PATH) locally, one run per trial",
     "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
-    "bench": "speed: images/s three ways (limit | kit | naive); recipe: kit defaults vs a reference loop",
+    "bench": "speed: images/s three ways (limit | kit | naive); recipe: kit defaults vs a reference loop; "
+             "gpu: the GPU check (make gpu-check)",
 }
 
 
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "data":
             sp.add_argument("action", choices=["synth", "split", "check"])
         if name == "bench":
-            sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe"])
+            sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe", "gpu"])
         if name == "sweep":
             sp.add_argument("sweep", help="grid | random | path to a sweep YAML in W&B's format")
         if name == "runs":
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if (table.status == "finished").any() else 1
         if args.command == "runs":
             return runs_command(cfg, args.compare)
+        if args.command == "bench" and args.what == "gpu":
+            from . import gpucheck
+
+            return gpucheck.main(cfg, args.overrides)
         if args.command == "bench" and args.what == "recipe":
             from . import recipe
 

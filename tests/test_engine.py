@@ -181,3 +181,14 @@ def test_recipes_train(synth_root, tmp_path, extra):
 def test_oom_message_says_what_to_try():
     msg = memory.oom_message(torch.device("cpu"), 256, "in epoch 3 after step 10")
     assert "train.batch_size=256" in msg and "accum_steps" in msg and "epoch 3" in msg
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_in_tiny_mode_on_the_cpu(synth_root, capsys):
+    from baseline.cli import main
+
+    assert main(["bench", "gpu", "bench.tiny=true", f"data.root={synth_root}", "split.folds=3"]) == 0
+    out = capsys.readouterr().out
+    for row in ("train img/s, eager", "inference img/s, eager", "batch_size=auto", "forced OOM", "peak memory"):
+        assert row in out
+    assert "n/a (needs a GPU)" in out and "kit " in out
