@@ -105,8 +105,9 @@ def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
     """`baseline train --nproc N ...` is `torchrun --standalone --nproc_per_node=N -m baseline train ...`."""
     rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")]
     rest = [a for a in rest if not a.startswith("--nproc=")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "baseline", *rest]
-    return subprocess.call(cmd)
+    from .dist import launch_command
+
+    return subprocess.call(launch_command(nproc, rest))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -91,3 +92,12 @@ def broadcast_object(env: Env, obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def launch_command(nproc: int, args: list[str]) -> list[str]:
+    """`python -m baseline ARGS`, through torchrun on this machine when nproc > 1 (the one place
+    that builds that command line: `--nproc`, sweeps)."""
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "baseline", *args]
+    return [sys.executable, "-m", "baseline", *args]

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import subprocess
-import sys
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 import yaml
 
 from .config import ConfigError, load_config, to_dict
+from .dist import launch_command
 
 log = logging.getLogger("baseline")
 
@@ -157,10 +157,7 @@ def trial_name(i: int, trial: dict) -> str:
 
 
 def train_command(nproc: int) -> list[str]:
-    if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "baseline", "train"]
-    return [sys.executable, "-m", "baseline", "train"]
+    return launch_command(nproc, ["train"])
 
 
 def run_local(name_or_path: str, config_file: str | None, base_overrides: list[str], nproc: int = 1) -> pd.DataFrame:
