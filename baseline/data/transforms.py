@@ -3,7 +3,12 @@ so the pipelines only augment; normalisation happens per batch on the device."""
 
 from __future__ import annotations
 
-import albumentations as A
+import os
+
+# albumentations asks PyPI for a newer release on import (2 s timeout, in every process and DDP
+# rank); offline clusters and TLS-intercepting networks pay that and print a warning. Not ours to ask.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
 
 from ..config import AugCfg
 
