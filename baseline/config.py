@@ -51,7 +51,9 @@ class DataCfg:
 class AugCfg:
     hflip: float = 0.5  # probability of each train-time augmentation
     affine: float = 0.5  # shift / scale / rotate
-    color: float = 0.3
+    # Off by default: measured on the recipe suite (2 seeds), colour jitter cost 0.05 macro-F1 on
+    # faces_b and on 384x512 photos and helped only the shapes set; turn it on for colour-invariant classes.
+    color: float = 0.0
     dropout: float = 0.0  # coarse dropout
 
 
