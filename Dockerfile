@@ -12,6 +12,8 @@ ARG BASE=debian:bookworm-20251117-slim
 # ---- build: the venv. Extra CA certificates (networks that re-sign HTTPS) are read here only, from
 # certs/*.crt in the build context (git-ignored), and never reach the final image or its history.
 FROM ${BASE} AS build
+# The lock to install; the tests build with a one-package lock to check the Dockerfile in a minute.
+ARG LOCK=requirements.lock
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
@@ -20,7 +22,7 @@ COPY certs/ /usr/local/share/ca-certificates/extra/
 RUN update-ca-certificates
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN python3 -m venv /opt/venv
-COPY requirements.lock /tmp/requirements.lock
+COPY ${LOCK} /tmp/requirements.lock
 # The same lock as `make venv`, before the source is copied, so a code change does not reinstall torch.
 RUN /opt/venv/bin/pip install "pip==25.1.1" \
     && /opt/venv/bin/pip install --require-hashes -r /tmp/requirements.lock
