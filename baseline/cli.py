@@ -23,6 +23,8 @@ COMMANDS = {
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report)",
     "sweep": "run a W&B-format sweep file (grid | random | PATH) locally, one run per trial",
     "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
+    "lb": "record the public leaderboard score of a submission in the ledger: baseline lb FILE SCORE",
+    "submissions": "the submission ledger: CV next to LB, their rank correlation, submissions/cv_vs_lb.png",
     "bench": "speed: images/s three ways (limit | kit | naive); recipe: kit defaults vs a reference loop; "
              "gpu: the GPU check (make gpu-check)",
 }
@@ -49,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe", "gpu"])
         if name == "sweep":
             sp.add_argument("sweep", help="grid | random | path to a sweep YAML in W&B's format")
+        if name == "lb":
+            sp.add_argument("file", help="a submission in the ledger: its path, file name or sha256")
+            sp.add_argument("score", type=float, help="the public leaderboard score read off the site")
         if name == "runs":
             sp.add_argument("--compare", nargs="+", metavar="RUN",
                             help="runs (names under run.dir, or folders) whose per-class F1 to draw in one picture")
@@ -93,6 +98,23 @@ def runs_command(cfg: Config, compare: list[str] | None) -> int:
     return 0
 
 
+def ledger_command(cfg: Config, args) -> int:
+    from . import ledger
+
+    book = ledger.path(cfg)
+    if args.command == "lb":
+        row = ledger.record_lb(book, args.file, args.score)
+        print(f"{row['file']}: LB {row['lb']} (CV {row['cv_f1'] or row['member_val_f1'] or '?'})")
+        return 0
+    png = book.parent / "cv_vs_lb.png"
+    table, rho = ledger.cv_vs_lb(book, png)
+    print(table.to_string(index=False) if len(table) else f"no submissions in {book} yet")
+    scored = table["lb"].notna().sum()
+    print(f"CV vs LB: Spearman {rho:.2f} over {scored} scored submissions; picture {png}" if rho is not None
+          else f"{scored} submission(s) with an LB score; the rank correlation needs 3")
+    return 0
+
+
 def _run_folder(cfg: Config, name: str) -> Path:
     for p in (Path(name), Path(cfg.run.dir) / name):
         if (p / "oof.csv").is_file():
@@ -133,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if (table.status == "finished").any() else 1
         if args.command == "runs":
             return runs_command(cfg, args.compare)
+        if args.command in ("lb", "submissions"):
+            return ledger_command(cfg, args)
         if args.command == "bench" and args.what == "gpu":
             from . import gpucheck
 

@@ -147,6 +147,7 @@ class SubmitCfg:
     tta: bool = False  # average with the horizontally flipped image
     out: str = ""  # "" -> submissions/<name>.csv
     batch_size: int = 128
+    ledger: str = ""  # "" -> ledger.csv beside the submission (submissions/ledger.csv by default)
 
 
 @dataclass

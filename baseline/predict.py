@@ -13,7 +13,7 @@ import timm
 import torch
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, models
+from . import defaults, dist, engine, ledger, models
 from .config import Config, ConfigError, from_dict, img_hw
 from .data import dataset as ds
 from .data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
@@ -141,6 +141,9 @@ def submit(cfg: Config) -> Path:
             sub.to_csv(tmp, index=False)
             os.replace(tmp, out)
             log.info("wrote %s (%d rows, %d checkpoint(s)%s)", out, len(sub), len(paths), ", TTA" if cfg.submit.tta else "")
+            book = ledger.path(cfg, out)
+            row = ledger.append(book, out, paths, cfg.submit.tta)
+            log.info("ledger %s: members %s, CV %s", book, row["members"], row["cv_f1"] or row["member_val_f1"] or "?")
         return out
     finally:
         dist.teardown()

@@ -45,6 +45,10 @@ def test_train_then_submit(synth_root, tmp_path):
     assert sub.ans.between(0, 17).all() and sub.ans.dtype.kind == "i"
     score = f1_score(truth.ans, sub.ans, average="macro")
     assert 0 <= score <= 1
+    book = pd.read_csv(tmp_path / "ledger.csv")  # beside the submission
+    assert book["file"].tolist() == [str(out)] and book["members"].tolist() == ["e2e"]
+    assert book["cv_f1"].iloc[0] == pytest.approx(f1_score(oof.label, oof.pred, average="macro"), abs=1e-4)
+    assert book["tta"].tolist() == [True]
 
 
 @pytest.mark.slow

@@ -1,0 +1,161 @@
+"""The submission ledger, `submissions/ledger.csv`: one row per written submission (which members,
+their validation macro-F1, TTA, who, which commit), and the public leaderboard score once the team
+reads it off the competition site (`baseline lb FILE SCORE`). `baseline submissions` prints CV next
+to LB with their rank correlation and draws `submissions/cv_vs_lb.png`: does our CV track the LB?"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from .config import ConfigError
+
+COLUMNS = ["file", "sha256", "time", "user", "git_commit", "members", "member_val_f1", "cv_f1", "tta", "lb"]
+
+
+class LedgerError(ConfigError):
+    """A ledger request that cannot be met; the message says what is in the ledger."""
+
+
+@contextmanager
+def locked(ledger: Path):
+    """An exclusive lock beside the ledger: two submits (or a submit and an `lb`) never interleave."""
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    with open(ledger.with_name(f".{ledger.name}.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    return Path(checkpoint).parent.parent
+
+
+def member_f1(checkpoint: Path) -> float | None:
+    summary = _run_folder(checkpoint) / "summary.json"
+    return json.loads(summary.read_text()).get("val_f1") if summary.is_file() else None
+
+
+def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
+    """Macro-F1 of the members' mean out-of-fold probabilities, when they predicted the same images
+    (same split and fold); None otherwise. One member: its own OOF macro-F1."""
+    frames = [_run_folder(c) / "oof.csv" for c in checkpoints]
+    if not all(f.is_file() for f in frames):
+        return None
+    oofs = [pd.read_csv(f).sort_values("path", kind="stable").reset_index(drop=True) for f in frames]
+    if any(not o["path"].equals(oofs[0]["path"]) for o in oofs[1:]):
+        return None
+    cols = [c for c in oofs[0].columns if c.startswith("p") and c[1:].isdigit()]
+    probs = np.mean([o[cols].to_numpy() for o in oofs], axis=0)
+    return float(f1_score(oofs[0]["label"], probs.argmax(1), average="macro", zero_division=0))
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool) -> dict:
+    """One row for a submission just written; safe under concurrent submits."""
+    f1s = [member_f1(c) for c in checkpoints]
+    row = {
+        "file": str(submission), "sha256": hashlib.sha256(Path(submission).read_bytes()).hexdigest()[:16],
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "user": getpass.getuser(), "git_commit": _git_commit(),
+        "members": ";".join(_run_folder(c).name for c in checkpoints),
+        "member_val_f1": ";".join("" if f is None else f"{f:.4f}" for f in f1s),
+        "cv_f1": "" if (cv := ensemble_oof_f1(checkpoints)) is None else f"{cv:.4f}", "tta": str(bool(tta)).lower(),
+        "lb": "",
+    }
+    with locked(ledger):
+        new = not ledger.is_file() or ledger.stat().st_size == 0
+        with open(ledger, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+    return row
+
+
+def path(cfg, submission: Path | None = None) -> Path:
+    """submit.ledger, else ledger.csv beside the submission (submissions/ by default)."""
+    if cfg.submit.ledger:
+        return Path(cfg.submit.ledger)
+    return (Path(submission).parent if submission else Path("submissions")) / "ledger.csv"
+
+
+def read(ledger: Path) -> pd.DataFrame:
+    if not ledger.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(ledger, dtype=str, keep_default_na=False)
+
+
+def record_lb(ledger: Path, file: str, score: float) -> pd.Series:
+    """The public leaderboard score of a submission already in the ledger (by path, name or sha256)."""
+    with locked(ledger):
+        df = read(ledger)
+        hit = (df["file"] == file) | (df["file"].map(lambda p: Path(p).name) == Path(file).name) | (df["sha256"] == file)
+        if not hit.any():
+            known = ", ".join(Path(p).name for p in df["file"].tail(5)) or "none yet"
+            raise LedgerError(f"'{file}' is not in {ledger} (latest: {known}); only a file written by "
+                              "`baseline submit` can get a leaderboard score")
+        df.loc[hit, "lb"] = f"{score:.5f}"
+        tmp = ledger.with_name(f".{ledger.name}.tmp")
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, ledger)
+        return df[hit].iloc[-1]
+
+
+def cv_vs_lb(ledger: Path, out: Path) -> tuple[pd.DataFrame, float | None]:
+    """The ledger with CV next to LB, their Spearman rank correlation (None with fewer than 3 scored
+    submissions), and a scatter of the scored ones written to `out`."""
+    df = read(ledger)
+    # CV: the members' mean OOF macro-F1 where they share rows, else the first member's val macro-F1
+    first = pd.to_numeric(df["member_val_f1"].str.split(";").str[0], errors="coerce")
+    df = df.assign(cv=pd.to_numeric(df["cv_f1"], errors="coerce").fillna(first),
+                   lb=pd.to_numeric(df["lb"], errors="coerce"))
+    scored = df.dropna(subset=["cv", "lb"])
+    rho = float(scored["cv"].rank().corr(scored["lb"].rank())) if len(scored) >= 3 else None
+    if len(scored):
+        _scatter(scored, rho, out)
+    return df[["file", "time", "user", "members", "tta", "cv", "lb"]], rho
+
+
+def _scatter(scored: pd.DataFrame, rho: float | None, out: Path) -> None:
+    from .plots import plt  # the headless backend
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.scatter(scored["cv"], scored["lb"], color="tab:blue")
+    for _, r in scored.iterrows():
+        ax.annotate(Path(r["file"]).stem[:24], (r["cv"], r["lb"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    lo = min(scored["cv"].min(), scored["lb"].min())
+    hi = max(scored["cv"].max(), scored["lb"].max())
+    ax.plot([lo, hi], [lo, hi], "--", color="grey", label="LB = CV")
+    if len(scored) >= 2 and scored["cv"].nunique() > 1:
+        k, b = np.polyfit(scored["cv"], scored["lb"], 1)
+        ax.plot([lo, hi], [k * lo + b, k * hi + b], color="tab:orange", label=f"trend (slope {k:.2f})")
+    title = "CV vs public LB" + (f", Spearman {rho:.2f}" if rho is not None else "")
+    ax.set(xlabel="CV macro-F1 (OOF / val)", ylabel="public LB", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)

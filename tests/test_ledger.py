@@ -1,0 +1,77 @@
+"""The submission ledger: concurrent appends, lb scores, CV vs LB."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import pandas as pd
+import pytest
+
+from baseline import ledger
+from baseline.cli import main
+
+
+def fake_member(folder, val_f1, paths=("a.png", "b.png", "c.png"), labels=(0, 1, 1), probs=((0.9, 0.1),) * 3):
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "best.pt").write_bytes(b"x")
+    (folder / "summary.json").write_text(json.dumps({"val_f1": val_f1}))
+    df = pd.DataFrame({"path": list(paths), "label": list(labels), "pred": [int(p[1] > p[0]) for p in probs]})
+    df[["p0", "p1"]] = list(probs)
+    df.to_csv(folder / "oof.csv", index=False)
+    return folder / "checkpoints" / "best.pt"
+
+
+def _append_many(book, sub, ckpt, n):
+    for _ in range(n):
+        ledger.append(book, sub, [ckpt], tta=False)
+
+
+def test_two_concurrent_submits_both_land(tmp_path):
+    ckpt = fake_member(tmp_path / "run", 0.8)
+    sub = tmp_path / "s.csv"
+    sub.write_text("ImageID,ans\na,1\n")
+    book = tmp_path / "ledger.csv"
+    procs = [mp.get_context("spawn").Process(target=_append_many, args=(book, sub, ckpt, 25)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    df = ledger.read(book)
+    assert len(df) == 50 and list(df.columns) == ledger.COLUMNS
+    assert (df["members"] == "run").all() and (df["member_val_f1"] == "0.8000").all()
+
+
+def test_ensemble_cv_is_the_mean_oof_when_members_share_rows(tmp_path):
+    a = fake_member(tmp_path / "a", 0.5, probs=((0.9, 0.1), (0.6, 0.4), (0.2, 0.8)))  # one mistake
+    b = fake_member(tmp_path / "b", 0.5, probs=((0.9, 0.1), (0.1, 0.9), (0.6, 0.4)))  # another
+    assert ledger.ensemble_oof_f1([a, b]) == pytest.approx(1.0)  # the mean gets all three right
+    c = fake_member(tmp_path / "c", 0.5, paths=("x.png", "y.png", "z.png"))
+    assert ledger.ensemble_oof_f1([a, c]) is None  # other images: no common CV
+
+
+def test_lb_refuses_a_file_not_in_the_ledger_and_scores_a_known_one(tmp_path, capsys):
+    book = tmp_path / "ledger.csv"
+    assert main(["lb", "nope.csv", "0.8", f"submit.ledger={book}"]) == 2
+    assert "not in" in capsys.readouterr().err
+    ckpt = fake_member(tmp_path / "r", 0.7)
+    sub = tmp_path / "r.csv"
+    sub.write_text("ImageID,ans\na,1\n")
+    ledger.append(book, sub, [ckpt], tta=True)
+    assert main(["lb", "r.csv", "0.75", f"submit.ledger={book}"]) == 0
+    assert ledger.read(book)["lb"].tolist() == ["0.75000"]
+
+
+def test_submissions_prints_cv_next_to_lb_and_draws_them(tmp_path, capsys):
+    book = tmp_path / "ledger.csv"
+    for i, (cv, lb) in enumerate([(0.70, 0.66), (0.80, 0.71), (0.75, 0.69), (0.90, 0.80)]):
+        ckpt = fake_member(tmp_path / f"m{i}", cv, paths=(f"{i}.png",), labels=(0,), probs=((0.9, 0.1),))
+        sub = tmp_path / f"s{i}.csv"
+        sub.write_text(f"ImageID,ans\na,{i}\n")
+        ledger.append(book, sub, [ckpt], tta=False)
+        assert main(["lb", str(sub), str(lb), f"submit.ledger={book}"]) == 0
+    capsys.readouterr()
+    assert main(["submissions", f"submit.ledger={book}"]) == 0
+    out = capsys.readouterr().out
+    assert "Spearman 1.00 over 4 scored submissions" in out
+    assert (tmp_path / "cv_vs_lb.png").stat().st_size > 5000
