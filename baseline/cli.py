@@ -23,6 +23,7 @@ COMMANDS = {
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report)",
     "sweep": "run a W&B-format sweep file (grid | random | PATH) locally, one run per trial",
     "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
+    "ensemble": "fit ensemble weights (and per-class offsets) on out-of-fold predictions: ensembles/<name>.yaml",
     "lb": "record the public leaderboard score of a submission in the ledger: baseline lb FILE SCORE",
     "submissions": "the submission ledger: CV next to LB, their rank correlation, submissions/cv_vs_lb.png",
     "bench": "speed: images/s three ways (limit | kit | naive); recipe: kit defaults vs a reference loop; "
@@ -51,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe", "gpu"])
         if name == "sweep":
             sp.add_argument("sweep", help="grid | random | path to a sweep YAML in W&B's format")
+        if name == "ensemble":
+            sp.add_argument("members", nargs="+", metavar="MEMBER", help="run folders or experiment folders")
+            sp.add_argument("--name", default="", help="ensembles/<name>.yaml (default: ens-<time>)")
+            sp.add_argument("--offsets", action="store_true", help="also tune per-class logit offsets")
         if name == "lb":
             sp.add_argument("file", help="a submission in the ledger: its path, file name or sha256")
             sp.add_argument("score", type=float, help="the public leaderboard score read off the site")
@@ -98,6 +103,18 @@ def runs_command(cfg: Config, compare: list[str] | None) -> int:
     return 0
 
 
+def ensemble_command(args) -> int:
+    import time
+
+    from . import ensemble
+
+    spec = ensemble.fit(args.members, offsets=args.offsets)
+    path = ensemble.write(spec, args.name or f"ens-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(ensemble.report(spec))
+    print(f"wrote {path}; submit with: baseline submit submit.ensemble={path}")
+    return 0
+
+
 def ledger_command(cfg: Config, args) -> int:
     from . import ledger
 
@@ -135,9 +152,10 @@ def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args, rest = p.parse_known_args(argv)
-    if getattr(args, "compare", None):  # nargs="+" also swallows key=value overrides after the names
-        rest += [a for a in args.compare if "=" in a]
-        args.compare = [a for a in args.compare if "=" not in a]
+    for many in ("compare", "members"):  # nargs="+" also swallows key=value overrides after the names
+        if getattr(args, many, None):
+            rest += [a for a in getattr(args, many) if "=" in a]
+            setattr(args, many, [a for a in getattr(args, many) if "=" not in a])
     bad = [a for a in rest if "=" not in a or a.startswith("-")]
     if bad:
         p.error(f"unrecognized arguments {bad}: config overrides are key=value")
@@ -155,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if (table.status == "finished").any() else 1
         if args.command == "runs":
             return runs_command(cfg, args.compare)
+        if args.command == "ensemble":
+            return ensemble_command(args)
         if args.command in ("lb", "submissions"):
             return ledger_command(cfg, args)
         if args.command == "bench" and args.what == "gpu":

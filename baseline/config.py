@@ -148,6 +148,7 @@ class SubmitCfg:
     out: str = ""  # "" -> submissions/<name>.csv
     batch_size: int = 128
     ledger: str = ""  # "" -> ledger.csv beside the submission (submissions/ledger.csv by default)
+    ensemble: str = ""  # ensembles/<name>.yaml from `baseline ensemble`: its members, weights and offsets
 
 
 @dataclass

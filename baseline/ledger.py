@@ -21,7 +21,8 @@ from sklearn.metrics import f1_score
 
 from .config import ConfigError
 
-COLUMNS = ["file", "sha256", "time", "user", "git_commit", "members", "member_val_f1", "cv_f1", "tta", "lb"]
+COLUMNS = ["file", "sha256", "time", "user", "git_commit", "members", "weights", "member_val_f1", "cv_f1", "tta",
+           "lb"]
 
 
 class LedgerError(ConfigError):
@@ -73,15 +74,19 @@ def _git_commit() -> str:
         return ""
 
 
-def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool) -> dict:
-    """One row for a submission just written; safe under concurrent submits."""
+def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, weights: list[float] | None = None,
+           cv: float | None = None) -> dict:
+    """One row for a submission just written; safe under concurrent submits. `cv`: the ensemble's
+    OOF macro-F1 when `baseline ensemble` fitted it, else the members' mean OOF where they share rows."""
     f1s = [member_f1(c) for c in checkpoints]
+    cv = cv if cv is not None else ensemble_oof_f1(checkpoints)
     row = {
         "file": str(submission), "sha256": hashlib.sha256(Path(submission).read_bytes()).hexdigest()[:16],
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "user": getpass.getuser(), "git_commit": _git_commit(),
         "members": ";".join(_run_folder(c).name for c in checkpoints),
+        "weights": ";".join(f"{w:.4f}" for w in weights) if weights else "equal",
         "member_val_f1": ";".join("" if f is None else f"{f:.4f}" for f in f1s),
-        "cv_f1": "" if (cv := ensemble_oof_f1(checkpoints)) is None else f"{cv:.4f}", "tta": str(bool(tta)).lower(),
+        "cv_f1": "" if cv is None else f"{cv:.4f}", "tta": str(bool(tta)).lower(),
         "lb": "",
     }
     with locked(ledger):

@@ -13,7 +13,7 @@ import timm
 import torch
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, ledger, models
+from . import defaults, dist, engine, ensemble, ledger, models
 from .config import Config, ConfigError, from_dict, img_hw
 from .data import dataset as ds
 from .data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
@@ -56,10 +56,12 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Confi
     return model.to(device).eval(), cfg, saved["classes"]
 
 
-def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env) -> tuple[np.ndarray, list[str]]:
-    """Mean softmax over checkpoints (and the flipped view with submit.tta)."""
+def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env,
+                  weights: list[float] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Softmax averaged over checkpoints, equally or by `weights` (and the flipped view with submit.tta)."""
+    weights = weights or [1.0] * len(paths)
     total, classes, caches = None, None, {}
-    for path in paths:
+    for path, weight in zip(paths, weights):
         model, mcfg, mclasses = load_model(path, env.device)
         if classes is not None and mclasses != classes:
             raise ckpt.CheckpointError(f"cannot ensemble '{path}': its classes differ from '{paths[0]}'")
@@ -74,9 +76,9 @@ def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env
         mean, std = models.data_stats(model)
         ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device))
         probs = engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy()
-        total = probs if total is None else total + probs
+        total = weight * probs if total is None else total + weight * probs
         log.info("predicted %d images with %s", len(probs), path)
-    return total / len(paths), classes
+    return total / sum(weights), classes
 
 
 def submission_frame(test: TestTable, pred: np.ndarray, classes: list[str], fmt: str) -> pd.DataFrame:
@@ -125,15 +127,18 @@ def writable_target(out: Path) -> None:
 def submit(cfg: Config) -> Path:
     env = dist.setup(cfg.train.device)
     try:
-        paths = resolve_checkpoints(cfg)
+        spec = ensemble.read(cfg.submit.ensemble) if cfg.submit.ensemble else None
+        paths, weights = ensemble.checkpoints_and_weights(spec) if spec else (resolve_checkpoints(cfg), None)
         test = read_test_table(cfg)
         classes = check_classes(paths, class_names(cfg), f"the {cfg.data.format} data under '{cfg.data.root}'")
         check_test_labels(test, classes, cfg.data.test_csv or "test set")
-        name = paths[0].parent.parent.name if len(paths) == 1 else f"ensemble{len(paths)}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = (Path(cfg.submit.ensemble).stem if spec else paths[0].parent.parent.name if len(paths) == 1
+                else f"ensemble{len(paths)}-{datetime.now():%Y%m%d-%H%M%S}")
         out = Path(cfg.submit.out or f"submissions/{name}.csv")
         writable_target(out)
-        probs, classes = predict_probs(cfg, test, paths, env)
-        sub = submission_frame(test, probs.argmax(1), classes, cfg.data.format)
+        probs, classes = predict_probs(cfg, test, paths, env, weights)
+        scores = np.log(np.clip(probs, 1e-12, None)) + np.asarray(spec.get("offsets") or 0.0) if spec else probs
+        sub = submission_frame(test, scores.argmax(1), classes, cfg.data.format)
         validate(sub, test, len(classes), cfg.data.format)
         if env.is_main:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +147,7 @@ def submit(cfg: Config) -> Path:
             os.replace(tmp, out)
             log.info("wrote %s (%d rows, %d checkpoint(s)%s)", out, len(sub), len(paths), ", TTA" if cfg.submit.tta else "")
             book = ledger.path(cfg, out)
-            row = ledger.append(book, out, paths, cfg.submit.tta)
+            row = ledger.append(book, out, paths, cfg.submit.tta, weights, spec.get("oof_f1") if spec else None)
             log.info("ledger %s: members %s, CV %s", book, row["members"], row["cv_f1"] or row["member_val_f1"] or "?")
         return out
     finally:

@@ -52,7 +52,7 @@ def test_train_then_submit(synth_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path):
+def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     for name in ("a", "b"):
         assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": name})]) == 0
@@ -62,6 +62,15 @@ def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path):
     ens = tmp_path / "ens.csv"
     assert main(["submit", *over, f"submit.out={ens}", f"submit.checkpoints=[{runs / 'a'},{runs / 'b'}]"]) == 0
     assert len(pd.read_csv(out)) == len(pd.read_csv(ens)) == 49
+    # weights fitted on the two runs' OOF (same split and fold), then used by submit
+    monkeypatch.chdir(tmp_path)
+    assert main(["ensemble", str(runs / "a"), str(runs / "b"), "--name", "ab"]) == 0
+    fitted = tmp_path / "fitted.csv"
+    assert main(["submit", *over, f"submit.out={fitted}", f"submit.ensemble={tmp_path / 'ensembles' / 'ab.yaml'}"]) == 0
+    book = pd.read_csv(tmp_path / "ledger.csv", dtype=str)
+    row = book[book.file == str(fitted)].iloc[0]
+    weights = [float(w) for w in row.weights.split(";")]
+    assert row.members == "a;b" and sum(weights) == pytest.approx(1.0, abs=1e-3) and len(pd.read_csv(fitted)) == 49
 
 
 def run_cli(*args, cwd=None):

@@ -1,0 +1,203 @@
+"""`baseline ensemble MEMBER... [--name N]`: weights chosen on out-of-fold predictions, not by hand.
+
+A member is a run folder (its oof.csv: the validation fold's probabilities at the best epoch) or an
+experiment folder holding several run folders (e.g. one per fold: their OOF rows together). Every
+member must come from the same split file (summary.json's split_hash) and cover the same images.
+
+1. Weights: greedy forward selection with replacement on OOF macro-F1 (Caruana et al., 2004): add,
+   one at a time, the member whose addition scores best; weights are how often each was added.
+2. Optional per-class logit offsets (`--offsets`) tuned for macro-F1, which rewards rare classes.
+   Their gain is measured honestly: offsets tuned on one half of the rows (folds, when the OOF spans
+   several) are scored on the other half, both ways; the offsets kept are then tuned on all rows.
+   Kept only when that gain is positive.
+Writes ensembles/<name>.yaml, which `baseline submit submit.ensemble=ensembles/<name>.yaml` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.metrics import f1_score
+
+from .config import ConfigError
+
+OFFSET_GRID = np.linspace(-2.0, 2.0, 21)
+
+
+@dataclass
+class Member:
+    name: str
+    folder: Path
+    runs: list[Path]  # run folders (one, or an experiment's)
+    split_hash: str
+    oof: pd.DataFrame  # path, label, fold, p0..pK-1; sorted by path
+
+
+def _runs_in(folder: Path) -> list[Path]:
+    if (folder / "oof.csv").is_file():
+        return [folder]
+    runs = sorted(p.parent for p in folder.glob("*/oof.csv"))
+    if not runs:
+        raise ConfigError(f"ensemble member '{folder}': no oof.csv in it or in its sub-folders (a run writes "
+                          "oof.csv after its first validation)")
+    return runs
+
+
+def load_member(folder: str | Path) -> Member:
+    folder = Path(folder)
+    runs = _runs_in(folder)
+    frames, hashes = [], set()
+    for k, run in enumerate(runs):
+        summary = run / "summary.json"
+        info = json.loads(summary.read_text()) if summary.is_file() else {}
+        hashes.add(info.get("split_hash") or "")
+        df = pd.read_csv(run / "oof.csv")
+        frames.append(df.assign(fold=info.get("fold", k)))
+    if len(hashes) > 1:
+        raise ConfigError(f"ensemble member '{folder}': its runs were made on different split files {sorted(hashes)}")
+    oof = pd.concat(frames, ignore_index=True)
+    if oof["path"].duplicated().any():
+        raise ConfigError(f"ensemble member '{folder}': an image appears in the OOF of two of its runs (the same "
+                          "fold twice?); an experiment holds one run per fold")
+    return Member(folder.name, folder, runs, hashes.pop(), oof.sort_values("path", kind="stable").reset_index(drop=True))
+
+
+def probs_of(oof: pd.DataFrame) -> np.ndarray:
+    return oof[[c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
+
+
+def check_members(members: list[Member]) -> None:
+    """Same split file and same images for all: otherwise OOF scores are not comparable."""
+    first = members[0]
+    for m in members[1:]:
+        if m.split_hash != first.split_hash:
+            raise ConfigError(f"ensemble member '{m.folder}' was trained on another split file (hash "
+                              f"{m.split_hash or 'unknown'}) than '{first.folder}' ({first.split_hash or 'unknown'}); "
+                              "weights fitted on their OOF would reward leakage. Retrain it on the team's split file.")
+        if not m.oof["path"].equals(first.oof["path"]):
+            raise ConfigError(f"ensemble member '{m.folder}' predicted other validation images than "
+                              f"'{first.folder}' ({len(m.oof)} vs {len(first.oof)} rows): same split, other folds?")
+        if probs_of(m.oof).shape[1] != probs_of(first.oof).shape[1]:
+            raise ConfigError(f"ensemble member '{m.folder}' has another number of classes than '{first.folder}'")
+
+
+def macro_f1(labels: np.ndarray, probs: np.ndarray, offsets: np.ndarray | None = None) -> float:
+    scores = np.log(np.clip(probs, 1e-12, None)) + (0 if offsets is None else offsets)
+    return float(f1_score(labels, scores.argmax(1), average="macro", zero_division=0))
+
+
+def forward_selection(probs: list[np.ndarray], labels: np.ndarray, rounds: int = 25) -> np.ndarray:
+    """Weights from greedy selection with replacement; the bag is cut where its score peaked."""
+    counts, total, best, best_counts = np.zeros(len(probs)), np.zeros_like(probs[0]), -1.0, None
+    for _ in range(rounds):
+        scores = [macro_f1(labels, (total + p) / (counts.sum() + 1)) for p in probs]
+        i = int(np.argmax(scores))  # ties: the earlier member
+        counts[i] += 1
+        total = total + probs[i]
+        if scores[i] > best + 1e-12:
+            best, best_counts = scores[i], counts.copy()
+    return best_counts / best_counts.sum()
+
+
+def tune_offsets(labels: np.ndarray, probs: np.ndarray, sweeps: int = 2) -> np.ndarray:
+    """Per-class additive offsets on the log-probabilities, coordinate ascent over a grid."""
+    offsets = np.zeros(probs.shape[1])
+    best = macro_f1(labels, probs, offsets)
+    for _ in range(sweeps):
+        for c in range(probs.shape[1]):
+            for v in OFFSET_GRID:
+                trial = offsets.copy()
+                trial[c] = v
+                score = macro_f1(labels, probs, trial)
+                if score > best + 1e-12:
+                    best, offsets = score, trial
+    return offsets
+
+
+def halves(oof: pd.DataFrame) -> np.ndarray:
+    """Two groups of rows for the held-out offset check: folds when the OOF spans several, else a
+    fixed hash of each image path."""
+    folds = oof["fold"].to_numpy()
+    uniq = np.unique(folds)
+    if len(uniq) > 1:
+        return np.isin(folds, uniq[::2])
+    return np.array([zlib.crc32(str(p).encode()) % 2 == 0 for p in oof["path"]])
+
+
+def offsets_gain_held_out(labels: np.ndarray, probs: np.ndarray, part: np.ndarray) -> float:
+    """Mean macro-F1 gain of offsets on rows they were not tuned on (tune on one half, score the other)."""
+    gains = []
+    for tune in (part, ~part):
+        test = ~tune
+        off = tune_offsets(labels[tune], probs[tune])
+        gains.append(macro_f1(labels[test], probs[test], off) - macro_f1(labels[test], probs[test]))
+    return float(np.mean(gains))
+
+
+def fit(folders: list[str], offsets: bool = False) -> dict:
+    members = [load_member(f) for f in folders]
+    check_members(members)
+    labels = members[0].oof["label"].to_numpy()
+    probs = [probs_of(m.oof) for m in members]
+    weights = forward_selection(probs, labels)
+    mixed = sum(w * p for w, p in zip(weights, probs))
+    out = {
+        "members": [{"path": str(m.folder), "runs": [str(r) for r in m.runs], "weight": round(float(w), 4),
+                     "oof_f1": round(macro_f1(labels, p), 4)} for m, w, p in zip(members, weights, probs)],
+        "split_hash": members[0].split_hash, "oof_rows": int(len(labels)),
+        "oof_f1": round(macro_f1(labels, mixed), 4),
+    }
+    if offsets:
+        gain = offsets_gain_held_out(labels, mixed, halves(members[0].oof))
+        out["offsets_gain_held_out"] = round(gain, 4)
+        # kept only when they helped on rows they had not seen; tuned on all rows then
+        kept = tune_offsets(labels, mixed) if gain > 0 else np.zeros(mixed.shape[1])
+        out["offsets"] = [round(float(v), 3) for v in kept]
+    return out
+
+
+def write(spec: dict, name: str, root: Path = Path("ensembles")) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def read(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"submit.ensemble: no file '{p}' (baseline ensemble writes ensembles/<name>.yaml)")
+    spec = yaml.safe_load(p.read_text()) or {}
+    if not spec.get("members"):
+        raise ConfigError(f"submit.ensemble: '{p}' lists no members")
+    return spec
+
+
+def report(spec: dict) -> str:
+    lines = [f"{'member':<40} {'OOF macro-F1':>12} {'weight':>7}"]
+    lines += [f"{m['path'][-40:]:<40} {m['oof_f1']:>12.4f} {m['weight']:>7.3f}" for m in spec["members"]]
+    lines.append(f"{'ensemble (' + str(spec['oof_rows']) + ' OOF rows)':<40} {spec['oof_f1']:>12.4f}")
+    if "offsets" in spec:
+        kept = "kept, tuned on all rows" if any(spec["offsets"]) else "not kept"
+        lines.append(f"per-class offsets: macro-F1 gain on rows they were not tuned on "
+                     f"{spec['offsets_gain_held_out']:+.4f} ({kept})")
+    return "\n".join(lines)
+
+
+def checkpoints_and_weights(spec: dict) -> tuple[list[Path], list[float]]:
+    """Every member run's best checkpoint, with the member's weight shared among its runs."""
+    paths, weights = [], []
+    for m in spec["members"]:
+        for run in m["runs"]:
+            p = Path(run) / "checkpoints" / "best.pt"
+            if not p.is_file():
+                raise ConfigError(f"ensemble member run '{run}' has no checkpoints/best.pt")
+            paths.append(p)
+            weights.append(m["weight"] / len(m["runs"]))
+    return paths, weights

@@ -1,0 +1,92 @@
+"""Ensembles from out-of-fold predictions: forward selection, per-class offsets, member checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from baseline import ensemble
+from baseline.cli import main
+from baseline.config import ConfigError
+
+
+def write_run(folder, probs, labels, split_hash="abc", fold=0, paths=None):
+    folder.mkdir(parents=True)
+    paths = paths or [f"img{i:03d}.png" for i in range(len(labels))]
+    df = pd.DataFrame({"path": paths, "label": labels, "pred": np.asarray(probs).argmax(1)})
+    df[[f"p{k}" for k in range(np.asarray(probs).shape[1])]] = np.asarray(probs)
+    df.to_csv(folder / "oof.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps({"split_hash": split_hash, "fold": fold}))
+    return folder
+
+
+def onehot(pred, n, sure=0.8):
+    p = np.full((len(pred), n), (1 - sure) / (n - 1))
+    p[np.arange(len(pred)), pred] = sure
+    return p
+
+
+def test_forward_selection_finds_the_complementary_pair():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    right_first = onehot(np.array([0, 1, 2, 1, 2, 0]), 3, 0.6)  # right on the first half
+    right_second = onehot(np.array([1, 2, 0, 0, 1, 2]), 3, 0.6)  # right on the second half
+    # sure where right (first half), unsure where wrong: the pair averages to all six right
+    right_first[3:] = [[0.45, 0.55, 0.0], [0.0, 0.45, 0.55], [0.55, 0.0, 0.45]]
+    right_second[:3] = [[0.45, 0.55, 0.0], [0.0, 0.45, 0.55], [0.55, 0.0, 0.45]]
+    noise = onehot(np.array([2, 2, 2, 2, 2, 2]), 3, 0.9)
+    w = ensemble.forward_selection([right_first, noise, right_second], labels)
+    assert w == pytest.approx([0.5, 0.0, 0.5])
+    assert ensemble.macro_f1(labels, 0.5 * right_first + 0.5 * right_second) == 1.0
+
+
+def test_offsets_lift_a_rare_class_and_the_gain_is_measured_on_untouched_rows():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 180 + [1] * 20)
+    probs = np.column_stack([np.full(200, 0.6), np.full(200, 0.4)])
+    probs[:180, 1] = rng.uniform(0.05, 0.3, 180)  # the model is shy of the rare class:
+    probs[180:, 1] = rng.uniform(0.3, 0.45, 20)   # right ranking, wrong threshold
+    probs[:, 0] = 1 - probs[:, 1]
+    before = ensemble.macro_f1(labels, probs)
+    off = ensemble.tune_offsets(labels, probs)
+    assert ensemble.macro_f1(labels, probs, off) > before + 0.3
+    part = np.arange(200) % 2 == 0
+    assert ensemble.offsets_gain_held_out(labels, probs, part) > 0.3
+
+
+def test_offsets_on_noise_gain_in_sample_but_not_held_out():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 120)
+    probs = rng.dirichlet(np.ones(4), 120)
+    in_sample = ensemble.macro_f1(labels, probs, ensemble.tune_offsets(labels, probs)) - ensemble.macro_f1(labels, probs)
+    held_out = ensemble.offsets_gain_held_out(labels, probs, np.arange(120) % 2 == 0)
+    assert in_sample > 0.05 and held_out < in_sample / 2
+
+
+def test_members_on_other_split_files_are_refused_by_name(tmp_path):
+    labels = np.array([0, 1, 0, 1])
+    a = write_run(tmp_path / "a", onehot(labels, 2), labels)
+    b = write_run(tmp_path / "b", onehot(labels, 2), labels, split_hash="other")
+    with pytest.raises(ConfigError, match=f"'{b}' was trained on another split file"):
+        ensemble.fit([str(a), str(b)])
+    c = write_run(tmp_path / "c", onehot(labels, 2), labels, paths=["x", "y", "z", "w"])
+    with pytest.raises(ConfigError, match="other validation images"):
+        ensemble.fit([str(a), str(c)])
+
+
+def test_experiment_folder_joins_its_folds_and_the_cli_writes_the_spec(tmp_path, capsys, monkeypatch):
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    for k in range(2):
+        rows = slice(3 * k, 3 * k + 3)
+        write_run(tmp_path / "exp" / f"fold{k}", onehot(labels[rows], 3), labels[rows], fold=k,
+                  paths=[f"img{i}.png" for i in range(6)][rows])
+    write_run(tmp_path / "single", onehot(np.array([0, 0, 0, 0, 0, 0]), 3), labels,
+              paths=[f"img{i}.png" for i in range(6)])
+    monkeypatch.chdir(tmp_path)
+    assert main(["ensemble", "exp", "single", "--name", "two", "--offsets"]) == 0
+    spec = ensemble.read(tmp_path / "ensembles" / "two.yaml")
+    assert [m["weight"] for m in spec["members"]] == [1.0, 0.0] and spec["oof_f1"] == 1.0
+    assert len(spec["members"][0]["runs"]) == 2 and spec["oof_rows"] == 6
+    assert "OOF macro-F1" in capsys.readouterr().out
