@@ -36,12 +36,14 @@ def save_atomic(obj: dict, path: Path, *copies: Path) -> None:
     os.replace(tmp, path)
 
 
-def load(path: str | Path) -> dict:
+def load(path: str | Path, mmap: bool = False) -> dict:
+    """`mmap=True` maps the tensors instead of reading them: for a look at the metadata (classes,
+    config) of a large checkpoint without paying its size."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"checkpoint '{path}' could not be read: {str(e)[:200]}") from None
 

@@ -105,7 +105,7 @@ def validate(sub: pd.DataFrame, test: TestTable, num_classes: int, fmt: str) -> 
 def check_classes(paths: list[Path], classes: list[str], what: str) -> list[str]:
     """Every checkpoint must predict exactly the data's classes, by name and order; returns them."""
     for path in paths:
-        got = ckpt.load(path).get("classes")
+        got = ckpt.load(path, mmap=True).get("classes")  # the weights are read once, by predict_probs
         if got is None:
             raise ckpt.CheckpointError(f"'{path}' is not a baseline checkpoint (no class list inside)")
         if got != classes:
