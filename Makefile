@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock data split check train submit sweep sweep-agent bench bench-recipe gpu-check runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
+.PHONY: help venv lock data split check train cv submit sweep sweep-agent bench bench-recipe gpu-check runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ check: $(STAMP) ## report on the data: classes, folds, sizes, unreadable files, 
 
 train: $(STAMP) data ## train (CONFIG=file.yaml, ARGS="key=value ...", NPROC=N for torchrun)
 	$(BIN)/baseline train --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
+
+cv: $(STAMP) data ## train every fold as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv (again: resumes)
+	$(BIN)/baseline cv --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
 
 submit: $(STAMP) ## write submissions/<run>.csv from the newest run (ARGS="submit.checkpoints=[runs/a,runs/b]")
 	$(BIN)/baseline submit $(CONFIG_ARG) $(ARGS)

@@ -19,6 +19,7 @@ from .tracking import TrackingError
 USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrackingError)
 COMMANDS = {
     "train": "train one model (one fold) and write runs/<name>/",
+    "cv": "train every fold of the split file as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv",
     "submit": "predict the test images with checkpoints/runs and write submissions/<name>.csv",
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report)",
     "sweep": "run a W&B-format sweep file (grid | random | PATH) locally, one run per trial",
@@ -62,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "runs":
             sp.add_argument("--compare", nargs="+", metavar="RUN",
                             help="runs (names under run.dir, or folders) whose per-class F1 to draw in one picture")
-        if name in ("train", "sweep"):
+        if name in ("train", "sweep", "cv"):
             sp.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun) when > 1")
         sp.add_argument("--config", "-c", help="YAML file with config keys (defaults < file < overrides)")
         sp.epilog = "Any further key=value arguments override config keys, e.g. train.epochs=3 model.name=resnet18."
@@ -173,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if (table.status == "finished").any() else 1
         if args.command == "runs":
             return runs_command(cfg, args.compare)
+        if args.command == "cv":
+            from . import cv
+
+            cv.run(cfg, args.config, args.overrides, args.nproc)
+            return 0
         if args.command == "ensemble":
             return ensemble_command(args)
         if args.command in ("lb", "submissions"):

@@ -40,7 +40,7 @@ class Member:
 
 
 def _runs_in(folder: Path) -> list[Path]:
-    if (folder / "oof.csv").is_file():
+    if (folder / "checkpoints").is_dir():  # a run folder (an experiment has its own joined oof.csv too)
         return [folder]
     runs = sorted(p.parent for p in folder.glob("*/oof.csv"))
     if not runs:

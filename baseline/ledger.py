@@ -50,9 +50,18 @@ def member_f1(checkpoint: Path) -> float | None:
     return json.loads(summary.read_text()).get("val_f1") if summary.is_file() else None
 
 
+def member_name(checkpoint: Path) -> str:
+    run = _run_folder(checkpoint)
+    return f"{run.parent.name}/{run.name}" if (run.parent / "cv.json").is_file() else run.name
+
+
 def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
     """Macro-F1 of the members' mean out-of-fold probabilities, when they predicted the same images
-    (same split and fold); None otherwise. One member: its own OOF macro-F1."""
+    (same split and fold); the experiment's OOF macro-F1 when they are the folds of one `baseline cv`
+    experiment; None otherwise. One member: its own OOF macro-F1."""
+    parents = {_run_folder(c).parent for c in checkpoints}
+    if len(checkpoints) > 1 and len(parents) == 1 and (cv := next(iter(parents)) / "cv.json").is_file():
+        return json.loads(cv.read_text()).get("oof_f1")
     frames = [_run_folder(c) / "oof.csv" for c in checkpoints]
     if not all(f.is_file() for f in frames):
         return None
@@ -83,7 +92,7 @@ def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, w
     row = {
         "file": str(submission), "sha256": hashlib.sha256(Path(submission).read_bytes()).hexdigest()[:16],
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "user": getpass.getuser(), "git_commit": _git_commit(),
-        "members": ";".join(_run_folder(c).name for c in checkpoints),
+        "members": ";".join(member_name(c) for c in checkpoints),
         "weights": ";".join(f"{w:.4f}" for w in weights) if weights else "equal",
         "member_val_f1": ";".join("" if f is None else f"{f:.4f}" for f in f1s),
         "cv_f1": "" if cv is None else f"{cv:.4f}", "tta": str(bool(tta)).lower(),

@@ -37,6 +37,10 @@ def resolve_checkpoints(cfg: Config) -> list[Path]:
     out = []
     for item in items:
         p = Path(item)
+        folds = sorted(p.glob("*/checkpoints/best.pt")) if p.is_dir() else []
+        if folds and not (p / "checkpoints").is_dir():  # an experiment folder (baseline cv): every fold
+            out += folds
+            continue
         if p.is_dir():
             p = p / "checkpoints" / "best.pt"
         if not p.is_file():

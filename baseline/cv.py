@@ -1,0 +1,80 @@
+"""`baseline cv` (`make cv`): every fold of the shared split file as one experiment.
+
+runs/<experiment>/fold<k>/ is a normal run folder each (train, resume, submit, ensemble as usual).
+Finished folds are skipped and a stopped fold resumes from its last.pt, so a killed `make cv` is
+continued by running it again. Each fold is its own process (`torchrun` with --nproc), the W&B
+group is the experiment. At the end:
+  runs/<experiment>/oof.csv  every training image once: path, label, fold, pred, probabilities
+  runs/<experiment>/cv.json  per-fold best metric, mean and std, and the OOF macro-F1 over all folds
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from .config import Config
+from .dist import launch_command
+from .rundir import state
+
+log = logging.getLogger("baseline")
+
+
+def experiment_name(cfg: Config) -> str:
+    """run.name, else one fixed by model and folds, so that running `make cv` again resumes it."""
+    return cfg.run.name or f"{cfg.model.name}-cv{cfg.split.folds}"
+
+
+def fold_overrides(cfg: Config, overrides: list[str], exp_dir: Path, k: int) -> list[str]:
+    keep = [o for o in overrides if not o.startswith(("split.fold=", "run.name=", "run.dir=", "run.resume="))]
+    group = [] if cfg.log.wandb.group else [f"log.wandb.group={exp_dir.name}"]
+    return [*keep, f"split.fold={k}", f"run.dir={exp_dir}", f"run.name=fold{k}", "run.resume=auto", *group]
+
+
+def run(cfg: Config, config_file: str | None, overrides: list[str], nproc: int = 1) -> dict:
+    exp_dir = Path(cfg.run.dir) / experiment_name(cfg)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(cfg.split.folds):
+        fold_dir = exp_dir / f"fold{k}"
+        if state(fold_dir) == "finished":
+            log.info("cv %s: fold %d finished, skipped", exp_dir.name, k)
+            continue
+        log.info("cv %s: fold %d of %d", exp_dir.name, k, cfg.split.folds)
+        cmd = launch_command(nproc, ["train", *(["--config", config_file] if config_file else []),
+                                     *fold_overrides(cfg, overrides, exp_dir, k)])
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            raise SystemExit(f"cv {exp_dir.name}: fold {k} ended with exit code {rc}; fix it and run the same "
+                             "command again (finished folds are skipped, this one resumes)")
+    return summarize(exp_dir, cfg.split.folds)
+
+
+def summarize(exp_dir: Path, folds: int) -> dict:
+    """cv.json and the experiment's oof.csv from the fold folders."""
+    rows, frames = [], []
+    for k in range(folds):
+        run = exp_dir / f"fold{k}"
+        summary = json.loads((run / "summary.json").read_text())
+        rows.append({"fold": k, "best_metric": summary["best_metric"], "best_epoch": summary["best_epoch"],
+                     "val_f1": summary["val_f1"], "split_hash": summary.get("split_hash")})
+        frames.append(pd.read_csv(run / "oof.csv").assign(fold=k))
+    oof = pd.concat(frames, ignore_index=True)
+    cols = ["path", "label", "fold", "pred"] + [c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]
+    oof[cols].to_csv(exp_dir / "oof.csv", index=False)
+    metric = np.array([r["best_metric"] for r in rows], dtype=float)
+    out = {
+        "experiment": exp_dir.name, "folds": rows, "metric_name": summary["metric_name"],
+        "mean": float(metric.mean()), "std": float(metric.std()),
+        "oof_f1": float(f1_score(oof["label"], oof["pred"], average="macro", zero_division=0)),
+        "oof_rows": int(len(oof)), "split_hashes": sorted({str(r["split_hash"]) for r in rows}),
+    }
+    (exp_dir / "cv.json").write_text(json.dumps(out, indent=2))
+    log.info("cv %s: %s %.4f ± %.4f over %d folds, OOF macro-F1 %.4f on %d images -> %s", exp_dir.name,
+             out["metric_name"], out["mean"], out["std"], folds, out["oof_f1"], len(oof), exp_dir / "cv.json")
+    return out
