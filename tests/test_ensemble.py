@@ -14,7 +14,7 @@ from baseline.config import ConfigError
 
 
 def write_run(folder, probs, labels, split_hash="abc", fold=0, paths=None):
-    folder.mkdir(parents=True)
+    (folder / "checkpoints").mkdir(parents=True)
     paths = paths or [f"img{i:03d}.png" for i in range(len(labels))]
     df = pd.DataFrame({"path": paths, "label": labels, "pred": np.asarray(probs).argmax(1)})
     df[[f"p{k}" for k in range(np.asarray(probs).shape[1])]] = np.asarray(probs)

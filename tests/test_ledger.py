@@ -12,10 +12,13 @@ from baseline import ledger
 from baseline.cli import main
 
 
-def fake_member(folder, val_f1, paths=("a.png", "b.png", "c.png"), labels=(0, 1, 1), probs=((0.9, 0.1),) * 3):
+def fake_member(folder, val_f1, paths=("a.png", "b.png", "c.png"), labels=(0, 1, 1), probs=((0.9, 0.1),) * 3,
+                oof=True):
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "checkpoints" / "best.pt").write_bytes(b"x")
     (folder / "summary.json").write_text(json.dumps({"val_f1": val_f1}))
+    if not oof:
+        return folder / "checkpoints" / "best.pt"
     df = pd.DataFrame({"path": list(paths), "label": list(labels), "pred": [int(p[1] > p[0]) for p in probs]})
     df[["p0", "p1"]] = list(probs)
     df.to_csv(folder / "oof.csv", index=False)
@@ -65,7 +68,7 @@ def test_lb_refuses_a_file_not_in_the_ledger_and_scores_a_known_one(tmp_path, ca
 def test_submissions_prints_cv_next_to_lb_and_draws_them(tmp_path, capsys):
     book = tmp_path / "ledger.csv"
     for i, (cv, lb) in enumerate([(0.70, 0.66), (0.80, 0.71), (0.75, 0.69), (0.90, 0.80)]):
-        ckpt = fake_member(tmp_path / f"m{i}", cv, paths=(f"{i}.png",), labels=(0,), probs=((0.9, 0.1),))
+        ckpt = fake_member(tmp_path / f"m{i}", cv, oof=False)  # CV: the member's val macro-F1
         sub = tmp_path / f"s{i}.csv"
         sub.write_text(f"ImageID,ans\na,{i}\n")
         ledger.append(book, sub, [ckpt], tta=False)
