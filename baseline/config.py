@@ -145,6 +145,7 @@ class LogCfg:
 class SubmitCfg:
     checkpoints: str | list[str] = field(default_factory=list)  # files or run folders; empty -> newest run
     tta: bool = False  # average with the horizontally flipped image
+    tta_scales: list[float] = field(default_factory=list)  # also predict at these multiples of the size, e.g. [0.9, 1.1]
     out: str = ""  # "" -> submissions/<name>.csv
     batch_size: int = 128
     ledger: str = ""  # "" -> ledger.csv beside the submission (submissions/ledger.csv by default)
@@ -332,6 +333,9 @@ def validate(cfg: Config) -> None:
         size = [size, size]
     if isinstance(size, list) and min(size) < 8:
         raise ConfigError(f"config key 'data.img_size': expected sides of at least 8 pixels, got {cfg.data.img_size!r}")
+    if any(not 0.25 <= v <= 4 for v in cfg.submit.tta_scales):
+        raise ConfigError(f"config key 'submit.tta_scales': expected multiples of the image size in 0.25..4, "
+                          f"got {cfg.submit.tta_scales!r}")
     for key, lo, hi, what in RANGES:
         value = get(cfg, key)
         if isinstance(value, str):  # 'auto' / 'data' and the like: checked by type

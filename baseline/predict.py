@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from datetime import datetime
@@ -60,28 +62,60 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Confi
     return model.to(device).eval(), cfg, saved["classes"]
 
 
+def probs_file(path: Path, test: TestTable, hw: tuple[int, int], tta: bool, scales: list[float]) -> Path:
+    """Where a member's test probabilities are kept, in its run folder (test_probs/): keyed by the
+    test table, the image size, the TTA views and the checkpoint itself, so re-weighting an
+    ensemble never predicts again."""
+    st = path.stat()
+    key = json.dumps([test.df["path"].tolist(), list(hw), bool(tta), sorted(scales), st.st_size, st.st_mtime_ns])
+    return path.parent.parent / "test_probs" / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
+
+
+def scaled(hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    return tuple(max(8, int(round(v * scale / 8)) * 8) for v in hw)
+
+
+def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches: dict) -> tuple[np.ndarray, list[str]]:
+    """One checkpoint's test probabilities: read from its cache file, else predicted (at the training
+    size, plus each of submit.tta_scales; each with its flip when submit.tta) and cached."""
+    model, mcfg, classes = load_model(path, env.device)
+    hw, scales = img_hw(mcfg), list(cfg.submit.tta_scales)
+    cached = probs_file(path, test, hw, cfg.submit.tta, scales)
+    if cached.is_file():
+        log.info("test probabilities of %s from test_probs/%s", path, cached.name)
+        return np.load(cached), classes
+    mean, std = models.data_stats(model)
+    ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device))
+    workers = cfg.data.num_workers
+    workers = defaults.workers_for(env.device, os.cpu_count() or 1) if workers == "auto" else workers
+    views = []
+    for size in [hw] + [scaled(hw, s) for s in scales]:
+        if size not in caches:  # decode the test images once per resolution
+            caches[size] = ds.build_cache(test.df["path"].tolist(), size, "ram", Path(), 0, cfg.data.max_pixels)
+        loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, size, None, caches[size]), cfg.submit.batch_size,
+                                workers, env.rank, env.world)
+        views.append(engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy())
+    probs = np.mean(views, axis=0)
+    if env.is_main:
+        cached.parent.mkdir(exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npy")
+        np.save(tmp, probs)
+        os.replace(tmp, cached)
+    log.info("predicted %d images with %s (%d view(s)%s)", len(probs), path, len(views), ", flip" if cfg.submit.tta else "")
+    return probs, classes
+
+
 def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env,
                   weights: list[float] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Softmax averaged over checkpoints, equally or by `weights` (and the flipped view with submit.tta)."""
+    """Softmax averaged over checkpoints, equally or by `weights`."""
     weights = weights or [1.0] * len(paths)
     total, classes, caches = None, None, {}
     for path, weight in zip(paths, weights):
-        model, mcfg, mclasses = load_model(path, env.device)
+        probs, mclasses = member_probs(cfg, test, path, env, caches)
         if classes is not None and mclasses != classes:
             raise ckpt.CheckpointError(f"cannot ensemble '{path}': its classes differ from '{paths[0]}'")
         classes = mclasses
-        hw = img_hw(mcfg)
-        if hw not in caches:  # decode the test images once per resolution
-            caches[hw] = ds.build_cache(test.df["path"].tolist(), hw, "ram", Path(), 0, cfg.data.max_pixels)
-        workers = cfg.data.num_workers
-        workers = defaults.workers_for(env.device, os.cpu_count() or 1) if workers == "auto" else workers
-        loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, hw, None, caches[hw]), cfg.submit.batch_size,
-                                workers, env.rank, env.world)
-        mean, std = models.data_stats(model)
-        ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device))
-        probs = engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy()
         total = weight * probs if total is None else total + weight * probs
-        log.info("predicted %d images with %s", len(probs), path)
     return total / sum(weights), classes
 
 

@@ -14,7 +14,7 @@ from tests.conftest import tiny_overrides
 
 
 @pytest.mark.slow
-def test_train_then_submit(synth_root, tmp_path):
+def test_train_then_submit(synth_root, tmp_path, caplog):
     runs = tmp_path / "runs"
     over = tiny_overrides(synth_root, runs, **{"run.name": "e2e", "train.epochs": 2})
     assert main(["train", *over]) == 0
@@ -45,10 +45,20 @@ def test_train_then_submit(synth_root, tmp_path):
     assert sub.ans.between(0, 17).all() and sub.ans.dtype.kind == "i"
     score = f1_score(truth.ans, sub.ans, average="macro")
     assert 0 <= score <= 1
+    # the member's test probabilities are kept: the same submit again predicts nothing, a new view does
+    cached = list((run / "test_probs").glob("best-*.npy"))
+    assert len(cached) == 1
+    again = tmp_path / "again.csv"
+    caplog.clear()
+    assert main(["submit", *over, f"submit.out={again}", "submit.tta=true"]) == 0
+    assert again.read_text() == out.read_text() and "from test_probs/" in caplog.text
+    assert "predicted 49 images with" not in caplog.text
+    assert main(["submit", *over, f"submit.out={tmp_path / 'scales.csv'}", "submit.tta_scales=[0.75,1.25]"]) == 0
+    assert len(list((run / "test_probs").glob("best-*.npy"))) == 2
     book = pd.read_csv(tmp_path / "ledger.csv")  # beside the submission
-    assert book["file"].tolist() == [str(out)] and book["members"].tolist() == ["e2e"]
+    assert book["file"].tolist()[0] == str(out) and book["members"].tolist() == ["e2e"] * 3
     assert book["cv_f1"].iloc[0] == pytest.approx(f1_score(oof.label, oof.pred, average="macro"), abs=1e-4)
-    assert book["tta"].tolist() == [True]
+    assert book["tta"].tolist() == [True, True, False]
 
 
 @pytest.mark.slow
