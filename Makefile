@@ -65,7 +65,7 @@ sweep-agent: $(STAMP) ## join a W&B sweep made with `wandb sweep FILE` (SWEEP_ID
 bench: $(STAMP) data ## images/s: in-memory limit vs the kit vs a naive PIL loader (train and inference)
 	$(BIN)/baseline bench $(CONFIG_ARG) $(ARGS)
 
-bench-recipe: $(STAMP) ## kit defaults vs a 60-line reference loop on 8 data sets, 3 seeds (~1 h on 2 cores; ARGS="bench.tiny=true")
+bench-recipe: $(STAMP) ## kit defaults vs a 60-line reference loop on 9 data sets, 3 seeds (~70 min on 2 cores; ARGS="bench.tiny=true")
 	$(BIN)/baseline bench recipe $(CONFIG_ARG) $(ARGS)
 
 gpu-check: $(STAMP) data ## one table for a lent GPU: train step vs limit (eager, compile), batch auto, forced OOM, inference (ARGS="bench.tiny=true" on a CPU)
