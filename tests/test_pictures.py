@@ -89,7 +89,9 @@ def test_data_check_writes_the_report_and_flags_bad_images(synth_root, tmp_path,
 
 
 def test_data_check_report_shows_the_folds_once_a_split_exists(synth_root, tmp_path):
-    over = [f"data.root={synth_root}", "split.folds=3", f"check.out={tmp_path / 'r1'}"]
+    root = tmp_path / "d"
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns("splits"))  # other tests split the shared copy
+    over = [f"data.root={root}", "split.folds=3", f"check.out={tmp_path / 'r1'}"]
     assert main(["data", "check", *over]) == 0
     assert main(["data", "split", *over]) == 0
     assert main(["data", "check", *over[:-1], f"check.out={tmp_path / 'r2'}"]) == 0
