@@ -97,7 +97,7 @@ lint: $(STAMP) ## ruff and hadolint
 docker-build: ## build the image (ARGS="--build-arg BASE=<image>"; extra CA certs: certs/*.crt)
 	docker build $(ARGS) -t $(IMAGE) .
 
-docker-smoke: ## build the image from a local debootstrap base and run synth -> train -> submit in it (root; ~8 min)
+docker-smoke: ## build the image from a local debootstrap base and run synth -> train -> submit in it (root; ~6.5 min)
 	bash .ci/docker-smoke
 
 docker-train: ## train inside the image on all GPUs (data/, runs/ mounted)
