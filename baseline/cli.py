@@ -150,7 +150,7 @@ def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
     return subprocess.call(launch_command(nproc, rest))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None):
     p = parser()
     args, rest = p.parse_known_args(argv)
     for many in ("compare", "members"):  # nargs="+" also swallows key=value overrides after the names
@@ -161,52 +161,65 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unrecognized arguments {bad}: config overrides are key=value")
     args.overrides = rest
+    return args
+
+
+def dispatch(args, cfg: Config) -> int:
+    """Run the command; its exit code."""
+    if args.command == "sweep":
+        from .sweep import run_local
+
+        table = run_local(args.sweep, args.config, args.overrides, args.nproc)
+        print(table.to_string(index=False))
+        return 0 if (table.status == "finished").any() else 1
+    if args.command == "runs":
+        return runs_command(cfg, args.compare)
+    if args.command == "cv":
+        from . import cv
+
+        cv.run(cfg, args.config, args.overrides, args.nproc)
+        return 0
+    if args.command == "ensemble":
+        return ensemble_command(args)
+    if args.command in ("lb", "submissions"):
+        return ledger_command(cfg, args)
+    if args.command == "bench":
+        return bench_command(args.what, cfg, args.overrides)
+    if args.command == "data":
+        return data_command(args.action, cfg)
+    if args.command == "train":
+        from .train import run
+
+        run(cfg)
+        return 0
+    from .predict import submit
+
+    submit(cfg)
+    return 0
+
+
+def bench_command(what: str, cfg: Config, overrides: list[str]) -> int:
+    if what == "gpu":
+        from . import gpucheck
+
+        return gpucheck.main(cfg, overrides)
+    if what == "recipe":
+        from . import recipe
+
+        return recipe.main(cfg, overrides)
+    from . import bench
+
+    print(bench.report(bench.run(cfg)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     _setup_logging()
     try:
         if getattr(args, "nproc", 1) > 1 and args.command == "train" and "WORLD_SIZE" not in os.environ:
             return relaunch_under_torchrun(args.nproc, argv if argv is not None else sys.argv[1:])
-        cfg = load_config(args.config, args.overrides)
-        if args.command == "sweep":
-            from .sweep import run_local
-
-            table = run_local(args.sweep, args.config, args.overrides, args.nproc)
-            print(table.to_string(index=False))
-            return 0 if (table.status == "finished").any() else 1
-        if args.command == "runs":
-            return runs_command(cfg, args.compare)
-        if args.command == "cv":
-            from . import cv
-
-            cv.run(cfg, args.config, args.overrides, args.nproc)
-            return 0
-        if args.command == "ensemble":
-            return ensemble_command(args)
-        if args.command in ("lb", "submissions"):
-            return ledger_command(cfg, args)
-        if args.command == "bench" and args.what == "gpu":
-            from . import gpucheck
-
-            return gpucheck.main(cfg, args.overrides)
-        if args.command == "bench" and args.what == "recipe":
-            from . import recipe
-
-            return recipe.main(cfg, args.overrides)
-        if args.command == "bench":
-            from . import bench
-
-            print(bench.report(bench.run(cfg)))
-            return 0
-        if args.command == "data":
-            return data_command(args.action, cfg)
-        if args.command == "train":
-            from .train import run
-
-            run(cfg)
-            return 0
-        from .predict import submit
-
-        submit(cfg)
-        return 0
+        return dispatch(args, load_config(args.config, args.overrides))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

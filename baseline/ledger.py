@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from .checkpoint import provenance
 from .config import ConfigError
 
 COLUMNS = ["file", "sha256", "time", "user", "git_commit", "members", "weights", "member_val_f1", "cv_f1", "tta",
@@ -73,16 +74,6 @@ def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
     return float(f1_score(oofs[0]["label"], probs.argmax(1), average="macro", zero_division=0))
 
 
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, weights: list[float] | None = None,
            cv: float | None = None) -> dict:
     """One row for a submission just written; safe under concurrent submits. `cv`: the ensemble's
@@ -91,7 +82,7 @@ def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, w
     cv = cv if cv is not None else ensemble_oof_f1(checkpoints)
     row = {
         "file": str(submission), "sha256": hashlib.sha256(Path(submission).read_bytes()).hexdigest()[:16],
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "user": getpass.getuser(), "git_commit": _git_commit(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "user": getpass.getuser(), "git_commit": provenance()["git_commit"][:12],
         "members": ";".join(member_name(c) for c in checkpoints),
         "weights": ";".join(f"{w:.4f}" for w in weights) if weights else "equal",
         "member_val_f1": ";".join("" if f is None else f"{f:.4f}" for f in f1s),
@@ -148,7 +139,7 @@ def cv_vs_lb(ledger: Path, out: Path) -> tuple[pd.DataFrame, float | None]:
     df = df.assign(cv=pd.to_numeric(df["cv_f1"], errors="coerce").fillna(first),
                    lb=pd.to_numeric(df["lb"], errors="coerce"))
     scored = df.dropna(subset=["cv", "lb"])
-    rho = float(scored["cv"].rank().corr(scored["lb"].rank())) if len(scored) >= 3 else None
+    rho = float(scored["cv"].corr(scored["lb"], method="spearman")) if len(scored) >= 3 else None
     if len(scored):
         _scatter(scored, rho, out)
     return df[["file", "time", "user", "members", "tta", "cv", "lb"]], rho

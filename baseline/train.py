@@ -358,12 +358,7 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
             parts.model = wrap(parts.raw, cfg, env)
         ds.set_epoch(data.train, cfg.seed, epoch)
         data.train.sampler.skip = state.batches_done * data.batch_size  # > 0 only when resuming a preempted epoch
-        name = f"{epoch + 1}/{cfg.train.epochs}"
-        loader = progress.bar(data.train, f"epoch {name}", data.batch_size, env.is_main)
-        lines = progress.Lines(lambda row: tracker.log(row, step=row["step"]), epoch=name, first_step=state.step,
-                               steps=math.ceil((len(data.train) - state.batches_done) / cfg.train.accum_steps),
-                               images_per_step=state.batches["global_batch_size"], every_s=cfg.train.log_every_s,
-                               show=env.is_main)
+        loader, lines = epoch_progress(cfg, env, data, state, tracker)
         memory.reset_peak(env.device)
         try:
             tr = engine.train_one_epoch(parts.model, loader, parts.optimizer, parts.scheduler, parts.loss_fn,
@@ -417,6 +412,17 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
             if env.is_main:
                 log.info("early stop: %s has not improved for %d epochs", cfg.train.monitor, state.bad_epochs)
             break
+
+
+def epoch_progress(cfg: Config, env: dist.Env, data: Data, state: TrainState, tracker):
+    """The epoch's loader (a bar on a terminal) and its per-interval callback (tracker + progress lines)."""
+    name = f"{state.epoch + 1}/{cfg.train.epochs}"
+    loader = progress.bar(data.train, f"epoch {name}", data.batch_size, env.is_main)
+    lines = progress.Lines(lambda row: tracker.log(row, step=row["step"]), epoch=name, first_step=state.step,
+                           steps=math.ceil((len(data.train) - state.batches_done) / cfg.train.accum_steps),
+                           images_per_step=state.batches["global_batch_size"], every_s=cfg.train.log_every_s,
+                           show=env.is_main)
+    return loader, lines
 
 
 def write_oof(run_dir: Path, data: Data, logits: torch.Tensor, raw: torch.nn.Module) -> None:
