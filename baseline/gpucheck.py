@@ -16,12 +16,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
-from . import bench, dist, memory, train
+from . import bench, dist, memory
 from .config import Config, load_config
-from .data.layouts import read_table
 
 GPU = ["model.name=resnet50", "data.img_size=224", "train.amp=bf16", "train.channels_last=true"]
 TINY = ["model.name=test_resnet", "data.img_size=32"]  # amp auto: full precision on the CPU
@@ -34,14 +32,7 @@ def settings(cfg: Config, overrides: list[str]) -> list[str]:
 
 def auto_batch(over: list[str]) -> int:
     """The batch train.batch_size=auto settles on, through the kit's own path (build_parts)."""
-    cfg = load_config(None, [*over, "train.batch_size=auto"])
-    env = dist.Env(device=dist.pick_device(cfg.train.device, 0))
-    table = read_table(cfg)
-    fold = np.full(len(table.df), 1)
-    fold[: len(fold) // 5] = 0
-    cfg = train.resolve_defaults(cfg, env, table, fold)
-    data = train.build_loaders(cfg, env, table, fold, train.decode_images(cfg, table))
-    train.build_parts(cfg, env, table, data)  # settles data.batch_size
+    data = bench.setup(load_config(None, [*over, "train.batch_size=auto"]))[3]
     return data.batch_size
 
 

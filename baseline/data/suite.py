@@ -80,17 +80,41 @@ def draw_face_b(rng: np.random.Generator, female: bool, age_bucket: int, mask: i
 
 
 # ---------------------------------------------------------------- a third drawing style
+def _lit_background(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, np.ndarray]:
+    """A plain colour lit from one side, with noise; also the colour (rotation fills with it)."""
+    base = rng.integers(40, 220, size=3).astype(np.float32)
+    xx = np.mgrid[0:h, 0:w].astype(np.float32)[1]
+    light = 1 + 0.35 * ((xx - rng.uniform(0, w)) / w)
+    bg = base[None, None, :] * light[..., None] + rng.normal(0, 12, (h, w, 3))
+    return Image.fromarray(bg.clip(0, 255).astype(np.uint8)), base
+
+
+def _mask_c(d: ImageDraw.ImageDraw, rng: np.random.Generator, mask: int, cx: float, cy: float, fw: float, fh: float,
+            s: float, nose_y: float) -> None:
+    """Worn: pleated, over nose and mouth; incorrect: hanging from one ear; none: nothing drawn."""
+    colour = tuple(int(v) for v in rng.integers(0, 255, size=3))
+    pleat = tuple(max(0, c - 45) for c in colour)
+    if mask == 0:
+        box = [cx - fw * 0.85, nose_y - 6 * s, cx + fw * 0.85, cy + fh * 0.92]
+        d.rectangle(box, fill=colour)
+        for k in (1, 2, 3):
+            y = box[1] + (box[3] - box[1]) * k / 4
+            d.line([box[0], y, box[2], y], fill=pleat, width=1)
+    elif mask == 1:
+        side = 1 if rng.integers(2) else -1
+        x_ear = cx + side * fw
+        box = [min(x_ear, x_ear + side * 22 * s), cy + fh * 0.1, max(x_ear, x_ear + side * 22 * s), cy + fh * 0.75]
+        d.rectangle(box, fill=colour)
+        d.line([box[0], box[1] + 2, box[2], box[3] - 2], fill=pleat, width=1)
+
+
 def draw_face_c(rng: np.random.Generator, female: bool, age_bucket: int, mask: int, skin: tuple) -> Image.Image:
     """Cues unlike both other styles: gender by a hair bun on top (female) or sideburns and a square
     jaw (male); age by the hairline, full (<30), receding and greying (30..59) or a bald crown with a
     white fringe (>=60); "incorrect" is a mask hanging from one ear, off to the side. Larger 120x160
     pictures with a lit, noisy background, uneven light and heavier JPEG-like blur."""
     w, h = 120, 160
-    base = rng.integers(40, 220, size=3).astype(np.float32)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    light = 1 + 0.35 * ((xx - rng.uniform(0, w)) / w)  # light from one side
-    bg = base[None, None, :] * light[..., None] + rng.normal(0, 12, (h, w, 3))
-    img = Image.fromarray(bg.clip(0, 255).astype(np.uint8))
+    img, base = _lit_background(rng, w, h)
     d = ImageDraw.Draw(img)
     s = rng.uniform(0.85, 1.2)
     cx, cy = w / 2 + rng.uniform(-12, 12), h / 2 + rng.uniform(-10, 10)
@@ -121,20 +145,7 @@ def draw_face_c(rng: np.random.Generator, female: bool, age_bucket: int, mask: i
     d.line([cx, nose_y - 10 * s, cx + 3 * s, nose_y + 2 * s], fill=(100, 55, 45), width=2)
     mouth_y = cy + fh * 0.55
     d.arc([cx - 9 * s, mouth_y - 5 * s, cx + 9 * s, mouth_y + 4 * s], 20, 160, fill=(150, 30, 40), width=3)
-    colour = tuple(int(v) for v in rng.integers(0, 255, size=3))
-    pleat = tuple(max(0, c - 45) for c in colour)
-    if mask == 0:  # over nose and mouth, pleated
-        box = [cx - fw * 0.85, nose_y - 6 * s, cx + fw * 0.85, cy + fh * 0.92]
-        d.rectangle(box, fill=colour)
-        for k in (1, 2, 3):
-            y = box[1] + (box[3] - box[1]) * k / 4
-            d.line([box[0], y, box[2], y], fill=pleat, width=1)
-    elif mask == 1:  # hanging from one ear
-        side = 1 if rng.integers(2) else -1
-        x_ear = cx + side * fw
-        box = [min(x_ear, x_ear + side * 22 * s), cy + fh * 0.1, max(x_ear, x_ear + side * 22 * s), cy + fh * 0.75]
-        d.rectangle(box, fill=colour)
-        d.line([box[0], box[1] + 2, box[2], box[3] - 2], fill=pleat, width=1)
+    _mask_c(d, rng, mask, cx, cy, fw, fh, s, nose_y)
     img = img.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR, fillcolor=tuple(int(v) for v in base))
     return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
 
