@@ -84,7 +84,8 @@ pictures: $(STAMP) data ## redraw the README's pictures of the built-in data int
 	$(BIN)/baseline train run.name=docs-pictures train.epochs=3 log.wandb.mode=disabled
 	cp runs/docs-pictures/{learning_curves,confusion_matrix,per_class_f1,worst_predictions}.png $(PICTURES)/
 
-test: $(STAMP) ## run the whole test suite (slow end-to-end tests included)
+test: $(STAMP) ## run the whole test suite (slow end-to-end tests included; installs PostgreSQL for the sweep tests if it may)
+	.ci/postgres
 	$(BIN)/pytest -q $(ARGS)
 
 test-fast: $(STAMP) ## the unit tests only (nothing trains), well under a minute

@@ -22,7 +22,9 @@ COMMANDS = {
     "cv": "train every fold of the split file as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv",
     "submit": "predict the test images with checkpoints/runs and write submissions/<name>.csv",
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report)",
-    "sweep": "run a W&B-format sweep file (grid | random | PATH) locally, one run per trial",
+    "sweep": "run a W&B-format sweep file (grid | random | bayes | PATH) with Optuna, one run per trial; "
+             "several workers may share one study (sweep.storage)",
+    "sweep-report": "a sweep's trials, parameter importances and pictures (optimization history, parallel coordinates)",
     "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
     "ensemble": "fit ensemble weights (and per-class offsets) on out-of-fold predictions: ensembles/<name>.yaml",
     "lb": "record the public leaderboard score of a submission in the ledger: baseline lb FILE SCORE",
@@ -52,7 +54,9 @@ def parser() -> argparse.ArgumentParser:
         if name == "bench":
             sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe", "gpu"])
         if name == "sweep":
-            sp.add_argument("sweep", help="grid | random | path to a sweep YAML in W&B's format")
+            sp.add_argument("sweep", help="grid | random | bayes | path to a sweep YAML in W&B's format")
+        if name == "sweep-report":
+            sp.add_argument("name", help="the sweep's name (its folder under <run.dir>/sweeps/)")
         if name == "ensemble":
             sp.add_argument("members", nargs="+", metavar="MEMBER", help="run folders or experiment folders")
             sp.add_argument("--name", default="", help="ensembles/<name>.yaml (default: ens-<time>)")
@@ -167,11 +171,16 @@ def parse(argv: list[str] | None):
 def dispatch(args, cfg: Config) -> int:
     """Run the command; its exit code."""
     if args.command == "sweep":
-        from .sweep import run_local
+        from . import sweep
 
-        table = run_local(args.sweep, args.config, args.overrides, args.nproc)
+        table = sweep.run(args.sweep, args.config, args.overrides, args.nproc)
         print(table.to_string(index=False))
         return 0 if (table.status == "finished").any() else 1
+    if args.command == "sweep-report":
+        from .sweep_report import report
+
+        print(report(cfg, args.name))
+        return 0
     if args.command == "runs":
         return runs_command(cfg, args.compare)
     if args.command == "cv":

@@ -167,6 +167,17 @@ class BenchCfg:
 
 
 @dataclass
+class SweepCfg:
+    storage: str = ""  # "" -> sqlite file runs/sweeps/<name>/study.db; postgresql://user@host/db to share a study
+    heartbeat_s: int = 60  # a worker's running trial says it is alive this often
+    grace_s: int = 300  # a trial silent this long is failed and retried by the next worker to start a trial
+    max_retry: int = 2  # retries of a trial whose worker died
+    startup_trials: int = 4  # bayes: random trials before TPE starts modelling
+    study: str = ""  # set by the sweep runner for a trial's own run: the study it reports to
+    trial: int = -1  # set by the sweep runner: the trial id (-1: not a sweep trial)
+
+
+@dataclass
 class Config:
     seed: int = 42
     run: RunCfg = field(default_factory=RunCfg)
@@ -182,6 +193,7 @@ class Config:
     submit: SubmitCfg = field(default_factory=SubmitCfg)
     check: CheckCfg = field(default_factory=CheckCfg)
     bench: BenchCfg = field(default_factory=BenchCfg)
+    sweep: SweepCfg = field(default_factory=SweepCfg)
 
 
 def _type_name(tp: Any) -> str:

@@ -24,7 +24,7 @@ LOCK = ".lock"
 ERROR = "error.txt"
 # Keys a resume may change: they do not change what is learned (epochs extends a run; the data may
 # move to another folder, its split file is compared by hash).
-RESUMABLE = ("run.", "log.", "submit.", "bench.", "train.epochs", "train.early_stop", "train.log_interval",
+RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "train.epochs", "train.early_stop", "train.log_interval",
              "train.log_every_s", "train.device", "train.keep_top_k", "data.num_workers", "data.cache", "data.cache_ram_gb",
              "data.root", "data.max_pixels", "split.file")
 
@@ -168,9 +168,13 @@ def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, 
 
 # ---------------------------------------------------------------- state
 def state(run_dir: Path) -> str:
-    """finished | running | failed: <line> | stopped (at epoch N) | empty."""
+    """finished | pruned at epoch N | running | failed: <line> | stopped | empty."""
     if (run_dir / "summary.json").is_file() and not (run_dir / LOCK).is_file():
-        return "finished"
+        try:
+            pruned = json.loads((run_dir / "summary.json").read_text()).get("pruned_epoch")
+        except ValueError:
+            pruned = None
+        return f"pruned at epoch {pruned}" if pruned else "finished"
     held = _holder(run_dir / LOCK)
     if held and (held.get("host") != socket.gethostname() or _alive(int(held.get("pid", 0)))):
         return "running"

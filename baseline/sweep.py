@@ -1,44 +1,70 @@
-"""Sweeps in W&B's own file format: a local runner (grid / seeded random) and the W&B agent.
+"""Sweeps in W&B's file format, executed by Optuna: grid / random / bayes (TPE), hyperband pruning,
+and one study that any number of workers share through its storage (a SQLite file by default,
+PostgreSQL across machines).
 
 The same YAML works with `wandb sweep FILE` (its `command:` block runs our trainer with
-`${args_no_hyphens}`, i.e. `key=value` overrides, so every DDP rank reads the same parameters from
-its argv) and with `baseline sweep FILE`, which needs no W&B server.
+`${args_no_hyphens}`) and with `baseline sweep FILE`, which needs no W&B server. Each trial is a
+normal run (a subprocess; torchrun with --nproc) in runs/sweeps/<name>/trialNNN; its rank 0 reports
+the metric to the study after every epoch and all ranks stop together when the pruner says so
+(baseline/trial.py). The study is the only bookkeeping: which trials ran, their state and value.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import logging
 import math
 import os
+import socket
 import subprocess
-from dataclasses import replace
+import time
+import warnings
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
+import optuna
 import pandas as pd
 import yaml
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
-from .config import ConfigError, load_config, to_dict
+from .config import Config, ConfigError, SweepCfg, load_config, to_dict
 from .dist import launch_command
+from .rundir import LOCK
+from .trial import die_with_parent, pruner
 
 log = logging.getLogger("baseline")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-METHODS = {"grid", "random", "bayes"}
-# The distributions W&B documents; the local runner samples the ones in SAMPLERS.
-WANDB_DISTRIBUTIONS = {
-    "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values",
-    "inv_log_uniform_values", "log_uniform", "q_log_uniform", "inv_log_uniform", "normal", "q_normal",
-    "log_normal", "q_log_normal", "beta", "q_beta",
+METHODS = ("grid", "random", "bayes")
+MAPPED = {"constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform_values", "log_uniform"}
+# W&B distributions without an Optuna counterpart: refused by name before any trial runs.
+REFUSED = {
+    "q_log_uniform_values": "Optuna cannot quantise a log scale", "q_log_uniform": "Optuna cannot quantise a log scale",
+    "inv_log_uniform_values": "Optuna has no inverse-log distribution", "inv_log_uniform": "Optuna has no inverse-log distribution",
+    "normal": "Optuna samples bounded ranges only", "q_normal": "Optuna samples bounded ranges only",
+    "log_normal": "Optuna samples bounded ranges only", "q_log_normal": "Optuna samples bounded ranges only",
+    "beta": "Optuna has no beta distribution", "q_beta": "Optuna has no beta distribution",
 }
 PARAM_KEYS = {"values", "value", "distribution", "min", "max", "q", "mu", "sigma", "probabilities", "a", "b"}
 TOP_KEYS = {"program", "method", "metric", "parameters", "run_cap", "command", "name", "description",
             "early_terminate", "project", "entity"}
+HYPERBAND_KEYS = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
+METRICS = ("val_f1", "val_acc", "val_loss")  # what every epoch records and summary.json keeps
+DEFAULT_CAP = 10  # random / bayes without run_cap (W&B would run until stopped)
 
 
+class TrialFailed(Exception):
+    """The trial's run exited with an error (recorded on the trial; the sweep goes on)."""
+
+
+class Skipped(Exception):
+    """Another worker got there first (run_cap reached, or the same grid point)."""
+
+
+# ---------------------------------------------------------------- the sweep file
 def sweep_file(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.is_file():
@@ -46,7 +72,7 @@ def sweep_file(name_or_path: str) -> Path:
     packaged = resources.files("baseline") / "configs" / "sweeps" / f"{name_or_path}.yaml"
     if packaged.is_file():
         return Path(str(packaged))
-    raise ConfigError(f"sweep '{name_or_path}' is neither a file nor a packaged sweep (grid, random)")
+    raise ConfigError(f"sweep '{name_or_path}' is neither a file nor a packaged sweep (grid, random, bayes)")
 
 
 def read_sweep(path: Path) -> dict:
@@ -59,63 +85,214 @@ def read_sweep(path: Path) -> dict:
     return spec
 
 
-def validate_sweep(spec: dict, path: Path) -> None:
-    """The sweep's keys, method and distributions, and every parameter against our config."""
+@dataclass(frozen=True)
+class Plan:
+    """A W&B sweep file in Optuna's terms; also stored on the study so that every worker (and every
+    trial's own run) reads the same one."""
+
+    name: str
+    method: str
+    metric: str
+    goal: str
+    space: dict[str, BaseDistribution]  # searched parameters
+    constants: dict  # `value:` parameters, passed to every trial
+    cap: int  # trials to run in all, over every worker
+    hyperband: dict | None  # HyperbandPruner's arguments
+    target: float | None  # stop the sweep once a trial reaches it
+
+    @property
+    def direction(self) -> str:
+        return self.goal
+
+    def sampler(self, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
+        if self.method == "grid":
+            return optuna.samplers.GridSampler({k: list(d.choices) for k, d in self.space.items()}, seed=seed)
+        if self.method == "random":
+            return TrialSeededRandom(seed)
+        return TrialSeededTPE(seed, startup_trials)
+
+    def record(self) -> dict:
+        return {"method": self.method, "metric": self.metric, "goal": self.goal, "cap": self.cap,
+                "hyperband": self.hyperband, "target": self.target, "constants": self.constants,
+                "space": {k: optuna.distributions.distribution_to_json(d) for k, d in self.space.items()}}
+
+
+class TrialSeededRandom(optuna.samplers.RandomSampler):
+    """Trial n's draws depend on (seed, n) only: one worker's sweep is reproducible, and workers that
+    share a study never draw each other's parameters."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed=seed)
+        self._base_seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        self._rng.rng.seed([self._base_seed, trial.number])
+
+
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose startup trials are exactly random's (same seed, same trial numbers)."""
+
+    def __init__(self, seed: int, startup_trials: int):
+        super().__init__(seed=seed, n_startup_trials=startup_trials)
+        self._random_sampler = TrialSeededRandom(seed)
+        self._base_seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        self._rng.rng.seed([self._base_seed, trial.number, 1])
+        super().before_trial(study, trial)
+
+
+def plan_sweep(spec: dict, path: Path, epochs: int) -> Plan:
+    """Validate a W&B sweep file and map it onto Optuna; refuse what cannot be mapped, naming the key."""
     where = f"sweep file '{path}'"
     unknown = set(spec) - TOP_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
-    if spec.get("method") not in METHODS:
-        raise ConfigError(f"{where}: method must be one of {sorted(METHODS)}, got {spec.get('method')!r}")
-    if spec["method"] == "bayes":
-        raise ConfigError(f"{where}: bayes needs the W&B server; run it with `make sweep-agent` (or use grid/random)")
+    method = spec.get("method")
+    if method not in METHODS:
+        raise ConfigError(f"{where}: method must be one of {list(METHODS)}, got {method!r}")
     metric = spec.get("metric") or {}
     if metric.get("goal") not in ("maximize", "minimize") or not metric.get("name"):
         raise ConfigError(f"{where}: metric needs name and goal (maximize | minimize)")
+    if metric["name"] not in METRICS:
+        raise ConfigError(f"{where}: metric.name '{metric['name']}' is not one the runs record ({', '.join(METRICS)})")
+    if set(metric) - {"name", "goal", "target"}:
+        raise ConfigError(f"{where}: metric has unknown key(s) {sorted(set(metric) - {'name', 'goal', 'target'})}")
     params = spec.get("parameters")
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"{where}: parameters must be a non-empty mapping of config keys")
+    space, constants = {}, {}
     for key, p in params.items():
-        if not isinstance(p, dict) or not set(p) <= PARAM_KEYS:
-            raise ConfigError(f"{where}: parameter '{key}' must be a mapping with keys from {sorted(PARAM_KEYS)}")
-        dist = p.get("distribution")
-        if dist is not None and dist not in WANDB_DISTRIBUTIONS:
-            raise ConfigError(f"{where}: parameter '{key}' has unknown distribution '{dist}'")
-        if "values" not in p and "value" not in p and dist is None:
-            raise ConfigError(f"{where}: parameter '{key}' needs values, value or a distribution")
-        if dist and dist not in SAMPLERS and "values" not in p and "value" not in p:
-            raise ConfigError(f"{where}: parameter '{key}': the local runner samples {sorted(SAMPLERS)}, not '{dist}'")
-        if spec["method"] == "grid" and "values" not in p and "value" not in p:
-            raise ConfigError(f"{where}: grid parameter '{key}' needs values (a grid cannot enumerate a distribution)")
-        if dist in SAMPLERS and ("min" not in p or "max" not in p):
-            raise ConfigError(f"{where}: parameter '{key}' ({dist}) needs min and max")
-        for sample in _examples(p):
-            try:
-                load_config(None, [override(key, sample)])
-            except ConfigError as e:
-                raise ConfigError(f"{where}: parameter '{key}': {e}") from None
+        kind = parameter(key, p, method, where)
+        check_values(key, kind, where)
+        if isinstance(kind, BaseDistribution):
+            space[key] = kind
+        else:
+            constants[key] = kind[1]
+    if not space:
+        raise ConfigError(f"{where}: every parameter is a constant; nothing to search")
+    return Plan(name=str(spec.get("name") or Path(path).stem), method=method, metric=metric["name"],
+                goal=metric["goal"], space=space, constants=constants, cap=trial_cap(spec, space, where),
+                hyperband=hyperband(spec.get("early_terminate"), epochs, where), target=metric.get("target"))
 
 
-def _examples(p: dict) -> list:
+def parameter(key: str, p, method: str, where: str):
+    """An Optuna distribution, or ("constant", value)."""
+    if not isinstance(p, dict) or not set(p) <= PARAM_KEYS:
+        raise ConfigError(f"{where}: parameter '{key}' must be a mapping with keys from {sorted(PARAM_KEYS)}")
+    dist = p.get("distribution") or inferred_distribution(p)
+    if dist is None:
+        raise ConfigError(f"{where}: parameter '{key}' needs values, value or a distribution")
+    if dist in REFUSED:
+        raise ConfigError(f"{where}: parameter '{key}': distribution '{dist}' cannot run locally ({REFUSED[dist]}); "
+                          "use another distribution, or W&B's server (make sweep-agent)")
+    if dist not in MAPPED:
+        raise ConfigError(f"{where}: parameter '{key}' has unknown distribution '{dist}'")
+    if "probabilities" in p:
+        raise ConfigError(f"{where}: parameter '{key}': probabilities (a weighted categorical) cannot run locally")
+    if dist == "constant" or "value" in p:
+        if "value" not in p:
+            raise ConfigError(f"{where}: parameter '{key}' (constant) needs value")
+        return ("constant", p["value"])
     if "values" in p:
-        return list(p["values"])
+        if not isinstance(p["values"], list) or not p["values"]:
+            raise ConfigError(f"{where}: parameter '{key}': values must be a non-empty list")
+        return CategoricalDistribution([choice(v) for v in p["values"]])
+    d = numeric_distribution(key, p, dist, where)
+    if method != "grid":
+        return d
+    if dist in ("int_uniform", "q_uniform"):  # a grid can enumerate these
+        n = int(round((d.high - d.low) / d.step)) + 1
+        return CategoricalDistribution([d.low + i * d.step if dist == "int_uniform" else round(d.low + i * d.step, 10)
+                                        for i in range(n)])
+    raise ConfigError(f"{where}: grid parameter '{key}' needs values (a grid cannot enumerate '{dist}')")
+
+
+def inferred_distribution(p: dict) -> str | None:
+    """W&B's rule when `distribution` is left out."""
     if "value" in p:
-        return [p["value"]]
-    return [SAMPLERS[p["distribution"]](p, np.random.default_rng(0))]
+        return "constant"
+    if "values" in p:
+        return "categorical"
+    if "min" in p and "max" in p:
+        return "int_uniform" if all(isinstance(p[k], int) and not isinstance(p[k], bool) for k in ("min", "max")) else "uniform"
+    return None
 
 
-def _q(x: float, q: float) -> float:
-    return round(float(np.round(x / q) * q), 10)  # 0.15, not 0.15000000000000002
+def numeric_distribution(key: str, p: dict, dist: str, where: str) -> BaseDistribution:
+    if "min" not in p or "max" not in p:
+        raise ConfigError(f"{where}: parameter '{key}' ({dist}) needs min and max")
+    lo, hi = p["min"], p["max"]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi)) or not lo < hi:
+        raise ConfigError(f"{where}: parameter '{key}' ({dist}): expected numbers min < max, got {lo!r}, {hi!r}")
+    if dist == "int_uniform":
+        return IntDistribution(int(lo), int(hi))
+    if dist == "uniform":
+        return FloatDistribution(float(lo), float(hi))
+    if dist == "q_uniform":
+        return FloatDistribution(float(lo), float(hi), step=float(p.get("q", 1.0)))
+    if dist == "log_uniform":  # W&B: min and max are natural-log exponents
+        return FloatDistribution(math.exp(lo), math.exp(hi), log=True)
+    if lo <= 0:
+        raise ConfigError(f"{where}: parameter '{key}' ({dist}) needs min > 0, got {lo!r}")
+    return FloatDistribution(float(lo), float(hi), log=True)
 
 
-SAMPLERS = {
-    "uniform": lambda p, r: float(r.uniform(p["min"], p["max"])),
-    "int_uniform": lambda p, r: int(r.integers(p["min"], p["max"] + 1)),
-    "q_uniform": lambda p, r: _q(r.uniform(p["min"], p["max"]), p.get("q", 1.0)),
-    "log_uniform_values": lambda p, r: float(math.exp(r.uniform(math.log(p["min"]), math.log(p["max"])))),
-    "categorical": lambda p, r: p["values"][r.integers(len(p["values"]))],
-    "constant": lambda p, r: p["value"],
-}
+def choice(v):
+    """Optuna's categorical holds scalars; a list or mapping value travels as its flow-YAML text,
+    which is also how the trial's `key=value` override writes it."""
+    return yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, dict)) else v
+
+
+def check_values(key: str, kind, where: str) -> None:
+    """Every value a parameter can take is a valid config value (the ends of a range)."""
+    if isinstance(kind, CategoricalDistribution):
+        samples = kind.choices
+    elif isinstance(kind, BaseDistribution):
+        samples = (kind.low, kind.high)
+    else:
+        samples = (kind[1],)
+    for sample in samples:
+        try:
+            load_config(None, [override(key, sample)])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: parameter '{key}': {e}") from None
+
+
+def trial_cap(spec: dict, space: dict, where: str) -> int:
+    cap = spec.get("run_cap")
+    if cap is not None and (not isinstance(cap, int) or cap < 1):
+        raise ConfigError(f"{where}: run_cap must be a positive integer, got {cap!r}")
+    if spec["method"] == "grid":
+        size = math.prod(len(d.choices) for d in space.values())
+        return min(size, cap) if cap else size
+    return cap or DEFAULT_CAP
+
+
+def hyperband(et, epochs: int, where: str) -> dict | None:
+    """W&B's early_terminate -> HyperbandPruner(min_resource, max_resource, reduction_factor) in epochs."""
+    if not et:
+        return None
+    if not isinstance(et, dict) or set(et) - HYPERBAND_KEYS:
+        raise ConfigError(f"{where}: early_terminate has unknown key(s) "
+                          f"{sorted(set(et) - HYPERBAND_KEYS) if isinstance(et, dict) else et}")
+    if et.get("type") != "hyperband":
+        raise ConfigError(f"{where}: early_terminate.type must be hyperband, got {et.get('type')!r}")
+    if et.get("strict"):
+        raise ConfigError(f"{where}: early_terminate.strict: true has no Optuna counterpart (remove it)")
+    eta = et.get("eta", 3)
+    if not isinstance(eta, int) or eta < 2:
+        raise ConfigError(f"{where}: early_terminate.eta must be an integer >= 2, got {eta!r}")
+    if "min_iter" in et and "s" not in et:
+        lo, hi = et["min_iter"], et.get("max_iter", epochs)
+    elif "max_iter" in et and "s" in et and "min_iter" not in et:
+        hi = et["max_iter"]
+        lo = max(1, round(hi / eta ** et["s"])) if isinstance(hi, int) and isinstance(et["s"], int) else None
+    else:
+        raise ConfigError(f"{where}: early_terminate needs min_iter (optionally max_iter), or max_iter with s")
+    if not all(isinstance(x, int) for x in (lo, hi)) or not 1 <= lo <= hi:
+        raise ConfigError(f"{where}: early_terminate: expected integer epochs 1 <= min_iter <= max_iter, got {lo!r}, {hi!r}")
+    return {"min_resource": lo, "max_resource": hi, "reduction_factor": eta}
 
 
 def override(key: str, value) -> str:
@@ -127,85 +304,227 @@ def override(key: str, value) -> str:
     return f"{key}={value}"
 
 
-def trials(spec: dict, seed: int) -> list[dict]:
-    """The parameter sets to run: the full grid, or `run_cap` seeded random draws."""
-    params = spec["parameters"]
-    if spec["method"] == "grid":
-        keys = list(params)
-        choices = [params[k]["values"] if "values" in params[k] else [params[k]["value"]] for k in keys]
-        out = [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
-        return out[: spec["run_cap"]] if spec.get("run_cap") else out
-    rng = np.random.default_rng(seed)
-    n = int(spec.get("run_cap") or 10)
-    out = []
-    for _ in range(n):
-        trial = {}
-        for k, p in params.items():
-            if "value" in p:
-                trial[k] = p["value"]
-            elif "values" in p and "distribution" not in p:
-                trial[k] = p["values"][rng.integers(len(p["values"]))]
-            else:
-                trial[k] = SAMPLERS[p["distribution"]](p, rng)
-        out.append(trial)
-    return out
+# ---------------------------------------------------------------- the study
+def storage_url(sw: SweepCfg, sweep_dir: Path) -> str:
+    return sw.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
 
 
-def trial_name(i: int, trial: dict) -> str:
-    h = hashlib.sha1(repr(sorted(trial.items())).encode()).hexdigest()[:6]
-    return f"trial{i:03d}-{h}"
+def storage(url: str, sw: SweepCfg | None = None) -> optuna.storages.RDBStorage:
+    """The study's database; with `sw`, a worker's: heartbeats, and a dead worker's trial retried."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(3):  # workers starting together may race to create the schema
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                beats = {} if sw is None else {
+                    "heartbeat_interval": sw.heartbeat_s, "grace_period": sw.grace_s,
+                    "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(sw.max_retry)}
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beats)
+        except Exception as e:  # sqlalchemy's errors, a missing driver, a bad URL
+            if attempt == 2:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(f"sweep.storage '{url}': cannot open the study database: {first}") from None
+            time.sleep(1 + attempt)
 
 
-def train_command(nproc: int) -> list[str]:
-    return launch_command(nproc, ["train"])
+def open_study(plan: Plan, cfg: Config, url: str) -> optuna.Study:
+    """Create the study, or join it; refuse one made from another sweep file."""
+    study = optuna.create_study(study_name=plan.name, storage=storage(url, cfg.sweep), direction=plan.direction,
+                                sampler=plan.sampler(cfg.seed, cfg.sweep.startup_trials),
+                                pruner=pruner(plan.hyperband), load_if_exists=True)
+    mine, theirs = plan.record(), study.user_attrs.get("plan")
+    if theirs is None:
+        study.set_user_attr("plan", mine)
+    elif theirs != mine:
+        changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+        raise ConfigError(f"study '{plan.name}' in {url} was made from a different sweep file ({', '.join(changed)} "
+                          "differ); give this sweep another name, or put the file back as it was")
+    return study
 
 
-def run_local(name_or_path: str, config_file: str | None, base_overrides: list[str], nproc: int = 1) -> pd.DataFrame:
-    """Run every trial as its own run under runs/sweeps/<sweep>/; finished trials are skipped."""
+def counts(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial that uses up run_cap: running, queued or done, or failed in its own run. A trial whose
+    worker died does not (its retry does), nor one skipped because another worker got there first."""
+    if t.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and "error" in t.user_attrs
+
+
+# ---------------------------------------------------------------- one worker
+class Worker:
+    """Runs trials of one study until it is full; any number of these may share the study."""
+
+    def __init__(self, plan: Plan, study: optuna.Study, sweep_dir: Path, url: str, trial_args: list[str], nproc: int):
+        self.plan, self.study, self.sweep_dir, self.url = plan, study, sweep_dir, url
+        self.trial_args, self.nproc = trial_args, nproc
+        self.me = f"{socket.gethostname()}:{os.getpid()}"
+
+    def room(self) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, and queued for retry
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return True
+        if self.plan.target is not None and self.reached_target(trials):
+            return False
+        return sum(counts(t) for t in trials) < self.plan.cap
+
+    def reached_target(self, trials) -> bool:
+        done = [t.value for t in trials if t.state == TrialState.COMPLETE]
+        best = (max if self.plan.goal == "maximize" else min)(done) if done else None
+        return best is not None and (best >= self.plan.target if self.plan.goal == "maximize" else best <= self.plan.target)
+
+    def after_trial(self, study: optuna.Study, _trial) -> None:
+        if not self.room():
+            study.stop()
+
+    def claim(self, trial: optuna.Trial) -> None:
+        """Refuse a trial that a worker starting at the same moment makes one too many, or that repeats
+        a grid point another trial holds. Trial numbers are unique, so exactly one of two racing
+        trials goes ahead."""
+        earlier = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number and counts(t)]
+        reason = ""
+        if len(earlier) >= self.plan.cap:
+            reason = "run_cap reached"
+        grid_id = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("grid_id")
+        if grid_id is not None and any(t.system_attrs.get("grid_id") == grid_id for t in earlier):
+            reason = f"grid point {grid_id} is taken"
+        if reason:
+            trial.set_user_attr("skipped", reason)
+            raise Skipped(reason)  # after_trial then finds the study full and stops this worker
+
+    def objective(self, trial: optuna.Trial) -> float:
+        self.claim(trial)
+        params = {k: suggest(trial, k, d) for k, d in self.plan.space.items()}
+        retry = "run" in trial.user_attrs  # a dead worker's trial: the same run folder, resumed from last.pt
+        name = trial.user_attrs.get("run") or f"trial{trial.number:03d}"
+        trial.set_user_attr("run", name)
+        trial.set_user_attr("worker", self.me)
+        if retry:
+            release_dead_lock(self.sweep_dir / name)
+        log.info("sweep %s: trial %d (%s) %s", self.plan.name, trial.number, name, params)
+        rc, err = self.launch(trial, name, params)
+        summary = read_summary(self.sweep_dir / name)
+        if rc != 0 or summary is None:
+            trial.set_user_attr("error", err or f"exit code {rc}")
+            raise TrialFailed(err)
+        trial.set_user_attr("epochs", summary.get("epochs_done"))
+        if summary.get("status") == "pruned":
+            trial.set_user_attr("pruned_epoch", summary.get("pruned_epoch"))
+            raise optuna.TrialPruned(f"{name} pruned after epoch {summary.get('pruned_epoch')}")
+        value = summary.get(self.plan.metric)
+        return float(value if value is not None else summary["best_metric"])
+
+    def launch(self, trial: optuna.Trial, name: str, params: dict) -> tuple[int, str]:
+        """The trial's own run; its output goes to <sweep>/<trial>.log (kept when it fails)."""
+        args = [*self.trial_args, *[override(k, v) for k, v in {**self.plan.constants, **params}.items()],
+                f"run.dir={self.sweep_dir}", f"run.name={name}", "run.resume=auto", f"sweep.storage={self.url}",
+                f"sweep.study={self.plan.name}", f"sweep.trial={trial._trial_id}"]
+        out = self.sweep_dir / f"{name}.log"
+        with open(out, "w") as f:
+            rc = subprocess.run([*launch_command(self.nproc, ["train"]), *args], stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent).returncode
+        if rc == 0:
+            out.unlink(missing_ok=True)
+            return 0, ""
+        lines = [ln for ln in out.read_text().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("error:")]
+        err = (errors or lines or ["(no output)"])[-1]
+        log.warning("sweep %s: %s failed: %s (full output: %s)", self.plan.name, name, err, out)
+        return rc, err
+
+
+def suggest(trial: optuna.Trial, name: str, d: BaseDistribution):
+    if isinstance(d, CategoricalDistribution):
+        return trial.suggest_categorical(name, d.choices)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    value = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    return round(value, 10) if d.step else value  # 0.15, not 0.15000000000000002, in the trial's override
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def release_dead_lock(run_dir: Path) -> None:
+    """The study failed this trial because its worker stopped beating, so the run folder's lock (maybe
+    from another machine, which rundir cannot check) belongs to a dead process."""
+    if (run_dir / LOCK).is_file():
+        log.warning("sweep: %s was left locked by a worker that died; taking it over", run_dir)
+        (run_dir / LOCK).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- entry points
+def prepare(name_or_path: str, config_file: str | None, base_overrides: list[str]) -> tuple[Config, Plan, Path]:
     path = sweep_file(name_or_path)
     base = load_config(config_file, base_overrides)
-    spec = read_sweep(path)
-    validate_sweep(spec, path)
-    sweep_dir = Path(base.run.dir) / "sweeps" / (spec.get("name") or path.stem)
+    plan = plan_sweep(read_sweep(path), path, base.train.epochs)
+    return base, plan, Path(base.run.dir) / "sweeps" / plan.name
+
+
+def run(name_or_path: str, config_file: str | None, base_overrides: list[str], nproc: int = 1) -> pd.DataFrame:
+    """Run trials until the study holds run_cap of them (all workers together); then the table."""
+    base, plan, sweep_dir = prepare(name_or_path, config_file, base_overrides)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    metric, goal = spec["metric"]["name"], spec["metric"]["goal"]
+    url = storage_url(base.sweep, sweep_dir)
+    study = open_study(plan, base, url)
+    trial_args = [*(["--config", config_file] if config_file else []), *base_overrides,
+                  f"log.wandb.group={base.log.wandb.group or plan.name}"]
+    worker = Worker(plan, study, sweep_dir, url, trial_args, nproc)
+    if worker.room():
+        log.info("sweep %s: %s, %d trials in all, study %s", plan.name, plan.method, plan.cap, url)
+        study.optimize(worker.objective, callbacks=[worker.after_trial], catch=(TrialFailed, Skipped))
+    else:
+        log.info("sweep %s: the study already holds its %d trials; nothing to run", plan.name, plan.cap)
+    return write_results(study, plan, sweep_dir, config_file, base_overrides)
+
+
+def results(study: optuna.Study, metric: str, goal: str, names: list[str]) -> pd.DataFrame:
+    """One row per trial that ran (skipped ones left out), finished ones first, the best first."""
     rows = []
-    todo = trials(spec, base.seed)
-    for i, trial in enumerate(todo):
-        name = trial_name(i, trial)
-        run_dir = sweep_dir / name
-        summary = run_dir / "summary.json"
-        row = {"trial": name, **trial}
-        if summary.is_file():
-            log.info("sweep %s: %s already finished, skipped", sweep_dir.name, name)
-        else:
-            log.info("sweep %s: trial %d/%d %s %s", sweep_dir.name, i + 1, len(todo), name, trial)
-            args = [*(["--config", config_file] if config_file else []), *base_overrides,
-                    *[override(k, v) for k, v in trial.items()], f"run.dir={sweep_dir}", f"run.name={name}",
-                    f"log.wandb.group={base.log.wandb.group or sweep_dir.name}"]
-            r = subprocess.run([*train_command(nproc), *args], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            if r.returncode != 0:
-                err = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
-                (sweep_dir / f"{name}.failed.log").write_text(r.stdout + r.stderr)
-                log.warning("sweep %s: %s failed: %s", sweep_dir.name, name, err)
-                rows.append({**row, "status": "failed", metric: None, "error": err})
-                continue
-        s = json.loads(summary.read_text())
-        rows.append({**row, "status": "finished", metric: s.get(metric, s.get("best_metric")),
-                     "best_epoch": s.get("best_epoch"), "error": ""})
-    table = pd.DataFrame(rows).sort_values(metric, ascending=goal == "minimize", na_position="last")
+    for t in study.get_trials(deepcopy=False):
+        if "skipped" in t.user_attrs:
+            continue
+        steps = t.intermediate_values  # the best value so far at each epoch (see trial.Reporter)
+        value = t.value if t.state == TrialState.COMPLETE else steps[max(steps)] if steps else None
+        rows.append({"trial": t.user_attrs.get("run", f"trial{t.number:03d}"), "number": t.number,
+                     "status": STATUS[t.state], **t.params, metric: value,
+                     "epochs": t.user_attrs.get("epochs", len(steps)), "pruned_epoch": t.user_attrs.get("pruned_epoch"),
+                     "worker": t.user_attrs.get("worker", ""),
+                     "error": t.user_attrs.get("error", "" if t.state != TrialState.FAIL else "worker died")})
+    table = pd.DataFrame(rows, columns=["trial", "number", "status", *names, metric, "epochs", "pruned_epoch",
+                                        "worker", "error"])
+    table["pruned_epoch"] = table.pruned_epoch.astype("Int64")
+    table["_done"] = table.status != "finished"
+    table = table.sort_values(["_done", metric], ascending=[True, goal == "minimize"], na_position="last")
+    return table.drop(columns="_done").reset_index(drop=True)
+
+
+STATUS = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+          TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+
+
+def write_results(study: optuna.Study, plan: Plan, sweep_dir: Path, config_file: str | None,
+                  base_overrides: list[str]) -> pd.DataFrame:
+    table = results(study, plan.metric, plan.goal, list(plan.space))
     table.to_csv(sweep_dir / "results.csv", index=False)
-    finished = table[table.status == "finished"]
-    if len(finished):
-        write_best_config(sweep_dir / finished.trial.iloc[0] / "config.yaml", sweep_dir / "best.yaml")
+    if (table.status == "finished").any():
+        best = study.best_trial
+        params = [override(k, v) for k, v in {**plan.constants, **best.params}.items()]
+        write_best_config(sweep_dir / best.user_attrs.get("run", "-") / "config.yaml", sweep_dir / "best.yaml",
+                          lambda: load_config(config_file, [*base_overrides, *params]))
     return table
 
 
-def write_best_config(run_config: Path, out: Path) -> None:
-    """The best trial's resolved config, with its sweep-only run keys reset: ready for --config."""
-    cfg = load_config(run_config)
-    cfg = replace(cfg, run=replace(cfg.run, name="", dir="runs", resume=""))
+def write_best_config(run_config: Path, out: Path, rebuild) -> None:
+    """The best trial's resolved config, with its sweep-only keys reset: ready for --config. A trial
+    that ran on another machine has no folder here: its config is rebuilt from its parameters."""
+    cfg = load_config(run_config) if run_config.is_file() else rebuild()
+    cfg = replace(cfg, run=replace(cfg.run, name="", dir="runs", resume=""), sweep=SweepCfg())
     cfg.log.wandb.group = ""
     out.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-

@@ -24,7 +24,7 @@ import timm.utils
 import torch
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, freeze, losses, memory, models, plots, progress, rundir
+from . import defaults, dist, engine, freeze, losses, memory, models, plots, progress, rundir, trial
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data.layouts import Table, read_table
@@ -84,7 +84,7 @@ def _train_in(cfg, env, table, fold, state, run_dir, saved, cache) -> dict:
                        cfg.train.keep_top_k, state.top)
     try:
         with Preemption() as stop:
-            fit(cfg, env, parts, data, state, tracker, saver, run_dir, stop)
+            fit(cfg, env, parts, data, state, tracker, saver, run_dir, stop, trial.Reporter(cfg, env))
         return finish(cfg, env, state, run_dir, tracker)
     finally:
         tracker.finish()  # also on errors and preemption, so W&B's files are complete
@@ -281,6 +281,7 @@ class TrainState:
     seconds: float = 0.0
     batches_done: int = 0  # of the current epoch; > 0 only in a checkpoint written on preemption
     batches: dict | None = None  # world size, per-process and global batch (auto may pick the batch)
+    pruned_epoch: int = 0  # a sweep's pruner stopped the run after this epoch
 
 
 def checkpoint_state(cfg: Config, parts: Parts, state: TrainState, saver: ckpt.Saver) -> dict:
@@ -342,7 +343,7 @@ class Preemption:
 
 
 def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState, tracker, saver: ckpt.Saver,
-        run_dir: Path, stop: Preemption) -> None:
+        run_dir: Path, stop: Preemption, sweep_trial: trial.Reporter) -> None:
     parts.ctx.stop = stop
     if env.is_main:
         log.info("run %s: %d train / %d val images, batch %d per process x %d processes x %d accumulation = %d "
@@ -408,6 +409,11 @@ def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState,
             log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s)",
                      epoch + 1, cfg.train.epochs, tr["loss"], m["val_loss"], m["val_acc"], m["val_f1"],
                      "  *best*" if is_best else "", tr["seconds"], row["images_per_s"])
+        if sweep_trial.should_stop(epoch + 1, row, last=epoch + 1 >= cfg.train.epochs):  # every rank gets the pruner's answer
+            state.pruned_epoch = epoch + 1
+            if env.is_main:
+                log.info("pruned by the sweep after epoch %d", epoch + 1)
+            break
         if cfg.train.early_stop and state.bad_epochs >= cfg.train.early_stop:
             if env.is_main:
                 log.info("early stop: %s has not improved for %d epochs", cfg.train.monitor, state.bad_epochs)
@@ -448,7 +454,8 @@ def write_figures(run_dir: Path, classes: list[str], oof: pd.DataFrame | None) -
 def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker) -> dict:
     best = state.best_row or {}
     summary = {
-        "run": run_dir.name, "metric_name": cfg.train.monitor, "best_metric": state.best,
+        "run": run_dir.name, "status": "pruned" if state.pruned_epoch else "finished",
+        "pruned_epoch": state.pruned_epoch or None, "metric_name": cfg.train.monitor, "best_metric": state.best,
         "best_epoch": state.best_epoch, "val_f1": best.get("val_f1"), "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"), "epochs_done": state.epoch, "train_seconds": round(state.seconds, 1),
         "model": cfg.model.name, "img_size": list(img_hw(cfg)), "fold": cfg.split.fold, "split_hash": state.split_hash,

@@ -29,3 +29,21 @@ def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on localhost for this session (see tests/postgres.py). CI must have
+    it (.ci/postgres installs it); elsewhere the test is skipped with the way to get it."""
+    from tests.postgres import Cluster, bin_dir
+
+    bins = bin_dir()
+    if bins is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/postgres should have installed it")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql, or run .ci/postgres as root)")
+    cluster = Cluster(bins)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -1,0 +1,70 @@
+"""A sweep trial's side of its run: rank 0 reports the metric to the study after every epoch and asks
+the study's pruner; every rank receives the answer (a collective), so all ranks stop at one epoch."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+
+from . import dist
+from .config import Config
+
+log = logging.getLogger("baseline")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies, so a killed sweep worker leaves no
+    trial training on without it (the trial's retry would find the run folder busy)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: a killed worker's trial runs to its end
+        pass
+
+
+def pruner(hyperband: dict | None):
+    import optuna
+
+    return optuna.pruners.HyperbandPruner(**hyperband) if hyperband else optuna.pruners.NopPruner()
+
+
+class Reporter:
+    """Outside a sweep (sweep.trial < 0) it reports nothing and never stops the run."""
+
+    def __init__(self, cfg: Config, env: dist.Env):
+        self.env, self.trial, self.metric, self.goal, self.best = env, None, "", "maximize", None
+        self.active = cfg.sweep.trial >= 0
+        if not self.active:
+            return
+        die_with_parent()  # torchrun's ranks too: their parent is the agent, which dies with the worker
+        if env.is_main:
+            self.trial, self.metric, self.goal = connect(cfg)
+
+    def should_stop(self, epoch: int, row: dict, last: bool) -> bool:
+        """Report this epoch's value; True on every rank when the pruner stops the trial (never after
+        the last epoch: that trial is complete)."""
+        if not self.active:
+            return False
+        stop = False
+        if self.env.is_main:
+            value = float(row[self.metric])
+            if self.best is not None:  # the best so far, like the trial's final value: one bad epoch is not the trial
+                value = max(value, self.best) if self.goal == "maximize" else min(value, self.best)
+            self.best = value
+            self.trial.report(value, epoch)
+            stop = not last and self.trial.should_prune()
+        return bool(dist.broadcast_object(self.env, stop))
+
+
+def connect(cfg: Config):
+    """The running trial in its study, with the study's own pruner and metric (from the sweep plan
+    the workers stored on it)."""
+    import optuna
+
+    from .sweep import storage
+
+    study = optuna.load_study(study_name=cfg.sweep.study, storage=storage(cfg.sweep.storage))
+    plan = study.user_attrs["plan"]
+    study.pruner = pruner(plan["hyperband"])
+    return optuna.Trial(study, cfg.sweep.trial), plan["metric"], plan["goal"]
