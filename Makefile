@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock data split check train cv submit sweep sweep-agent bench bench-recipe gpu-check runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
+.PHONY: help venv lock data split check train cv submit sweep sweep-report sweep-agent bench bench-recipe gpu-check runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,8 +55,11 @@ cv: $(STAMP) data ## train every fold as one experiment: runs/<name>/fold<k>/, c
 submit: $(STAMP) ## write submissions/<run>.csv from the newest run (ARGS="submit.checkpoints=[runs/a,runs/b]")
 	$(BIN)/baseline submit $(CONFIG_ARG) $(ARGS)
 
-sweep: $(STAMP) data ## run a sweep locally, one run per trial (SWEEP=grid|random|file.yaml, NPROC, ARGS)
+sweep: $(STAMP) data ## run a sweep with Optuna, one run per trial (SWEEP=grid|random|bayes|file.yaml, NPROC, ARGS="sweep.storage=postgresql://..." to share it)
 	$(BIN)/baseline sweep $(SWEEP) --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
+
+sweep-report: $(STAMP) ## a sweep's trials, parameter importances and two pictures in its folder (SWEEP=name)
+	$(BIN)/baseline sweep-report $(SWEEP) $(CONFIG_ARG) $(ARGS)
 
 sweep-agent: $(STAMP) ## join a W&B sweep made with `wandb sweep FILE` (SWEEP_ID=entity/project/id)
 	@test -n "$(SWEEP_ID)" || { echo "usage: make sweep-agent SWEEP_ID=entity/project/id"; exit 2; }

@@ -175,7 +175,7 @@ def dispatch(args, cfg: Config) -> int:
 
         table = sweep.run(args.sweep, args.config, args.overrides, args.nproc)
         print(table.to_string(index=False))
-        return 0 if (table.status == "finished").any() else 1
+        return 0 if (table.status == "complete").any() else 1
     if args.command == "sweep-report":
         from .sweep_report import report
 

@@ -485,7 +485,7 @@ def run(name_or_path: str, config_file: str | None, base_overrides: list[str], n
 
 
 def results(study: optuna.Study, metric: str, goal: str, names: list[str]) -> pd.DataFrame:
-    """One row per trial that ran (skipped ones left out), finished ones first, the best first."""
+    """One row per trial that ran (skipped ones left out), complete ones first, the best first."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if "skipped" in t.user_attrs:
@@ -500,12 +500,12 @@ def results(study: optuna.Study, metric: str, goal: str, names: list[str]) -> pd
     table = pd.DataFrame(rows, columns=["trial", "number", "status", *names, metric, "epochs", "pruned_epoch",
                                         "worker", "error"])
     table["pruned_epoch"] = table.pruned_epoch.astype("Int64")
-    table["_done"] = table.status != "finished"
+    table["_done"] = table.status != "complete"
     table = table.sort_values(["_done", metric], ascending=[True, goal == "minimize"], na_position="last")
     return table.drop(columns="_done").reset_index(drop=True)
 
 
-STATUS = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+STATUS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 
 
@@ -513,7 +513,7 @@ def write_results(study: optuna.Study, plan: Plan, sweep_dir: Path, config_file:
                   base_overrides: list[str]) -> pd.DataFrame:
     table = results(study, plan.metric, plan.goal, list(plan.space))
     table.to_csv(sweep_dir / "results.csv", index=False)
-    if (table.status == "finished").any():
+    if (table.status == "complete").any():
         best = study.best_trial
         params = [override(k, v) for k, v in {**plan.constants, **best.params}.items()]
         write_best_config(sweep_dir / best.user_attrs.get("run", "-") / "config.yaml", sweep_dir / "best.yaml",

@@ -234,7 +234,7 @@ def test_grid_runs_every_point_once_and_a_rerun_runs_nothing(synth_root, tmp_pat
     path = write(tmp_path, spec)
     base = tiny_overrides(synth_root, tmp_path / "runs")
     table = sweep.run(path, None, base)
-    assert len(table) == 4 and (table.status == "finished").all() and table.val_f1.is_monotonic_decreasing
+    assert len(table) == 4 and (table.status == "complete").all() and table.val_f1.is_monotonic_decreasing
     assert len({(r["optim.lr"], r["train.label_smoothing"]) for _, r in table.iterrows()}) == 4
     sweep_dir = tmp_path / "runs" / "sweeps" / "g"
     assert len(pd.read_csv(sweep_dir / "results.csv")) == 4
