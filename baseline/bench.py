@@ -1,14 +1,16 @@
 """`baseline bench`: the same model, batch and data three ways, in images per second.
 
-limit  forward+backward on tensors already in memory (the most any pipeline can reach)
-kit    the kit's loader (decode-once cache) feeding a plain forward/backward/AdamW step (no
-       accumulation, clipping, scaler or EMA: the data path is what this compares)
-naive  PIL open + torchvision transforms per item, no cache (how most baselines load)
+limit  the trainer's own step (engine.train_one_epoch: AMP, accumulation, clipping, scaler, EMA,
+       mixup as configured) on batches already in memory: the most any data pipeline can reach
+kit    the same step fed by the kit's loader (decode-once cache)
+naive  PIL open + torchvision transforms per item, no cache, and a plain forward/backward/step
+       (how most baselines load and train)
 Also the loaders alone (no model), and inference (kit vs naive). Quote ratios, not absolute times.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -46,6 +48,27 @@ def _time_loader(loader, max_batches: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+class _First:
+    """The first n batches of a loader, with a length (train_one_epoch reads it)."""
+
+    def __init__(self, batches, n: int):
+        self.batches, self.n = batches, n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.n)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _time_real_steps(learner: engine.Learner, batches, max_batches: int) -> float:
+    """images/s of the trainer's own step; one warm-up step first (allocator, kernels)."""
+    engine.train_one_epoch(learner, _First(batches, 1), step=0)
+    t0 = time.perf_counter()
+    r = engine.train_one_epoch(learner, _First(batches, max_batches), step=1)
+    return r["images"] / (time.perf_counter() - t0)
+
+
 def _time_steps(step, batches, max_batches: int) -> float:
     n, t0 = 0, None
     for i, (x, y) in enumerate(batches):
@@ -60,34 +83,35 @@ def _time_steps(step, batches, max_batches: int) -> float:
 
 def setup(cfg: Config):
     """The kit's own path on one process, a fixed fifth as validation: (cfg resolved, env, table,
-    loaders, parts, seconds to build the decode-once cache)."""
+    loaders, learner, seconds to build the decode-once cache)."""
     env = dist.Env(device=dist.pick_device(cfg.train.device, 0))
     table = read_table(cfg)
     fold = np.full(len(table.df), 1)
     fold[: len(fold) // 5] = 0
     cfg = train.resolve_defaults(cfg, env, table, fold)
     t0 = time.perf_counter()
-    data = train.build_loaders(cfg, env, table, fold, train.decode_images(cfg, table))
+    train_ds, val_ds = train.build_datasets(cfg, table, fold, train.decode_images(cfg, table))
     cache_s = time.perf_counter() - t0
-    return cfg, env, table, data, train.build_parts(cfg, env, table, data), cache_s
+    learner = train.build_learner(cfg, env, table, stop=lambda: False)
+    batch = train.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
+    loaders = train.build_loaders(cfg, env, train_ds, val_ds, batch)
+    train.enter_phase(cfg, learner, 0, len(loaders.train))
+    return cfg, env, table, loaders, learner, cache_s
 
 
 def run(cfg: Config, batches: int = 10, rounds: int = 2) -> dict:
-    cfg, env, table, data, parts, cache_s = setup(cfg)
-    ctx, model, opt = parts.ctx, parts.model, parts.optimizer
+    cfg, env, table, data, learner, cache_s = setup(cfg)
+    ctx, model, opt = learner.ctx, learner.train_view, learner.optimizer
     mean, std = ctx.mean.cpu().tolist(), ctx.std.cpu().tolist()
     hw, bs = img_hw(cfg), data.batch_size
     tr = data.train.dataset
     naive = DataLoader(NaiveDataset(list(tr.paths), tr.labels, hw, mean, std, True), batch_size=bs, shuffle=True,
                        num_workers=cfg.data.num_workers, drop_last=True)
 
-    def step(x, y, normalised=False):
-        if normalised:
-            x, y = x.to(env.device), y.to(env.device)
-        else:
-            x, y = ctx.batch(x, y)
+    def naive_step(x, y):
+        x, y = x.to(env.device), y.to(env.device)
         with ctx.autocast():
-            loss = parts.loss_fn(model(x), y)
+            loss = learner.loss_fn(model(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -98,9 +122,9 @@ def run(cfg: Config, batches: int = 10, rounds: int = 2) -> dict:
     ways = {
         "data_kit": lambda: _time_loader(data.train, batches * 3),
         "data_naive": lambda: _time_loader(naive, batches * 3),
-        "train_limit": lambda: _time_steps(step, ((mem_x, mem_y) for _ in range(batches)), batches),
-        "train_kit": lambda: _time_steps(step, data.train, batches),
-        "train_naive": lambda: _time_steps(lambda x, y: step(x, y, True), naive, batches),
+        "train_limit": lambda: _time_real_steps(learner, itertools.repeat((mem_x, mem_y)), batches),
+        "train_kit": lambda: _time_real_steps(learner, data.train, batches),
+        "train_naive": lambda: _time_steps(naive_step, naive, batches),
     }
     # Interleaved rounds, best of each: a shared, noisy machine slows some rounds, never speeds one up.
     out: dict[str, float] = {}
@@ -126,10 +150,12 @@ def run(cfg: Config, batches: int = 10, rounds: int = 2) -> dict:
 def report(r: dict) -> str:
     lines = [
         "images/s (higher is better); ratios are what to quote",
-        f"  data only : kit {r['data_kit']:9.1f}  naive {r['data_naive']:9.1f}   kit/naive {r['data_kit'] / r['data_naive']:.1f}x",
+        f"  data only : kit {r['data_kit']:9.1f}  naive {r['data_naive']:9.1f}   "
+        f"kit/naive {r['data_kit'] / r['data_naive']:.1f}x",
         f"  train step: limit {r['train_limit']:7.1f}  kit {r['train_kit']:7.1f}  naive {r['train_naive']:7.1f}   "
         f"kit/limit {r['train_kit'] / r['train_limit']:.2f}  kit/naive {r['train_kit'] / r['train_naive']:.2f}x",
-        f"  inference : kit {r['infer_kit']:9.1f}  naive {r['infer_naive']:9.1f}   kit/naive {r['infer_kit'] / r['infer_naive']:.2f}x",
+        f"  inference : kit {r['infer_kit']:9.1f}  naive {r['infer_naive']:9.1f}   "
+        f"kit/naive {r['infer_kit'] / r['infer_naive']:.2f}x",
         f"  (decode-once cache built in {r['cache_build_s']:.1f}s, paid once per run)",
     ]
     return "\n".join(lines)

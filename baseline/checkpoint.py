@@ -94,9 +94,17 @@ def provenance() -> dict:
 class Saver:
     """Keeps `last.pt`, `best.pt` and the top-k epochs by the monitored metric."""
 
-    def __init__(self, ckpt_dir: Path, mode: str, keep_top_k: int, top: list | None = None):
+    def __init__(self, ckpt_dir: Path, mode: str, keep_top_k: int):
         self.dir, self.mode, self.k = ckpt_dir, mode, keep_top_k
-        self.top: list[tuple[float, str]] = [tuple(t) for t in (top or [])]  # (metric, file name)
+        self.top: list[tuple[float, str]] = []  # (metric, file name), best first; saved in every checkpoint
+
+    def restore(self, top: list | None) -> None:
+        """The top-k list of a checkpoint being resumed."""
+        self.top = [tuple(t) for t in (top or [])]
+
+    def save_last(self, state: dict) -> None:
+        """last.pt alone (a preempted epoch)."""
+        save_atomic({**state, "top": [list(t) for t in self.top]}, self.dir / "last.pt")
 
     def better(self, a: float, b: float | None) -> bool:
         return b is None or (a < b if self.mode == "min" else a > b)

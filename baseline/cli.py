@@ -86,7 +86,8 @@ def data_command(action: str, cfg: Config) -> int:
         path = split.write_split(cfg, table)
         fold = split.read_folds(cfg, table, path)
         split.check_groups(table, fold, path)
-        print(f"wrote {path} ({cfg.split.folds} folds, {table.df['group'].nunique()} groups, sha {split.file_hash(path)})")
+        print(f"wrote {path} ({cfg.split.folds} folds, {table.df['group'].nunique()} groups, "
+              f"sha {split.file_hash(path)})")
         return 0
     errors = check.check(cfg)
     print(f"{errors} error(s)")

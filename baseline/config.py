@@ -145,7 +145,7 @@ class LogCfg:
 class SubmitCfg:
     checkpoints: str | list[str] = field(default_factory=list)  # files or run folders; empty -> newest run
     tta: bool = False  # average with the horizontally flipped image
-    tta_scales: list[float] = field(default_factory=list)  # also predict at these multiples of the size, e.g. [0.9, 1.1]
+    tta_scales: list[float] = field(default_factory=list)  # also predict at these multiples of the size: [0.9, 1.1]
     out: str = ""  # "" -> submissions/<name>.csv
     batch_size: int = 128
     ledger: str = ""  # "" -> ledger.csv beside the submission (submissions/ledger.csv by default)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 @dataclass(frozen=True)
 class Env:
     rank: int = 0
-    world: int = 1
+    world_size: int = 1
     device: torch.device = torch.device("cpu")
 
     @property
@@ -22,7 +22,7 @@ class Env:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.world_size > 1
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -61,12 +61,12 @@ def gather_rows(env: Env, t: torch.Tensor) -> torch.Tensor:
     if not env.distributed:
         return t
     n = torch.tensor([t.shape[0]], device=t.device)
-    counts = [torch.zeros_like(n) for _ in range(env.world)]
+    counts = [torch.zeros_like(n) for _ in range(env.world_size)]
     dist.all_gather(counts, n)
     size = int(max(c.item() for c in counts))
     padded = torch.zeros((size, *t.shape[1:]), dtype=t.dtype, device=t.device)
     padded[: t.shape[0]] = t
-    parts = [torch.zeros_like(padded) for _ in range(env.world)]
+    parts = [torch.zeros_like(padded) for _ in range(env.world_size)]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)])
 

@@ -1,5 +1,6 @@
-"""train_one_epoch (AMP, accumulation with DDP no_sync, clipping, EMA) and predict_logits (every
-item exactly once across ranks, in dataset order); metrics from the gathered logits."""
+"""The Learner bundle, train_one_epoch (AMP, accumulation with DDP no_sync, clipping, EMA) and
+predict_logits (every item exactly once across ranks, in dataset order); val_metrics from the
+gathered logits."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,60 +45,87 @@ class StepCtx:
         return x, y.to(dev, non_blocking=True)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, ctx: StepCtx, *, step: int, scaler=None,
-                    ema=None, mixup=None, on_log: Callable[[dict], None] | None = None) -> dict:
+@dataclass
+class Learner:
+    """The model and everything that updates it; train.enter_phase sets the last three at every
+    freeze-phase boundary."""
+
+    model: torch.nn.Module  # the bare model: checkpoints, evaluation, EMA
+    ctx: StepCtx
+    loss_fn: torch.nn.Module
+    freezer: Any  # freeze.Freezer
+    mixup: Any = None  # timm Mixup
+    ema: Any = None  # timm ModelEmaV3
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None  # a timm scheduler, or None
+    train_view: torch.nn.Module | None = None  # what trains: the model under DDP and/or torch.compile
+
+
+def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict], None] | None = None) -> dict:
     """One pass over `loader`; returns mean loss, images seen, seconds, the global step, and
     whether a stop was requested. Host syncs happen only at log intervals."""
+    ctx, model = learner.ctx, learner.train_view
     model.train()
     ctx.on_train()
-    t0, images, n_batches = time.perf_counter(), 0, 0
+    t0, images, n_batches, n = time.perf_counter(), 0, 0, len(loader)
     loss_sum = torch.zeros((), device=ctx.env.device)
     window, window_n = torch.zeros((), device=ctx.env.device), 0
     interrupted = False
-    n = len(loader)
     for i, (x, y) in enumerate(loader):
         x, y = ctx.batch(x, y)
-        if mixup is not None:
-            x, y = mixup(x, y)
+        if learner.mixup is not None:
+            x, y = learner.mixup(x, y)
         last_micro = (i + 1) % ctx.accum_steps == 0 or i + 1 == n
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with ctx.autocast():
-                loss = loss_fn(model(x), y)
-            (scaler.scale(loss) if scaler else loss).div(ctx.accum_steps).backward()
-        loss_sum += loss.detach()
-        window += loss.detach()
-        window_n += 1
-        n_batches += 1
-        images += x.shape[0]
-        if last_micro:
-            if ctx.clip_grad > 0:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if scheduler is not None:
-                scheduler.step_update(num_updates=step)
-            if ema is not None:
-                ema.update(model, step=step)
-            if on_log is not None and step % ctx.log_interval == 0:
-                on_log({"train/loss": (window / window_n).item(), "train/lr": optimizer.param_groups[0]["lr"],
-                        "step": step})
-                window.zero_()
-                window_n = 0
-            if ctx.stop():
-                interrupted = True
-                break
-    seconds = time.perf_counter() - t0
-    mean_loss = (loss_sum / max(n_batches, 1)).item()
-    return {"loss": mean_loss, "images": images * ctx.env.world, "seconds": seconds, "step": step,
-            "batches": n_batches, "interrupted": interrupted}
+        loss = _forward_backward(learner, x, y, sync=last_micro)
+        loss_sum += loss
+        window += loss
+        window_n, n_batches, images = window_n + 1, n_batches + 1, images + x.shape[0]
+        if not last_micro:
+            continue
+        step = _optimizer_step(learner, step)
+        if on_log is not None and step % ctx.log_interval == 0:
+            on_log({"train/loss": (window / window_n).item(), "train/lr": learner.optimizer.param_groups[0]["lr"],
+                    "step": step})
+            window.zero_()
+            window_n = 0
+        if ctx.stop():
+            interrupted = True
+            break
+    return {"loss": (loss_sum / max(n_batches, 1)).item(), "images": images * ctx.env.world_size,
+            "seconds": time.perf_counter() - t0, "step": step, "batches": n_batches, "interrupted": interrupted}
+
+
+def _forward_backward(learner: Learner, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
+    """One micro-batch; DDP all-reduces gradients only on the last one of an accumulation."""
+    model, ctx, scaler = learner.train_view, learner.ctx, learner.scaler
+    no_sync = contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
+    with no_sync:
+        with ctx.autocast():
+            loss = learner.loss_fn(model(x), y)
+        (scaler.scale(loss) if scaler else loss).div(ctx.accum_steps).backward()
+    return loss.detach()
+
+
+def _optimizer_step(learner: Learner, step: int) -> int:
+    """Clip, step (through the fp16 scaler), schedule, EMA; the new global step."""
+    opt, scaler, clip = learner.optimizer, learner.scaler, learner.ctx.clip_grad
+    if clip > 0:
+        if scaler:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(learner.train_view.parameters(), clip)
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    step += 1
+    if learner.scheduler is not None:
+        learner.scheduler.step_update(num_updates=step)
+    if learner.ema is not None:
+        learner.ema.update(learner.train_view, step=step)
+    return step
 
 
 @torch.inference_mode()
@@ -134,7 +163,7 @@ def _batches(loader):
         yield ids[s: s + bs]
 
 
-def metrics(logits: torch.Tensor, labels: np.ndarray) -> dict:
+def val_metrics(logits: torch.Tensor, labels: np.ndarray) -> dict:
     pred = logits.argmax(1).numpy()
     return {
         "val_loss": float(F.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long))),

@@ -65,7 +65,8 @@ def load_member(folder: str | Path) -> Member:
     if oof["path"].duplicated().any():
         raise ConfigError(f"ensemble member '{folder}': an image appears in the OOF of two of its runs (the same "
                           "fold twice?); an experiment holds one run per fold")
-    return Member(folder.name, folder, runs, hashes.pop(), oof.sort_values("path", kind="stable").reset_index(drop=True))
+    oof = oof.sort_values("path", kind="stable").reset_index(drop=True)
+    return Member(folder.name, folder, runs, hashes.pop(), oof)
 
 
 def probs_of(oof: pd.DataFrame) -> np.ndarray:

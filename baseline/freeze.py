@@ -78,8 +78,9 @@ class Freezer:
             return [m for g in self.stages[-phase["stages"]:] for m in g]
         return []
 
-    def apply(self, epoch: int) -> bool:
-        """Set requires_grad for `epoch`'s phase; True when a new phase began."""
+    def freeze_for(self, epoch: int) -> bool:
+        """Set requires_grad for `epoch`'s phase; returns whether that changed the phase (and so the
+        trainable set)."""
         phase = self.phase_at(epoch)
         if phase == self.phase:
             return False
@@ -134,7 +135,7 @@ class Freezer:
                     new.state[p] = old.state[p]
         return new
 
-    def trainable(self) -> int:
+    def trainable_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     @staticmethod

@@ -31,7 +31,7 @@ def settings(cfg: Config, overrides: list[str]) -> list[str]:
 
 
 def auto_batch(over: list[str]) -> int:
-    """The batch train.batch_size=auto settles on, through the kit's own path (build_parts)."""
+    """The batch train.batch_size=auto settles on, through the kit's own path (settle_batch_size)."""
     data = bench.setup(load_config(None, [*over, "train.batch_size=auto"]))[3]
     return data.batch_size
 

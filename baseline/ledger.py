@@ -82,7 +82,8 @@ def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, w
     cv = cv if cv is not None else ensemble_oof_f1(checkpoints)
     row = {
         "file": str(submission), "sha256": hashlib.sha256(Path(submission).read_bytes()).hexdigest()[:16],
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "user": getpass.getuser(), "git_commit": provenance()["git_commit"][:12],
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "user": getpass.getuser(),
+        "git_commit": provenance()["git_commit"][:12],
         "members": ";".join(member_name(c) for c in checkpoints),
         "weights": ";".join(f"{w:.4f}" for w in weights) if weights else "equal",
         "member_val_f1": ";".join("" if f is None else f"{f:.4f}" for f in f1s),
@@ -118,7 +119,8 @@ def record_lb(ledger: Path, file: str, score: float) -> pd.Series:
     """The public leaderboard score of a submission already in the ledger (by path, name or sha256)."""
     with locked(ledger):
         df = read(ledger)
-        hit = (df["file"] == file) | (df["file"].map(lambda p: Path(p).name) == Path(file).name) | (df["sha256"] == file)
+        same_name = df["file"].map(lambda p: Path(p).name) == Path(file).name
+        hit = (df["file"] == file) | same_name | (df["sha256"] == file)
         if not hit.any():
             known = ", ".join(Path(p).name for p in df["file"].tail(5)) or "none yet"
             raise LedgerError(f"'{file}' is not in {ledger} (latest: {known}); only a file written by "
@@ -151,7 +153,8 @@ def _scatter(scored: pd.DataFrame, rho: float | None, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter(scored["cv"], scored["lb"], color="tab:blue")
     for _, r in scored.iterrows():
-        ax.annotate(Path(r["file"]).stem[:24], (r["cv"], r["lb"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(Path(r["file"]).stem[:24], (r["cv"], r["lb"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
     lo = min(scored["cv"].min(), scored["lb"].min())
     hi = max(scored["cv"].max(), scored["lb"].max())
     ax.plot([lo, hi], [lo, hi], "--", color="grey", label="LB = CV")

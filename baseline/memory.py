@@ -84,13 +84,13 @@ def cpu_budget_batches(hw: tuple[int, int], budget_gb: float) -> int:
     return max(1, int(budget_gb * 2**30 / (hw[0] * hw[1] * 2048)))
 
 
-def find_batch_size(cfg, env, model, ctx, n_cls: int, data) -> int:
+def find_batch_size(cfg, env, model, ctx, n_cls: int, n_train: int) -> int:
     """Largest batch that fits: double until it fails or hits the cap, then binary search.
     Every rank runs the search; all use the smallest result."""
     from .config import img_hw
 
     hw = img_hw(cfg)
-    cap = min(cfg.train.max_batch_size, len(data.train.dataset) // env.world)
+    cap = min(cfg.train.max_batch_size, n_train // env.world_size)
     if env.device.type != "cuda":
         cap = min(cap, cpu_budget_batches(hw, cfg.train.cpu_mem_gb))
     with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):

@@ -46,7 +46,8 @@ def resolve_checkpoints(cfg: Config) -> list[Path]:
         if p.is_dir():
             p = p / "checkpoints" / "best.pt"
         if not p.is_file():
-            raise ConfigError(f"submit.checkpoints: '{item}' is neither a checkpoint file nor a run folder with checkpoints/best.pt")
+            raise ConfigError(f"submit.checkpoints: '{item}' is neither a checkpoint file nor a run folder with "
+                              "checkpoints/best.pt")
         out.append(p)
     return out
 
@@ -93,7 +94,7 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
         if size not in caches:  # decode the test images once per resolution
             caches[size] = ds.build_cache(test.df["path"].tolist(), size, "ram", Path(), 0, cfg.data.max_pixels)
         loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, size, None, caches[size]), cfg.submit.batch_size,
-                                workers, env.rank, env.world)
+                                workers, env.rank, env.world_size)
         views.append(engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy())
     probs = np.mean(views, axis=0)
     if env.is_main:
@@ -101,7 +102,8 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
         tmp = cached.with_suffix(".tmp.npy")
         np.save(tmp, probs)
         os.replace(tmp, cached)
-    log.info("predicted %d images with %s (%d view(s)%s)", len(probs), path, len(views), ", flip" if cfg.submit.tta else "")
+    log.info("predicted %d images with %s (%d view(s)%s)", len(probs), path, len(views),
+             ", flip" if cfg.submit.tta else "")
     return probs, classes
 
 
@@ -128,9 +130,11 @@ def submission_frame(test: TestTable, pred: np.ndarray, classes: list[str], fmt:
     return out
 
 
-def validate(sub: pd.DataFrame, test: TestTable, num_classes: int, fmt: str) -> None:
+def check_submission(sub: pd.DataFrame, test: TestTable, num_classes: int, fmt: str) -> None:
+    """The submission has the template's columns, rows and order, and a label for every row in range."""
     if list(sub.columns) != list(test.template.columns):
-        raise DataError(f"submission columns {list(sub.columns)} differ from the template's {list(test.template.columns)}")
+        raise DataError(f"submission columns {list(sub.columns)} differ from the template's "
+                        f"{list(test.template.columns)}")
     if len(sub) != len(test.template) or not sub[test.id_col].equals(test.template[test.id_col]):
         raise DataError("submission rows differ from the template's rows or order")
     labels = sub[test.label_col]
@@ -177,13 +181,14 @@ def submit(cfg: Config) -> Path:
         probs, classes = predict_probs(cfg, test, paths, env, weights)
         scores = np.log(np.clip(probs, 1e-12, None)) + np.asarray(spec.get("offsets") or 0.0) if spec else probs
         sub = submission_frame(test, scores.argmax(1), classes, cfg.data.format)
-        validate(sub, test, len(classes), cfg.data.format)
+        check_submission(sub, test, len(classes), cfg.data.format)
         if env.is_main:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.tmp")
             sub.to_csv(tmp, index=False)
             os.replace(tmp, out)
-            log.info("wrote %s (%d rows, %d checkpoint(s)%s)", out, len(sub), len(paths), ", TTA" if cfg.submit.tta else "")
+            log.info("wrote %s (%d rows, %d checkpoint(s)%s)", out, len(sub), len(paths),
+                     ", TTA" if cfg.submit.tta else "")
             book = ledger.path(cfg, out)
             row = ledger.append(book, out, paths, cfg.submit.tta, weights, spec.get("oof_f1") if spec else None)
             log.info("ledger %s: members %s, CV %s", book, row["members"], row["cv_f1"] or row["member_val_f1"] or "?")

@@ -25,7 +25,8 @@ ERROR = "error.txt"
 # Keys a resume may change: they do not change what is learned (epochs extends a run; the data may
 # move to another folder, its split file is compared by hash).
 RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "train.epochs", "train.early_stop", "train.log_interval",
-             "train.log_every_s", "train.device", "train.keep_top_k", "data.num_workers", "data.cache", "data.cache_ram_gb",
+             "train.log_every_s", "train.device", "train.keep_top_k", "data.num_workers", "data.cache",
+             "data.cache_ram_gb",
              "data.root", "data.max_pixels", "split.file")
 
 
@@ -94,7 +95,8 @@ def acquire(run_dir: Path) -> Path:
         tmp.write_text(json.dumps(me))
         os.replace(tmp, path)
         if _holder(path).get("pid") != me["pid"]:  # another process took it over at the same moment
-            raise RunLocked(f"run folder '{run_dir}' was just taken by another process; choose another run.name") from None
+            raise RunLocked(f"run folder '{run_dir}' was just taken by another process; "
+                            "choose another run.name") from None
         return path
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(me))

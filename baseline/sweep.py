@@ -43,7 +43,8 @@ MAPPED = {"constant", "categorical", "int_uniform", "uniform", "q_uniform", "log
 # W&B distributions without an Optuna counterpart: refused by name before any trial runs.
 REFUSED = {
     "q_log_uniform_values": "Optuna cannot quantise a log scale", "q_log_uniform": "Optuna cannot quantise a log scale",
-    "inv_log_uniform_values": "Optuna has no inverse-log distribution", "inv_log_uniform": "Optuna has no inverse-log distribution",
+    "inv_log_uniform_values": "Optuna has no inverse-log distribution",
+    "inv_log_uniform": "Optuna has no inverse-log distribution",
     "normal": "Optuna samples bounded ranges only", "q_normal": "Optuna samples bounded ranges only",
     "log_normal": "Optuna samples bounded ranges only", "q_log_normal": "Optuna samples bounded ranges only",
     "beta": "Optuna has no beta distribution", "q_beta": "Optuna has no beta distribution",
@@ -215,7 +216,8 @@ def inferred_distribution(p: dict) -> str | None:
     if "values" in p:
         return "categorical"
     if "min" in p and "max" in p:
-        return "int_uniform" if all(isinstance(p[k], int) and not isinstance(p[k], bool) for k in ("min", "max")) else "uniform"
+        ints = all(isinstance(p[k], int) and not isinstance(p[k], bool) for k in ("min", "max"))
+        return "int_uniform" if ints else "uniform"
     return None
 
 
@@ -291,7 +293,8 @@ def hyperband(et, epochs: int, where: str) -> dict | None:
     else:
         raise ConfigError(f"{where}: early_terminate needs min_iter (optionally max_iter), or max_iter with s")
     if not all(isinstance(x, int) for x in (lo, hi)) or not 1 <= lo <= hi:
-        raise ConfigError(f"{where}: early_terminate: expected integer epochs 1 <= min_iter <= max_iter, got {lo!r}, {hi!r}")
+        raise ConfigError(f"{where}: early_terminate: expected integer epochs 1 <= min_iter <= max_iter, "
+                          f"got {lo!r}, {hi!r}")
     return {"min_resource": lo, "max_resource": hi, "reduction_factor": eta}
 
 
@@ -373,7 +376,9 @@ class Worker:
     def reached_target(self, trials) -> bool:
         done = [t.value for t in trials if t.state == TrialState.COMPLETE]
         best = (max if self.plan.goal == "maximize" else min)(done) if done else None
-        return best is not None and (best >= self.plan.target if self.plan.goal == "maximize" else best <= self.plan.target)
+        if best is None:
+            return False
+        return best >= self.plan.target if self.plan.goal == "maximize" else best <= self.plan.target
 
     def after_trial(self, study: optuna.Study, _trial) -> None:
         if not self.room():

@@ -38,7 +38,8 @@ def importances(study: optuna.Study) -> pd.Series:
     if len(done) < 2:
         return pd.Series(dtype=float)
     try:
-        return pd.Series(optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)), dtype=float)
+        fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return pd.Series(optuna.importance.get_param_importances(study, evaluator=fanova), dtype=float)
     except (RuntimeError, ValueError) as e:  # e.g. a parameter with a single value in every trial
         log.info("parameter importances: %s", e)
         return pd.Series(dtype=float)

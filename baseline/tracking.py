@@ -1,6 +1,6 @@
 """Tracking: a local metrics file always, W&B (online | offline | disabled) and TensorBoard event
 files (`log.tensorboard=true`, into <run>/tb/) on top; rank 0 only.
-Other ranks get `NullTracker` from the one place that builds trackers (train._train_in), so the
+Other ranks get `NullTracker` from the one place that builds trackers (train.train_in_folder), so the
 code that logs never branches on the rank."""
 
 from __future__ import annotations
@@ -203,7 +203,8 @@ def _run_row(run_dir: Path, runs_dir: Path) -> dict:
     n_cls = len(json.loads(classes.read_text())) if classes.is_file() else None
     summary = run_dir / "summary.json"
     d = json.loads(summary.read_text()) if summary.is_file() else {}
-    return {"run": str(run_dir.relative_to(runs_dir)), "data": f"{data.get('format')}:{data.get('root')} ({n_cls} classes)",
+    return {"run": str(run_dir.relative_to(runs_dir)),
+            "data": f"{data.get('format')}:{data.get('root')} ({n_cls} classes)",
             "model": cfg.get("model", {}).get("name"), "fold": cfg.get("split", {}).get("fold"),
             "val_f1": d.get("val_f1"), "val_acc": d.get("val_acc"), "epochs": d.get("epochs_done"),
             "train_s": d.get("train_seconds"), "state": state(run_dir)}

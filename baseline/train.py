@@ -28,7 +28,7 @@ from . import defaults, dist, engine, freeze, losses, memory, models, plots, pro
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data.layouts import Table, read_table
-from .data.split import file_hash, load_or_write_folds, read_folds, split_path
+from .data.split import load_or_write_folds, read_folds_hashed, split_path
 from .data.transforms import train_transform
 from .tracking import NullTracker, Tracker, resolve_mode, truncate_metrics
 
@@ -46,9 +46,9 @@ def run(cfg: Config) -> dict:
 def _train(cfg: Config, env: dist.Env) -> dict:
     seed_everything(cfg.seed)
     preflight(cfg)
-    table, fold, split_file = prepare_data(cfg, env)
+    table, fold, split_hash = prepare_data(cfg, env)
     cfg = resolve_defaults(cfg, env, table, fold)
-    state = TrainState(split_hash=file_hash(split_file), classes=table.classes)
+    state = TrainState(split_hash=split_hash, classes=table.classes)
     resume_from = rundir.resume_point(cfg)
     saved = ckpt.load(resume_from) if resume_from else None
     if saved is not None:
@@ -60,32 +60,35 @@ def _train(cfg: Config, env: dist.Env) -> dict:
         if env.is_main:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, run_dir / "config.yaml")
-        with file_log(run_dir / "train.log", env):
-            return _train_in(cfg, env, table, fold, state, run_dir, saved, cache)
+        with file_log(run_dir / "train.log", env), Preemption() as stop:
+            return train_in_folder(cfg, env, table, fold, state, run_dir, saved, cache, stop)
 
 
-def _train_in(cfg, env, table, fold, state, run_dir, saved, cache) -> dict:
+def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, state: TrainState, run_dir: Path,
+                    saved: dict | None, cache: np.ndarray | None, stop: Preemption) -> dict:
+    """Everything that happens inside the locked run folder: build, (restore), fit, summary."""
     if env.is_main:
         write_data_record(run_dir, table)
-    data = build_loaders(cfg, env, table, fold, cache)
-    parts = build_parts(cfg, env, table, data)
+    learner = build_learner(cfg, env, table, stop)
+    train_ds, val_ds = build_datasets(cfg, table, fold, cache)
+    batch = settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
+    loaders = build_loaders(cfg, env, train_ds, val_ds, batch)
+    enter_phase(cfg, learner, 0, len(loaders.train))
+    saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
+                       cfg.train.keep_top_k)
     if saved is not None:
-        restore(cfg, parts, state, saved, len(data.train))
+        restore(cfg, learner, state, saver, saved, len(loaders.train))
     if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale
         truncate_metrics(run_dir / "metrics.csv", state.epoch)
-    batches = {"world_size": env.world, "batch_size_per_process": data.batch_size,
-               "global_batch_size": data.batch_size * env.world * cfg.train.accum_steps}
-    state.batches = batches
-    tracked = {**to_dict(cfg), **batches}
-    tracker = (Tracker(run_dir, cfg.log.wandb, tracked, run_dir.name, state.wandb_id, cfg.log.tensorboard, state.step)
-               if env.is_main else NullTracker())
+    state.batch_sizes = {"world_size": env.world_size, "batch_size_per_process": batch,
+                         "global_batch_size": batch * env.world_size * cfg.train.accum_steps}
+    tracker = (Tracker(run_dir, cfg.log.wandb, {**to_dict(cfg), **state.batch_sizes}, run_dir.name, state.wandb_id,
+                       cfg.log.tensorboard, state.step) if env.is_main else NullTracker())
     state.wandb_id = tracker.wandb_id
-    saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
-                       cfg.train.keep_top_k, state.top)
+    run = Run(cfg, env, learner, loaders, state, tracker, saver, run_dir, trial.Reporter(cfg, env))
     try:
-        with Preemption() as stop:
-            fit(cfg, env, parts, data, state, tracker, saver, run_dir, stop, trial.Reporter(cfg, env))
-        return finish(cfg, env, state, run_dir, tracker)
+        fit(run)
+        return write_summary(run)
     finally:
         tracker.finish()  # also on errors and preemption, so W&B's files are complete
 
@@ -107,24 +110,23 @@ def preflight(cfg: Config) -> None:
     resolve_mode(cfg.log.wandb)
 
 
-def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, Path]:
+def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, str]:
     """Read the table; rank 0 writes the split file if there is none and runs the leakage checks
-    (reading every image once), the others wait and read the folds."""
+    (reading every image once), the others wait and read the folds. Also the split file's hash."""
     table = read_table(cfg)
     if env.is_main:
-        fold, path = load_or_write_folds(cfg, table)
+        fold, split_hash = load_or_write_folds(cfg, table)
     dist.barrier(env)
     if not env.is_main:
-        path = split_path(cfg)
-        fold = read_folds(cfg, table, path)
-    return table, fold, path
+        fold, split_hash = read_folds_hashed(cfg, table, split_path(cfg))
+    return table, fold, split_hash
 
 
 def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray) -> Config:
     """img_size, batch size and workers from the data and the device (logged on rank 0)."""
     n_train = int((fold != cfg.split.fold).sum())
     logger = log if env.is_main else None
-    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world, os.cpu_count() or 1,
+    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, os.cpu_count() or 1,
                             logger)
 
 
@@ -155,54 +157,51 @@ def file_log(path: Path, env: dist.Env):
         handler.close()
 
 
-@dataclass
-class Data:
-    train: torch.utils.data.DataLoader
-    val: torch.utils.data.DataLoader
-    val_labels: np.ndarray
-    val_paths: list[str]
-    batch_size: int
-
-
 def decode_images(cfg: Config, table: Table) -> np.ndarray | None:
     """The decode-once cache (None with data.cache=off); a broken image is a DataError here."""
     return ds.build_cache(table.df["path"].tolist(), img_hw(cfg), cfg.data.cache, Path(cfg.data.root) / ".cache",
                           cfg.data.cache_ram_gb, cfg.data.max_pixels)
 
 
-def build_loaders(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, cache: np.ndarray | None) -> Data:
+def build_datasets(cfg: Config, table: Table, fold: np.ndarray, cache: np.ndarray | None):
+    """(train, val) datasets of the configured fold, served from the decode-once cache."""
     hw = img_hw(cfg)
-    df = table.df
+    df, labels = table.df, table.df["label"].to_numpy()
     is_val = fold == cfg.split.fold
-    tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     sub = (lambda idx: cache[idx]) if cache is not None else (lambda idx: None)
-    labels = df["label"].to_numpy()
-    train_ds = ds.ImageDataset(df["path"].iloc[tr_idx], labels[tr_idx].tolist(), hw,
-                               train_transform(cfg.aug, hw), sub(tr_idx), cfg.data.max_pixels)
-    val_ds = ds.ImageDataset(df["path"].iloc[va_idx], labels[va_idx].tolist(), hw, None, sub(va_idx),
-                             cfg.data.max_pixels)
-    bs = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 0
-    if bs > len(train_ds) // env.world:
-        raise ConfigError(f"train.batch_size={bs} is larger than the {len(train_ds) // env.world} training images per process")
-    return Data(
-        train=ds.train_loader(train_ds, max(bs, 1), cfg.data.num_workers, cfg.seed, env.rank, env.world),
-        val=ds.eval_loader(val_ds, max(bs, 64) * 2, cfg.data.num_workers, env.rank, env.world),
-        val_labels=labels[va_idx], val_paths=df["path"].iloc[va_idx].tolist(), batch_size=bs,
-    )
+    train_ds = ds.ImageDataset(df["path"].iloc[tr], labels[tr].tolist(), hw, train_transform(cfg.aug, hw), sub(tr),
+                               cfg.data.max_pixels)
+    val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, sub(va), cfg.data.max_pixels)
+    return train_ds, val_ds
 
 
 @dataclass
-class Parts:
-    model: torch.nn.Module  # possibly DDP-wrapped
-    raw: torch.nn.Module  # the bare model
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: torch.amp.GradScaler | None
-    ema: object
-    loss_fn: torch.nn.Module
-    mixup: object
-    ctx: engine.StepCtx
-    freezer: freeze.Freezer
+class Loaders:
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    val_labels: np.ndarray
+    val_paths: list[str]
+    batch_size: int  # per process
+
+
+def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls: int, n_train: int) -> int:
+    """train.batch_size as a number: as given, or (auto) the largest that fits, found before any
+    loader exists."""
+    if isinstance(cfg.train.batch_size, int):
+        if cfg.train.batch_size > n_train // env.world_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the "
+                              f"{n_train // env.world_size} training images per process")
+        return cfg.train.batch_size
+    return memory.find_batch_size(cfg, env, learner.model, learner.ctx, n_cls, n_train)
+
+
+def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> Loaders:
+    return Loaders(
+        train=ds.train_loader(train_ds, batch, cfg.data.num_workers, cfg.seed, env.rank, env.world_size),
+        val=ds.eval_loader(val_ds, max(batch, 64) * 2, cfg.data.num_workers, env.rank, env.world_size),
+        val_labels=np.asarray(val_ds.labels), val_paths=list(val_ds.paths), batch_size=batch,
+    )
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -212,45 +211,63 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
-def build_parts(cfg: Config, env: dist.Env, table: Table, data: Data) -> Parts:
+def build_learner(cfg: Config, env: dist.Env, table: Table, stop) -> engine.Learner:
+    """Model, freezer (in its first phase), step context, loss, mixup, EMA and scaler; enter_phase
+    adds the optimizer, scheduler and training view."""
     n_cls = len(table.classes)
-    raw = models.create(cfg.model, n_cls).to(env.device)
+    model = models.create(cfg.model, n_cls).to(env.device)
     if cfg.train.channels_last:
-        raw = raw.to(memory_format=torch.channels_last)
-    mean, std = models.data_stats(raw)
+        model = model.to(memory_format=torch.channels_last)
+    freezer = freeze.Freezer(cfg, model)
+    freezer.freeze_for(0)
+    mean, std = models.data_stats(model)
     dtype = amp_dtype(cfg, env.device)
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device), dtype,
-                         cfg.train.channels_last, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval)
-    if data.batch_size == 0:  # train.batch_size=auto
-        data.batch_size = memory.find_batch_size(cfg, env, raw, ctx, n_cls, data)
-        data.train = ds.train_loader(data.train.dataset, data.batch_size, cfg.data.num_workers, cfg.seed, env.rank, env.world)
-    freezer = freeze.Freezer(cfg, raw)
-    freezer.apply(0)
-    ctx.on_train = freezer.frozen_bn_eval
-    weight = losses.class_weights(table.df["label"].to_numpy(), n_cls).to(env.device) if cfg.train.class_weights else None
-    mixup = None
-    if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
-        mixup = timm.data.Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
-                                label_smoothing=cfg.train.label_smoothing, num_classes=n_cls)
-        loss_fn = timm.loss.SoftTargetCrossEntropy() if cfg.train.loss != "f1" else losses.create("f1", n_cls)
-    else:
-        loss_fn = losses.create(cfg.train.loss, n_cls, cfg.train.label_smoothing, weight)
-    model = wrap(raw, cfg, env)
-    optimizer = freezer.optimizer()
-    scheduler = make_scheduler(cfg, optimizer, len(data.train))
-    scaler = torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None
-    ema = timm.utils.ModelEmaV3(raw, decay=cfg.train.ema) if cfg.train.ema > 0 else None
-    return Parts(model, raw, optimizer, scheduler, scaler, ema, loss_fn.to(env.device), mixup, ctx, freezer)
+                         cfg.train.channels_last, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval,
+                         stop=stop, on_train=freezer.frozen_bn_eval)
+    return engine.Learner(
+        model, ctx, build_loss(cfg, table, env.device), freezer, mixup=build_mixup(cfg, n_cls),
+        ema=timm.utils.ModelEmaV3(model, decay=cfg.train.ema) if cfg.train.ema > 0 else None,
+        scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None)
 
 
-def wrap(raw: torch.nn.Module, cfg: Config, env: dist.Env) -> torch.nn.Module:
-    """The training view of the bare model: DDP under torchrun, then torch.compile if asked. Made anew
-    when the trainable set changes, since DDP registers its gradient hooks on the trainable parameters."""
-    model = raw
+def build_mixup(cfg: Config, n_cls: int):
+    if cfg.train.mixup <= 0 and cfg.train.cutmix <= 0:
+        return None
+    return timm.data.Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
+                           label_smoothing=cfg.train.label_smoothing, num_classes=n_cls)
+
+
+def build_loss(cfg: Config, table: Table, device: torch.device) -> torch.nn.Module:
+    n_cls = len(table.classes)
+    if cfg.train.mixup > 0 or cfg.train.cutmix > 0:  # soft targets
+        loss = timm.loss.SoftTargetCrossEntropy() if cfg.train.loss != "f1" else losses.create("f1", n_cls)
+        return loss.to(device)
+    weight = losses.class_weights(table.df["label"].to_numpy(), n_cls).to(device) if cfg.train.class_weights else None
+    return losses.create(cfg.train.loss, n_cls, cfg.train.label_smoothing, weight).to(device)
+
+
+def enter_phase(cfg: Config, learner: engine.Learner, epoch: int, steps_per_epoch: int, step: int = 0) -> None:
+    """The freeze schedule's phase for `epoch`. At a boundary (and the first time): the optimizer for
+    the new trainable set (state kept for parameters in both), its scheduler at `step`, and a new
+    training view, since DDP registers its gradient hooks on the trainable parameters."""
+    if not learner.freezer.freeze_for(epoch) and learner.optimizer is not None:
+        return
+    f = learner.freezer
+    learner.optimizer = f.rebuild_optimizer(learner.optimizer) if learner.optimizer is not None else f.optimizer()
+    learner.scheduler = make_scheduler(cfg, learner.optimizer, steps_per_epoch)
+    if learner.scheduler is not None and step:
+        learner.scheduler.step_update(num_updates=step)
+    learner.train_view = training_view(learner.model, cfg, learner.ctx.env)
+
+
+def training_view(model: torch.nn.Module, cfg: Config, env: dist.Env) -> torch.nn.Module:
+    """The bare model under DDP (torchrun), then torch.compile if asked."""
+    view = model
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=ids)
-    return torch.compile(model) if cfg.train.compile else model
+        view = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(view) if cfg.train.compile else view
 
 
 def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
@@ -275,47 +292,45 @@ class TrainState:
     best: float | None = None
     best_epoch: int = -1
     best_row: dict | None = None
-    top: list | None = None
     wandb_id: str = ""
     bad_epochs: int = 0
     seconds: float = 0.0
     batches_done: int = 0  # of the current epoch; > 0 only in a checkpoint written on preemption
-    batches: dict | None = None  # world size, per-process and global batch (auto may pick the batch)
+    batch_sizes: dict | None = None  # world size, per-process and global batch (auto may pick the batch)
     pruned_epoch: int = 0  # a sweep's pruner stopped the run after this epoch
 
 
-def checkpoint_state(cfg: Config, parts: Parts, state: TrainState, saver: ckpt.Saver) -> dict:
+RESTORED = ("epoch", "step", "best", "best_epoch", "best_row", "wandb_id", "bad_epochs", "seconds", "batches_done")
+
+
+def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState) -> dict:
+    """Everything a resume needs; the Saver adds its own top-k list."""
     return {
-        "model": parts.raw.state_dict(),
-        "model_ema": parts.ema.module.state_dict() if parts.ema is not None else None,
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
-        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
-        "epoch": state.epoch, "step": state.step, "best": state.best, "best_epoch": state.best_epoch,
-        "best_row": state.best_row, "top": [list(t) for t in saver.top], "bad_epochs": state.bad_epochs,
-        "batches_done": state.batches_done,
-        "seconds": state.seconds, "rng": ckpt.rng_state(), "config": to_dict(cfg), "classes": state.classes,
-        "split_hash": state.split_hash, "wandb_id": state.wandb_id, **ckpt.provenance(),
+        "model": learner.model.state_dict(),
+        "model_ema": learner.ema.module.state_dict() if learner.ema is not None else None,
+        "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict() if learner.scheduler is not None else None,
+        "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
+        **{k: getattr(state, k) for k in RESTORED}, "rng": ckpt.rng_state(), "config": to_dict(cfg),
+        "classes": state.classes, "split_hash": state.split_hash, **ckpt.provenance(),
     }
 
 
-def restore(cfg: Config, parts: Parts, state: TrainState, saved: dict, steps_per_epoch: int) -> None:
+def restore(cfg: Config, learner: engine.Learner, state: TrainState, saver: ckpt.Saver, saved: dict,
+            steps_per_epoch: int) -> None:
     """Continue from a checkpoint that rundir.check_resume has accepted."""
-    if parts.freezer.apply(saved["epoch"]):  # resuming in a later freeze phase: its optimizer groups
-        parts.optimizer = parts.freezer.optimizer()
-        parts.scheduler = make_scheduler(cfg, parts.optimizer, steps_per_epoch)
-        parts.model = wrap(parts.raw, cfg, parts.ctx.env)
-    parts.raw.load_state_dict(saved["model"])
-    if parts.ema is not None and saved.get("model_ema") is not None:
-        parts.ema.module.load_state_dict(saved["model_ema"])
-    parts.optimizer.load_state_dict(saved["optimizer"])
-    if parts.scheduler is not None and saved.get("scheduler"):
-        parts.scheduler.load_state_dict(saved["scheduler"])
-    if parts.scaler is not None and saved.get("scaler"):
-        parts.scaler.load_state_dict(saved["scaler"])
-    for k in ("epoch", "step", "best", "best_epoch", "best_row", "top", "wandb_id", "bad_epochs", "seconds",
-              "batches_done"):
+    enter_phase(cfg, learner, saved["epoch"], steps_per_epoch)  # a later freeze phase: its optimizer groups
+    learner.model.load_state_dict(saved["model"])
+    if learner.ema is not None and saved.get("model_ema") is not None:
+        learner.ema.module.load_state_dict(saved["model_ema"])
+    learner.optimizer.load_state_dict(saved["optimizer"])
+    if learner.scheduler is not None and saved.get("scheduler"):
+        learner.scheduler.load_state_dict(saved["scheduler"])
+    if learner.scaler is not None and saved.get("scaler"):
+        learner.scaler.load_state_dict(saved["scaler"])
+    for k in RESTORED:
         setattr(state, k, saved.get(k, getattr(state, k)))
+    saver.restore(saved.get("top"))
     ckpt.set_rng_state(saved["rng"])
     log.info("resumed from epoch %d (step %d)", state.epoch, state.step)
 
@@ -342,99 +357,143 @@ class Preemption:
             signal.signal(s, h)
 
 
-def fit(cfg: Config, env: dist.Env, parts: Parts, data: Data, state: TrainState, tracker, saver: ckpt.Saver,
-        run_dir: Path, stop: Preemption, sweep_trial: trial.Reporter) -> None:
-    parts.ctx.stop = stop
-    if env.is_main:
+@dataclass
+class Run:
+    """One training run, as fit and its steps see it."""
+
+    cfg: Config
+    env: dist.Env
+    learner: engine.Learner
+    loaders: Loaders
+    state: TrainState
+    tracker: Tracker | NullTracker
+    saver: ckpt.Saver
+    dir: Path
+    sweep_trial: trial.Reporter
+
+
+def fit(run: Run) -> None:
+    """Epochs until train.epochs, an early stop, the sweep's pruner, or a preemption signal."""
+    log_start(run)
+    while run.state.epoch < run.cfg.train.epochs:
+        enter_phase(run.cfg, run.learner, run.state.epoch, len(run.loaders.train), run.state.step)
+        result = train_epoch(run)
+        if result["interrupted"]:
+            stop_preempted(run)
+        logits, m = evaluate(run)
+        row = record_epoch(run, result, logits, m)
+        if should_stop(run, row):
+            break
+
+
+def log_start(run: Run) -> None:
+    if run.env.is_main:
+        b, cfg = run.state.batch_sizes, run.cfg
         log.info("run %s: %d train / %d val images, batch %d per process x %d processes x %d accumulation = %d "
-                 "global, %d epochs", run_dir.name, len(data.train.dataset), len(data.val.dataset), data.batch_size,
-                 env.world, cfg.train.accum_steps, state.batches["global_batch_size"], cfg.train.epochs)
-    while state.epoch < cfg.train.epochs:
-        epoch = state.epoch
-        if parts.freezer.apply(epoch):  # a schedule boundary: new trainable set, new optimizer groups
-            parts.optimizer = parts.freezer.rebuild_optimizer(parts.optimizer)
-            parts.scheduler = make_scheduler(cfg, parts.optimizer, len(data.train))
-            if parts.scheduler is not None:
-                parts.scheduler.step_update(num_updates=state.step)
-            parts.model = wrap(parts.raw, cfg, env)
-        ds.set_epoch(data.train, cfg.seed, epoch)
-        data.train.sampler.skip = state.batches_done * data.batch_size  # > 0 only when resuming a preempted epoch
-        loader, lines = epoch_progress(cfg, env, data, state, tracker)
-        memory.reset_peak(env.device)
-        try:
-            tr = engine.train_one_epoch(parts.model, loader, parts.optimizer, parts.scheduler, parts.loss_fn,
-                                        parts.ctx, step=state.step, scaler=parts.scaler, ema=parts.ema,
-                                        mixup=parts.mixup, on_log=lines)
-        except torch.OutOfMemoryError:
-            if env.is_main:
-                with open(run_dir / "train.log", "a") as f:
-                    f.write(traceback.format_exc())
-            raise memory.OutOfMemory(memory.oom_message(
-                env.device, data.batch_size, f"in epoch {epoch + 1} after step {state.step}")) from None
-        state.step = tr["step"]
-        state.seconds += tr["seconds"]
-        state.batches_done += tr["batches"]
-        if tr["interrupted"]:
-            if env.is_main:
-                ckpt.save_atomic(checkpoint_state(cfg, parts, state, saver), run_dir / "checkpoints" / "last.pt")
-            raise SystemExit(f"stopped by signal in epoch {epoch + 1} after {state.batches_done} batches; last.pt "
-                             f"holds that state: resume with run.resume=auto run.name={run_dir.name}")
-        # The bare model: ranks may hold different numbers of validation batches, and a DDP forward
-        # is a collective that every rank must join.
-        eval_model = parts.ema.module if parts.ema is not None else parts.raw
-        dist.sync_buffers(env, parts.raw)
-        dist.sync_buffers(env, eval_model)
-        logits = engine.predict_logits(eval_model, data.val, parts.ctx)
-        m = engine.metrics(logits, data.val_labels)
-        if parts.scheduler is not None:
-            parts.scheduler.step(epoch + 1, m[cfg.train.monitor])
-        row = {"epoch": epoch + 1, "step": state.step, "train_loss": tr["loss"], **m,
-               "lr": parts.optimizer.param_groups[0]["lr"], "trainable_params": parts.freezer.trainable(),
-               "images_per_s": tr["images"] / max(tr["seconds"], 1e-9), "epoch_s": tr["seconds"],
-               **parts.freezer.group_lrs(parts.optimizer), **memory.report(env.device)}
-        per_class = engine.per_class_f1(logits, data.val_labels, len(state.classes))
-        tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)}, step=state.step)
-        metric = m[cfg.train.monitor]
-        is_best = saver.better(metric, state.best)
-        if is_best:
-            state.best, state.best_epoch, state.best_row, state.bad_epochs = metric, epoch + 1, row, 0
-        else:
-            state.bad_epochs += 1
-        state.epoch, state.batches_done = epoch + 1, 0
+                 "global, %d epochs", run.dir.name, len(run.loaders.train.dataset), len(run.loaders.val.dataset),
+                 b["batch_size_per_process"], b["world_size"], cfg.train.accum_steps, b["global_batch_size"],
+                 cfg.train.epochs)
+
+
+def train_epoch(run: Run) -> dict:
+    """One epoch of optimizer steps (from the preempted batch when resuming mid-epoch)."""
+    cfg, env, loaders, state = run.cfg, run.env, run.loaders, run.state
+    ds.set_epoch(loaders.train, cfg.seed, state.epoch)
+    loaders.train.sampler.skip = state.batches_done * loaders.batch_size
+    loader, lines = epoch_progress(run)
+    memory.reset_peak(env.device)
+    try:
+        result = engine.train_one_epoch(run.learner, loader, state.step, on_log=lines)
+    except torch.OutOfMemoryError:
         if env.is_main:
-            tracker.log_epoch(row)
-            saver.save(checkpoint_state(cfg, parts, state, saver), epoch + 1, metric, is_best)
-            if is_best:
-                write_oof(run_dir, data, logits, parts.raw)
-            log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s)",
-                     epoch + 1, cfg.train.epochs, tr["loss"], m["val_loss"], m["val_acc"], m["val_f1"],
-                     "  *best*" if is_best else "", tr["seconds"], row["images_per_s"])
-        if sweep_trial.should_stop(epoch + 1, row, last=epoch + 1 >= cfg.train.epochs):  # every rank gets the pruner's answer
-            state.pruned_epoch = epoch + 1
-            if env.is_main:
-                log.info("pruned by the sweep after epoch %d", epoch + 1)
-            break
-        if cfg.train.early_stop and state.bad_epochs >= cfg.train.early_stop:
-            if env.is_main:
-                log.info("early stop: %s has not improved for %d epochs", cfg.train.monitor, state.bad_epochs)
-            break
+            with open(run.dir / "train.log", "a") as f:
+                f.write(traceback.format_exc())
+        raise memory.OutOfMemory(memory.oom_message(
+            env.device, loaders.batch_size, f"in epoch {state.epoch + 1} after step {state.step}")) from None
+    state.step = result["step"]
+    state.seconds += result["seconds"]
+    state.batches_done += result["batches"]
+    return result
 
 
-def epoch_progress(cfg: Config, env: dist.Env, data: Data, state: TrainState, tracker):
+def stop_preempted(run: Run) -> None:
+    if run.env.is_main:
+        run.saver.save_last(checkpoint_state(run.cfg, run.learner, run.state))
+    raise SystemExit(f"stopped by signal in epoch {run.state.epoch + 1} after {run.state.batches_done} batches; "
+                     f"last.pt holds that state: resume with run.resume=auto run.name={run.dir.name}")
+
+
+def evaluate(run: Run) -> tuple[torch.Tensor, dict]:
+    """Validation logits (every rank holds all of them) and metrics. The bare model: ranks may hold
+    different numbers of validation batches, and a DDP forward is a collective every rank must join."""
+    learner = run.learner
+    eval_model = learner.ema.module if learner.ema is not None else learner.model
+    dist.sync_buffers(run.env, learner.model)
+    dist.sync_buffers(run.env, eval_model)
+    logits = engine.predict_logits(eval_model, run.loaders.val, learner.ctx)
+    return logits, engine.val_metrics(logits, run.loaders.val_labels)
+
+
+def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
+    """Scheduler, best, metrics row, tracker, checkpoints and OOF (rank 0); the row."""
+    cfg, learner, state = run.cfg, run.learner, run.state
+    epoch, metric = state.epoch + 1, m[cfg.train.monitor]
+    if learner.scheduler is not None:
+        learner.scheduler.step(epoch, metric)
+    row = {"epoch": epoch, "step": state.step, "train_loss": result["loss"], **m,
+           "lr": learner.optimizer.param_groups[0]["lr"], "trainable_params": learner.freezer.trainable_count(),
+           "images_per_s": result["images"] / max(result["seconds"], 1e-9), "epoch_s": result["seconds"],
+           **learner.freezer.group_lrs(learner.optimizer), **memory.report(run.env.device)}
+    per_class = engine.per_class_f1(logits, run.loaders.val_labels, len(state.classes))
+    run.tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)}, step=state.step)
+    is_best = run.saver.better(metric, state.best)
+    if is_best:
+        state.best, state.best_epoch, state.best_row, state.bad_epochs = metric, epoch, row, 0
+    else:
+        state.bad_epochs += 1
+    state.epoch, state.batches_done = epoch, 0
+    if run.env.is_main:
+        run.tracker.log_epoch(row)
+        run.saver.save(checkpoint_state(cfg, learner, state), epoch, metric, is_best)
+        if is_best:
+            write_oof(run.dir, run.loaders, logits)
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s)",
+                 epoch, cfg.train.epochs, result["loss"], m["val_loss"], m["val_acc"], m["val_f1"],
+                 "  *best*" if is_best else "", result["seconds"], row["images_per_s"])
+    return row
+
+
+def should_stop(run: Run, row: dict) -> bool:
+    """The sweep's pruner (every rank gets its answer) or train.early_stop."""
+    cfg, state = run.cfg, run.state
+    if run.sweep_trial.should_stop(state.epoch, row, last=state.epoch >= cfg.train.epochs):
+        state.pruned_epoch = state.epoch
+        if run.env.is_main:
+            log.info("pruned by the sweep after epoch %d", state.epoch)
+        return True
+    if cfg.train.early_stop and state.bad_epochs >= cfg.train.early_stop:
+        if run.env.is_main:
+            log.info("early stop: %s has not improved for %d epochs", cfg.train.monitor, state.bad_epochs)
+        return True
+    return False
+
+
+def epoch_progress(run: Run):
     """The epoch's loader (a bar on a terminal) and its per-interval callback (tracker + progress lines)."""
+    cfg, env, loaders, state = run.cfg, run.env, run.loaders, run.state
     name = f"{state.epoch + 1}/{cfg.train.epochs}"
-    loader = progress.bar(data.train, f"epoch {name}", data.batch_size, env.is_main)
-    lines = progress.Lines(lambda row: tracker.log(row, step=row["step"]), epoch=name, first_step=state.step,
-                           steps=math.ceil((len(data.train) - state.batches_done) / cfg.train.accum_steps),
-                           images_per_step=state.batches["global_batch_size"], every_s=cfg.train.log_every_s,
+    loader = progress.bar(loaders.train, f"epoch {name}", loaders.batch_size, env.is_main)
+    lines = progress.Lines(lambda row: run.tracker.log(row, step=row["step"]), epoch=name, first_step=state.step,
+                           steps=math.ceil((len(loaders.train) - state.batches_done) / cfg.train.accum_steps),
+                           images_per_step=state.batch_sizes["global_batch_size"], every_s=cfg.train.log_every_s,
                            show=env.is_main)
     return loader, lines
 
 
-def write_oof(run_dir: Path, data: Data, logits: torch.Tensor, raw: torch.nn.Module) -> None:
+def write_oof(run_dir: Path, loaders: Loaders, logits: torch.Tensor) -> None:
     """Out-of-fold predictions of the best epoch: for error analysis and stacking."""
     probs = logits.softmax(1).numpy()
-    df = pd.DataFrame({"path": data.val_paths, "label": data.val_labels, "pred": probs.argmax(1)})
+    df = pd.DataFrame({"path": loaders.val_paths, "label": loaders.val_labels, "pred": probs.argmax(1)})
     df = pd.concat([df, pd.DataFrame(probs, columns=[f"p{i}" for i in range(probs.shape[1])])], axis=1)
     tmp = run_dir / ".oof.csv.tmp"
     df.to_csv(tmp, index=False)
@@ -451,7 +510,9 @@ def write_figures(run_dir: Path, classes: list[str], oof: pd.DataFrame | None) -
         plots.worst_predictions(oof, classes, run_dir / "worst_predictions.png")
 
 
-def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker) -> dict:
+def write_summary(run: Run) -> dict:
+    """summary.json, the figures and the tracker's final records (rank 0); the summary."""
+    cfg, state, run_dir = run.cfg, run.state, run.dir
     best = state.best_row or {}
     summary = {
         "run": run_dir.name, "status": "pruned" if state.pruned_epoch else "finished",
@@ -459,16 +520,16 @@ def finish(cfg: Config, env: dist.Env, state: TrainState, run_dir: Path, tracker
         "best_epoch": state.best_epoch, "val_f1": best.get("val_f1"), "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"), "epochs_done": state.epoch, "train_seconds": round(state.seconds, 1),
         "model": cfg.model.name, "img_size": list(img_hw(cfg)), "fold": cfg.split.fold, "split_hash": state.split_hash,
-        **(state.batches or {}), "wandb_id": state.wandb_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **(state.batch_sizes or {}), "wandb_id": state.wandb_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if env.is_main:
+    if run.env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        tracker.summary({k: v for k, v in summary.items() if v is not None})
+        run.tracker.summary({k: v for k, v in summary.items() if v is not None})
         oof = pd.read_csv(run_dir / "oof.csv") if (run_dir / "oof.csv").is_file() else None
         write_figures(run_dir, state.classes, oof)
         if oof is not None:
-            tracker.log_final(run_dir, oof, state.classes, cfg.log.wandb.log_model)
-        tracker.finish()
+            run.tracker.log_final(run_dir, oof, state.classes, cfg.log.wandb.log_model)
+        run.tracker.finish()
         log.info("done: best %s %.4f at epoch %d -> %s", cfg.train.monitor, state.best or float("nan"),
                  state.best_epoch, run_dir)
     return summary

@@ -1,12 +1,16 @@
-"""Shared fixtures: a small built-in dataset (written once per session) and a few-second config."""
+"""Shared fixtures: one small built-in dataset (written once per session; `synth_copy` for a test
+that edits it), the few-second training config (`tiny_overrides`, or the `tiny` fixture), one
+`cfg_for` helper, and a throwaway PostgreSQL server for the sweep tests."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from baseline.config import Config, load_config
 from baseline.data.synth import write_synth
 
 # Tests never reach for a network or an API key.
@@ -19,6 +23,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def synth_root(tmp_path_factory) -> Path:
     """30 people in the competition layout (210 train images, 49 eval images)."""
     return write_synth(tmp_path_factory.mktemp("synth"), people=30, seed=0)
+
+
+@pytest.fixture
+def synth_copy(synth_root, tmp_path) -> Path:
+    """A private copy of the shared dataset, for a test that edits its files."""
+    return Path(shutil.copytree(synth_root, tmp_path / "data"))
+
+
+def cfg_for(root: Path, **overrides) -> Config:
+    """The default config on `root`, with `key=value` overrides (dots in keys: pass a dict with **)."""
+    return load_config(None, [f"data.root={root}", *[f"{k}={v}" for k, v in overrides.items()]])
+
+
+@pytest.fixture
+def tiny(synth_root, tmp_path):
+    """tiny_overrides on the shared data with runs under this test's tmp_path/runs: tiny(**extra)."""
+    return lambda **extra: tiny_overrides(synth_root, tmp_path / "runs", **extra)
 
 
 def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:

@@ -18,8 +18,8 @@ from tests.conftest import tiny_overrides
 
 
 @pytest.fixture
-def small(tmp_path):
-    return write_synth(tmp_path / "d", people=6, seed=2)
+def small(synth_copy):
+    return synth_copy
 
 
 def paths_of(root):

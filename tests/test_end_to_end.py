@@ -84,7 +84,8 @@ def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path, m
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "baseline", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run([sys.executable, "-m", "baseline", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
 
 
 @pytest.mark.slow
@@ -147,7 +148,8 @@ def test_csv_layout_train_submit_and_unknown_test_label(tmp_path):
     (root / "train.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
     (root / "test.csv").write_text("image\nimg/0.png\nimg/1.png\nimg/2.png\n")
     runs = tmp_path / "runs"
-    over = tiny_overrides(root, runs, **{"data.format": "csv", "data.train_csv": "train.csv", "data.test_csv": "test.csv",
+    over = tiny_overrides(root, runs, **{"data.format": "csv", "data.train_csv": "train.csv",
+                                         "data.test_csv": "test.csv",
                                          "run.name": "csv", "train.batch_size": 8})
     assert main(["train", *over, "train.epochs=3"]) == 0
     out = tmp_path / "csv_sub.csv"
@@ -170,7 +172,8 @@ def test_nproc_flag_relaunches_under_torchrun(synth_root, tmp_path):
     # not a terminal: progress lines (rank 0 only), no progress bar's carriage returns anywhere
     assert "\r" not in r.stdout + r.stderr and "\r" not in (runs / "np" / "train.log").read_text()
     steps = [ln for ln in r.stdout.splitlines() if ln.startswith("epoch 1/1  step ")]
-    assert len(steps) == 4 and "img/s  ETA 0:00:" in steps[0], r.stdout  # 70 images per rank / 8 = 9 steps, every 2nd logged
+    # 70 images per rank / 8 = 9 steps, every 2nd logged
+    assert len(steps) == 4 and "img/s  ETA 0:00:" in steps[0], r.stdout
     # rank 0 alone writes: one TensorBoard event file (a second writer would add its own), every picture
     assert len(list((runs / "np" / "tb").glob("events.out.tfevents.*"))) == 1
     for png in ("learning_curves", "confusion_matrix", "per_class_f1", "worst_predictions"):

@@ -108,11 +108,11 @@ def test_two_process_metrics_equal_single_process_evaluation(synth_root, tmp_pat
     env = dist.Env()
     table = read_table(cfg)
     fold, _ = load_or_write_folds(cfg, table)
-    data = train.build_loaders(cfg, env, table, fold, train.decode_images(cfg, table))
+    data = train.build_loaders(cfg, env, *train.build_datasets(cfg, table, fold, train.decode_images(cfg, table)), 8)
     model, _, _ = load_model(runs / "ddp" / "checkpoints" / "last.pt", env.device)
     mean, std = models.data_stats(model)
     ctx = engine.StepCtx(env, torch.tensor(mean), torch.tensor(std))
-    single = engine.metrics(engine.predict_logits(model, data.val, ctx), data.val_labels)
+    single = engine.val_metrics(engine.predict_logits(model, data.val, ctx), data.val_labels)
     assert len(pd.read_csv(runs / "ddp" / "oof.csv")) == (fold == 0).sum() == len(data.val_labels)
     for k in ("val_acc", "val_f1"):
         assert row[k] == pytest.approx(single[k], abs=1e-9)

@@ -6,19 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from baseline.config import load_config
 from baseline.data.dataset import decode
 from baseline.data.layouts import MASK_CLASSES, DataError, read_table, read_test_table
 from baseline.data.synth import write_synth
+from tests.conftest import cfg_for
 
 
 @pytest.fixture
-def mask_root(tmp_path):
-    return write_synth(tmp_path / "d", people=6, seed=1)
-
-
-def cfg_for(root, **kw):
-    return load_config(None, [f"data.root={root}"] + [f"{k}={v}" for k, v in kw.items()])
+def mask_root(synth_copy):
+    return synth_copy
 
 
 def rewrite_csv(path, fn):
@@ -30,7 +26,7 @@ def rewrite_csv(path, fn):
 
 def test_mask_labels_follow_the_formula(mask_root):
     t = read_table(cfg_for(mask_root))
-    assert len(t.df) == 6 * 7 and t.classes == MASK_CLASSES
+    assert len(t.df) == 30 * 7 and t.classes == MASK_CLASSES
     for r in t.df.itertuples():
         bucket = 0 if r.age < 30 else (1 if r.age < 60 else 2)
         assert r.label == r.mask * 6 + r.gender * 3 + bucket
@@ -57,7 +53,7 @@ def test_missing_and_extra_images_warn_with_folder(mask_root, caplog):
     shutil.copy(next(folder.glob("mask1.*")), folder / "selfie.jpg")
     with caplog.at_level(logging.WARNING):
         t = read_table(cfg_for(mask_root))
-    assert len(t.df) == 6 * 7 - 1
+    assert len(t.df) == 30 * 7 - 1
     assert folder.name in caplog.text and "normal" in caplog.text and "selfie.jpg" in caplog.text
 
 
@@ -70,9 +66,10 @@ def test_folder_without_any_stem_is_an_error(mask_root):
 
 
 def test_upper_case_gender_is_accepted(mask_root):
-    rewrite_csv(mask_root / "train" / "train.csv", lambda rows: [rows[0]] + [[r[0], r[1].upper(), *r[2:]] for r in rows[1:]])
+    rewrite_csv(mask_root / "train" / "train.csv",
+                lambda rows: [rows[0]] + [[r[0], r[1].upper(), *r[2:]] for r in rows[1:]])
     t = read_table(cfg_for(mask_root))
-    assert len(t.df) == 42
+    assert len(t.df) == 30 * 7
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -11,7 +11,6 @@ import pytest
 
 from baseline import rundir
 from baseline.config import load_config, to_dict
-from tests.conftest import tiny_overrides
 
 
 def dead_pid() -> int:
@@ -52,8 +51,8 @@ def test_resume_guard_refuses_what_changes_learning(change, refused):
 
 
 @pytest.mark.slow
-def test_two_trainings_into_one_folder_one_is_refused(synth_root, tmp_path):
-    over = tiny_overrides(synth_root, tmp_path / "runs", **{"run.name": "same", "train.epochs": 8})
+def test_two_trainings_into_one_folder_one_is_refused(tiny, tmp_path):
+    over = tiny(**{"run.name": "same", "train.epochs": 8})
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     cmd = [sys.executable, "-m", "baseline", "train", *over]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

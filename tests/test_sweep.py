@@ -22,9 +22,9 @@ from baseline.config import ConfigError, load_config
 from baseline.dist import Env
 from baseline.rundir import _alive
 from baseline.trial import Reporter
-from tests.conftest import tiny_overrides
 
-BASE = {"method": "grid", "metric": {"name": "val_f1", "goal": "maximize"}, "parameters": {"optim.lr": {"values": [0.1]}}}
+BASE = {"method": "grid", "metric": {"name": "val_f1", "goal": "maximize"},
+        "parameters": {"optim.lr": {"values": [0.1]}}}
 
 
 def plan_of(spec: dict, epochs: int = 10) -> sweep.Plan:
@@ -79,13 +79,16 @@ def test_a_grid_enumerates_the_discrete_distributions(param, choices):
 
 
 def test_constants_go_to_every_trial_and_grid_size_is_the_cap():
-    plan = plan_of({**BASE, "parameters": {"optim.lr": {"values": [0.1, 0.2]}, "train.label_smoothing": {"values": [0, 0.1, 0.2]},
+    plan = plan_of({**BASE, "parameters": {"optim.lr": {"values": [0.1, 0.2]},
+                                          "train.label_smoothing": {"values": [0, 0.1, 0.2]},
                                           "model.name": {"value": "resnet18"},
                                           "train.epochs": {"distribution": "constant", "value": 3}}})
-    assert plan.constants == {"model.name": "resnet18", "train.epochs": 3} and set(plan.space) == {"optim.lr", "train.label_smoothing"}
+    assert plan.constants == {"model.name": "resnet18", "train.epochs": 3}
+    assert set(plan.space) == {"optim.lr", "train.label_smoothing"}
     assert plan.cap == 6
     assert plan_of({**BASE, "run_cap": 2, "parameters": {"optim.lr": {"values": [0.1, 0.2, 0.3]}}}).cap == 2
-    assert plan_of({**BASE, "method": "random", "parameters": {"optim.lr": {"min": 0.1, "max": 0.2}}}).cap == sweep.DEFAULT_CAP
+    unbounded = {**BASE, "method": "random", "parameters": {"optim.lr": {"min": 0.1, "max": 0.2}}}
+    assert plan_of(unbounded).cap == sweep.DEFAULT_CAP
 
 
 @pytest.mark.parametrize("early, expected", [
@@ -96,7 +99,8 @@ def test_constants_go_to_every_trial_and_grid_size_is_the_cap():
 ])
 def test_hyperband_maps_to_optunas_resources_in_epochs(early, expected):
     plan = plan_of({**BASE, "early_terminate": early})
-    assert (plan.hyperband["min_resource"], plan.hyperband["max_resource"], plan.hyperband["reduction_factor"]) == expected
+    hb = plan.hyperband
+    assert (hb["min_resource"], hb["max_resource"], hb["reduction_factor"]) == expected
     assert isinstance(sweep.pruner(plan.hyperband), optuna.pruners.HyperbandPruner)
 
 
@@ -122,7 +126,8 @@ def test_metric_target_stops_the_sweep_once_reached(tmp_path):
     ({"parameters": {"optim.lrr": {"values": [0.1]}}}, "unknown config key 'optim.lrr'"),
     ({"parameters": {"train.epochs": {"values": ["many"]}}}, "train.epochs"),
     ({"parameters": {"optim.lr": {"distribution": "gaussian_mix", "min": 0, "max": 1}}}, "unknown distribution"),
-    ({"parameters": {"optim.lr": {"distribution": "uniform", "min": 0, "max": 1}}}, "grid parameter 'optim.lr' needs values"),
+    ({"parameters": {"optim.lr": {"distribution": "uniform", "min": 0, "max": 1}}},
+     "grid parameter 'optim.lr' needs values"),
     ({"parameters": {"optim.lr": {"distribution": "uniform", "min": 1, "max": 0}}}, "min < max"),
     ({"parameters": {"optim.lr": {"distribution": "log_uniform_values", "min": 0, "max": 1}}}, "min > 0"),
     ({"parameters": {"optim.lr": {"values": [0.1, 0.2], "probabilities": [0.5, 0.5]}}}, "probabilities"),
@@ -134,7 +139,8 @@ def test_metric_target_stops_the_sweep_once_reached(tmp_path):
     ({"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 1}}, "eta must be an integer >= 2"),
     ({"early_terminate": {"type": "hyperband", "max_iter": 9}}, "needs min_iter"),
     ({"early_terminate": {"type": "hyperband", "min_iter": 5, "max_iter": 2}}, "min_iter <= max_iter"),
-] + [({"method": "random", "parameters": {"optim.lr": {"distribution": d, "min": 0.1, "max": 1.0}}}, f"'{d}' cannot run locally")
+] + [({"method": "random", "parameters": {"optim.lr": {"distribution": d, "min": 0.1, "max": 1.0}}},
+      f"'{d}' cannot run locally")
      for d in sorted(sweep.REFUSED)])
 def test_what_cannot_be_mapped_is_refused_by_name_before_any_trial(tmp_path, change, message):
     spec = {**BASE, **change}
@@ -167,7 +173,8 @@ def test_random_draws_depend_on_seed_and_trial_number_only():
 
 # ---------------------------------------------------------------- the study's bookkeeping
 def frozen(state, **kw):
-    return create_trial(state=state, params={"optim.lr": 0.1}, distributions={"optim.lr": CategoricalDistribution([0.1])},
+    return create_trial(state=state, params={"optim.lr": 0.1},
+                        distributions={"optim.lr": CategoricalDistribution([0.1])},
                         value=0.5 if state == TrialState.COMPLETE else None, **kw)
 
 
@@ -228,11 +235,11 @@ def test_reporter_prunes_a_trial_behind_the_rung_but_never_after_its_last_epoch(
 
 # ---------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_grid_runs_every_point_once_and_a_rerun_runs_nothing(synth_root, tmp_path):
+def test_grid_runs_every_point_once_and_a_rerun_runs_nothing(tiny, tmp_path):
     spec = {**BASE, "name": "g", "parameters": {"optim.lr": {"values": [0.001, 0.01]},
                                                 "train.label_smoothing": {"values": [0.0, 0.1]}}}
     path = write(tmp_path, spec)
-    base = tiny_overrides(synth_root, tmp_path / "runs")
+    base = tiny()
     table = sweep.run(path, None, base)
     assert len(table) == 4 and (table.status == "complete").all() and table.val_f1.is_monotonic_decreasing
     assert len({(r["optim.lr"], r["train.label_smoothing"]) for _, r in table.iterrows()}) == 4
@@ -252,9 +259,9 @@ def test_grid_runs_every_point_once_and_a_rerun_runs_nothing(synth_root, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_failing_trial_is_recorded_with_its_error_and_the_cli_exits_1(synth_root, tmp_path):
+def test_a_failing_trial_is_recorded_with_its_error_and_the_cli_exits_1(tiny, tmp_path):
     path = write(tmp_path, {**BASE, "name": "f"})
-    base = tiny_overrides(synth_root, tmp_path / "runs", **{"train.batch_size": 100000})
+    base = tiny(**{"train.batch_size": 100000})
     r = subprocess.run([sys.executable, "-m", "baseline", "sweep", path, *base], capture_output=True, text=True)
     assert r.returncode == 1, r.stderr
     table = pd.read_csv(tmp_path / "runs" / "sweeps" / "f" / "results.csv")
@@ -263,9 +270,9 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_cli_exits_1(synth_ro
 
 
 @pytest.mark.slow
-def test_a_pruned_ddp_trial_stops_on_every_rank_and_is_recorded_pruned(synth_root, tmp_path):
+def test_a_pruned_ddp_trial_stops_on_every_rank_and_is_recorded_pruned(tiny, tmp_path):
     study, path, _ = study_with_leaders(tmp_path, {"type": "hyperband", "min_iter": 1, "eta": 4}, 3)
-    base = tiny_overrides(synth_root, tmp_path / "runs", **{"train.epochs": 3})
+    base = tiny(**{"train.epochs": 3})
     r = subprocess.run([sys.executable, "-m", "baseline", "sweep", path, "--nproc", "2", *base],
                        capture_output=True, text=True, timeout=300)  # a rank left behind would hang in a collective
     assert r.returncode == 0, r.stdout + r.stderr
@@ -285,10 +292,10 @@ def worker_cmd(path, base, *extra):
 
 
 @pytest.mark.slow
-def test_a_killed_workers_trial_is_retried_by_another_worker_from_its_last_checkpoint(synth_root, tmp_path):
+def test_a_killed_workers_trial_is_retried_by_another_worker_from_its_last_checkpoint(tiny, tmp_path):
     path = write(tmp_path, {**BASE, "name": "k", "method": "random", "run_cap": 1,
                             "parameters": {"optim.lr": {"min": 0.001, "max": 0.01}}})
-    base = tiny_overrides(synth_root, tmp_path / "runs", **{"train.epochs": 6})
+    base = tiny(**{"train.epochs": 6})
     beats = ["sweep.heartbeat_s=1", "sweep.grace_s=3"]
     run_dir = tmp_path / "runs" / "sweeps" / "k" / "trial000"
     a = subprocess.Popen(worker_cmd(path, base, *beats), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -318,11 +325,11 @@ def test_a_killed_workers_trial_is_retried_by_another_worker_from_its_last_check
 
 
 @pytest.mark.slow
-def test_two_workers_on_postgresql_split_a_4_point_grid_without_duplicates(synth_root, tmp_path, postgres_url):
+def test_two_workers_on_postgresql_split_a_4_point_grid_without_duplicates(tiny, tmp_path, postgres_url):
     spec = {**BASE, "name": "pg", "parameters": {"optim.lr": {"values": [0.001, 0.01]},
                                                  "train.label_smoothing": {"values": [0.0, 0.1]}}}
     path = write(tmp_path, spec)
-    base = tiny_overrides(synth_root, tmp_path / "runs")
+    base = tiny()
     cmd = worker_cmd(path, base, f"sweep.storage={postgres_url}")
     workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [w.communicate(timeout=600)[0] for w in workers]

@@ -14,15 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Config
-from .synth import STEMS, age_bucket
+from .competition import CLASSES as MASK_CLASSES
+from .competition import GENDERS, STEMS, mask_of
+from .competition import label as mask_label
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
-MASK_NAMES = ["wear", "incorrect", "not_worn"]
-GENDERS = ["male", "female"]
-AGE_NAMES = ["<30", "30-59", ">=60"]
-MASK_CLASSES = [f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDERS for a in AGE_NAMES]
 
 
 class DataError(ValueError):
@@ -69,14 +67,6 @@ def _root(cfg: Config) -> Path:
 
 
 # ---------------------------------------------------------------- competition layout
-def mask_label(mask: int, gender: int, age: int) -> int:
-    return mask * 6 + gender * 3 + age_bucket(age)
-
-
-def _mask_of(stem: str) -> int:
-    return 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
-
-
 def _parse_folder(name: str, csv_path: Path, row: int) -> tuple[str, int]:
     """(gender, age) that the folder name `<id>_<gender>_<race>_<age>` states."""
     parts = name.split("_")
@@ -169,7 +159,7 @@ def read_mask(cfg: Config) -> Table:
             log.warning("folder '%s': missing %s, ignored extra %s", folder, missing, extra)
         g = GENDERS.index(gender)
         for stem, f in found.items():
-            m = _mask_of(stem)
+            m = mask_of(stem)
             rows.append(
                 {"path": str(f), "label": mask_label(m, g, age), "group": str(p.id),
                  "mask": m, "gender": g, "age": age, "stem": stem}

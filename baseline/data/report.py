@@ -81,7 +81,8 @@ def flagged(items: list[tuple[str, str]], out: Path) -> None:
                      out, title)
 
 
-def write(table: Table, fold: np.ndarray | None, sizes_wh: list, flags: list[tuple[str, str]], out_dir: Path) -> list[Path]:
+def write(table: Table, fold: np.ndarray | None, sizes_wh: list, flags: list[tuple[str, str]],
+          out_dir: Path) -> list[Path]:
     """All four pictures into `out_dir`; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f for f in ("class_counts.png", "samples.png", "image_sizes.png", "flagged.png")]

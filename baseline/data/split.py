@@ -7,6 +7,7 @@ reads it and never re-draws it, so every teammate and every fold run sees the sa
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..config import Config
+from .competition import age_bucket
 from .layouts import DataError, Table
 
 log = logging.getLogger("baseline")
@@ -31,7 +33,7 @@ def strata(df: pd.DataFrame) -> np.ndarray:
     """Stratification key: the person's gender x age bucket for the competition layout (constant
     within a group, so every fold keeps the mix), else the class label."""
     if {"gender", "age"} <= set(df.columns):
-        return (df["gender"] * 3 + df["age"].map(lambda a: 0 if a < 30 else (1 if a < 60 else 2))).to_numpy()
+        return (df["gender"] * 3 + df["age"].map(age_bucket)).to_numpy()
     return df["label"].to_numpy()
 
 
@@ -90,12 +92,25 @@ def write_split(cfg: Config, table: Table, path: Path | None = None) -> Path:
 
 
 def file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return _hash(Path(path).read_bytes())
+
+
+def _hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def read_folds(cfg: Config, table: Table, path: Path) -> np.ndarray:
     """Fold of every row of `table`, from the split file; every image must be in it."""
-    split = pd.read_csv(path, dtype={"path": str, "group": str})
+    return read_folds_hashed(cfg, table, path)[0]
+
+
+def read_folds_hashed(cfg: Config, table: Table, path: Path) -> tuple[np.ndarray, str]:
+    """read_folds, and the file's hash from the same bytes (what checkpoints and OOF files record)."""
+    raw = Path(path).read_bytes()
+    return _folds(cfg, table, path, pd.read_csv(io.BytesIO(raw), dtype={"path": str, "group": str})), _hash(raw)
+
+
+def _folds(cfg: Config, table: Table, path: Path, split: pd.DataFrame) -> np.ndarray:
     if not {"path", "group", "fold"} <= set(split.columns):
         raise DataError(f"split file '{path}' must have columns path,group,fold; it has {list(split.columns)}")
     folds = sorted(split["fold"].unique())
@@ -122,7 +137,8 @@ def check_groups(table: Table, fold: np.ndarray, path: Path | str = "split") -> 
     per_group = pd.Series(fold).groupby(table.df["group"].to_numpy()).nunique()
     bad = per_group[per_group > 1]
     if len(bad):
-        raise DataError(f"leakage in '{path}': group '{bad.index[0]}' is in {bad.iloc[0]} folds ({len(bad)} such groups)")
+        raise DataError(f"leakage in '{path}': group '{bad.index[0]}' is in {bad.iloc[0]} folds "
+                        f"({len(bad)} such groups)")
 
 
 def content_hashes(paths: list[str]) -> list[str]:
@@ -143,12 +159,13 @@ def check_duplicates(table: Table, fold: np.ndarray, val_fold: int) -> None:
         )
 
 
-def load_or_write_folds(cfg: Config, table: Table) -> tuple[np.ndarray, Path]:
-    """The folds for training: read the shared split file, writing it first if there is none."""
+def load_or_write_folds(cfg: Config, table: Table) -> tuple[np.ndarray, str]:
+    """The folds for training and the split file's hash: read the shared split file, writing it first
+    if there is none."""
     path = split_path(cfg)
     if not path.is_file():
         write_split(cfg, table, path)
-    fold = read_folds(cfg, table, path)
+    fold, split_hash = read_folds_hashed(cfg, table, path)
     check_groups(table, fold, path)
     check_duplicates(table, fold, cfg.split.fold)
-    return fold, path
+    return fold, split_hash

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .competition import STEMS, mask_of
+
 W, H = 96, 128  # portrait, like the competition's 384x512
-STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
 RACES = ["Asian", "Black", "White"]
 SKINS = [(234, 192, 160), (198, 150, 110), (140, 95, 65), (250, 215, 185)]
 HAIR = [(35, 25, 20), (125, 105, 85), (225, 225, 225)]  # by age bucket
@@ -66,10 +67,6 @@ def _person(rng: np.random.Generator, age_p=AGE_P) -> tuple[bool, int, int, tupl
     return bool(rng.integers(2)), int(rng.integers(lo, hi + 1)), bucket, SKINS[rng.integers(len(SKINS))]
 
 
-def age_bucket(age: int) -> int:
-    return 0 if age < 30 else (1 if age < 60 else 2)
-
-
 def _sized(img: Image.Image, scale: int) -> Image.Image:
     return img if scale == 1 else img.resize((W * scale, H * scale), Image.BICUBIC)
 
@@ -95,7 +92,7 @@ def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int =
         # Mixed extensions, as in the real data; .png for every 5th person.
         ext = ".png" if i % 5 == 4 else (".jpeg" if i % 7 == 3 else ".jpg")
         for stem in STEMS:
-            mask = 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
+            mask = mask_of(stem)
             _sized(draw(rng, female, bucket, mask, skin), scale).save(img_dir / folder / f"{stem}{ext}", quality=92)
     with open(root / "train" / "train.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -108,10 +105,10 @@ def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int =
     for i in range(max(1, people // 4)):
         female, _age, bucket, skin = _person(rng, age_p)
         for stem in STEMS:
-            mask = 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
+            mask = mask_of(stem)
             image_id = hashlib.sha1(f"{seed}-{i}-{stem}".encode()).hexdigest()[:16] + ".jpg"
             _sized(draw(rng, female, bucket, mask, skin), scale).save(eval_dir / image_id, quality=92)
-            truth.append((image_id, mask * 6 + int(female) * 3 + bucket))
+            truth.append((image_id, mask * 6 + int(female) * 3 + bucket))  # competition.label, by bucket
     order = rng.permutation(len(truth))
     truth = [truth[j] for j in order]
     with open(root / "eval" / "info.csv", "w", newline="") as f:

@@ -1,0 +1,25 @@
+"""The mask competition's own rules, in one place: the seven image stems of a person, what mask
+state each stem means, the age buckets, and the 18-class label formula. The real-data reader
+(layouts), the split's strata and the built-in data generator (synth) all import them from here."""
+
+from __future__ import annotations
+
+STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]  # one person's images
+MASK_NAMES = ["wear", "incorrect", "not_worn"]
+GENDERS = ["male", "female"]
+AGE_NAMES = ["<30", "30-59", ">=60"]
+CLASSES = [f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDERS for a in AGE_NAMES]  # index = label
+
+
+def mask_of(stem: str) -> int:
+    """0 worn (mask1..mask5), 1 incorrect, 2 not worn (normal)."""
+    return 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
+
+
+def age_bucket(age: int) -> int:
+    return 0 if age < 30 else (1 if age < 60 else 2)
+
+
+def label(mask: int, gender: int, age: int) -> int:
+    """The competition's class: mask * 6 + gender * 3 + age bucket (gender 0 male, 1 female)."""
+    return mask * 6 + gender * 3 + age_bucket(age)
