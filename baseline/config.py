@@ -70,6 +70,9 @@ class ModelCfg:
     pretrained: bool | str = False  # false | true (hub) | path to a weights file
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    # linear: one 18-way (or N-way) layer; factorized (mask layout): mask 3 x gender 2 x age 3 heads,
+    # the class probability their product (see models.FactorizedHead)
+    head: Literal["linear", "factorized"] = "linear"
 
 
 @dataclass

@@ -35,7 +35,43 @@ def _file_classes(state: dict, classifier: str | tuple) -> int | None:
 
 
 def create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
-    """A timm model with `num_classes` outputs, weights as `cfg.pretrained` says."""
+    """A timm model with `num_classes` outputs, weights as `cfg.pretrained` says, head as `cfg.head` says."""
+    model = _create(cfg, num_classes)
+    return factorize(model, cfg.name) if cfg.head == "factorized" else model
+
+
+class FactorizedHead(torch.nn.Module):
+    """The mask competition's label as three heads: mask (3), gender (2), age (3). The 18-class logit
+    is the sum of their log-probabilities, so softmax gives the product of the three heads'
+    probabilities, and cross-entropy on it is the sum of their three cross-entropies: every loss,
+    metric, checkpoint and submission works unchanged. Index mask*6 + gender*3 + age, as the label."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.mask, self.gender, self.age = (torch.nn.Linear(in_features, n) for n in (3, 2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, g, a = (head(x).float().log_softmax(1) for head in (self.mask, self.gender, self.age))
+        return (m[:, :, None, None] + g[:, None, :, None] + a[:, None, None, :]).flatten(1)
+
+
+def factorize(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """Replace the model's linear classifier by a FactorizedHead (the mask layout's 18 classes only)."""
+    if model.num_classes != 18:
+        raise ModelError(f"model.head=factorized is for the mask layout's 18 classes (3 masks x 2 genders x 3 "
+                         f"ages); this task has {model.num_classes}. Use model.head=linear")
+    path = model.pretrained_cfg.get("classifier", "fc")
+    path = path[0] if isinstance(path, (list, tuple)) else path
+    old = model.get_submodule(path)
+    if not isinstance(old, torch.nn.Linear):
+        raise ModelError(f"model.head=factorized: {name}'s classifier '{path}' is a {type(old).__name__}, "
+                         "not a linear layer; use model.head=linear")
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, FactorizedHead(old.in_features))
+    return model
+
+
+def _create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
     check_name(cfg.name)
     kw = dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     p = cfg.pretrained

@@ -6,12 +6,12 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 
 from . import checkpoint as ckpt
@@ -57,7 +57,7 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Confi
     if "config" not in saved or "classes" not in saved:
         raise ckpt.CheckpointError(f"'{path}' is not a baseline checkpoint (no config/classes inside)")
     cfg = from_dict(saved["config"])
-    model = timm.create_model(cfg.model.name, num_classes=len(saved["classes"]))
+    model = models.create(replace(cfg.model, pretrained=False), len(saved["classes"]))  # its head too
     weights = saved["model_ema"] if saved.get("model_ema") is not None else saved["model"]
     model.load_state_dict(weights)
     return model.to(device).eval(), cfg, saved["classes"]

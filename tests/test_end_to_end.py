@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -181,3 +182,17 @@ def test_nproc_flag_relaunches_under_torchrun(synth_root, tmp_path):
     assert "8 per process x 2 processes x 1 accumulation = 16 global" in r.stdout
     summary = json.loads((runs / "np" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 16 and summary["batch_size_per_process"] == 8
+
+
+@pytest.mark.slow
+def test_factorized_head_trains_and_submits_like_any_model(tiny, tmp_path):
+    over = tiny(**{"model.head": "factorized", "run.name": "fact"})
+    r = run_cli("train", *over)
+    assert r.returncode == 0, r.stderr
+    oof = pd.read_csv(tmp_path / "runs" / "fact" / "oof.csv")
+    probs = oof[[f"p{i}" for i in range(18)]].to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)  # the product of the three heads is a distribution
+    out = tmp_path / "fact.csv"
+    r = run_cli("submit", *over, f"submit.checkpoints=[{tmp_path / 'runs' / 'fact'}]", f"submit.out={out}")
+    assert r.returncode == 0, r.stderr
+    assert pd.read_csv(out).ans.between(0, 17).all()

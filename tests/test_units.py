@@ -121,3 +121,26 @@ def test_learning_curves_and_confusion_are_real_pictures(tmp_path):
         with Image.open(tmp_path / name) as im:
             im.verify()
             assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+
+
+# ---------------------------------------------------------------- the factorized head
+def test_factorized_head_is_the_product_of_three_heads_and_its_loss_their_sum():
+    from baseline.config import ModelCfg
+    from baseline.models import FactorizedHead, ModelError, create
+
+    torch.manual_seed(0)
+    head, x = FactorizedHead(8), torch.randn(5, 8)
+    out = head(x)
+    pm, pg, pa = (h(x).softmax(1) for h in (head.mask, head.gender, head.age))
+    y = torch.tensor([0, 7, 11, 17, 9])
+    m, g, a = y // 6, (y // 3) % 2, y % 3
+    assert torch.allclose(out.softmax(1)[torch.arange(5), y], pm[torch.arange(5), m] * pg[torch.arange(5), g]
+                          * pa[torch.arange(5), a], atol=1e-6)
+    ce = torch.nn.functional.cross_entropy
+    three = ce(head.mask(x), m) + ce(head.gender(x), g) + ce(head.age(x), a)
+    assert ce(out, y).item() == pytest.approx(three.item(), rel=1e-5)
+
+    model = create(ModelCfg(name="test_resnet", head="factorized"), 18)
+    assert isinstance(model.get_classifier(), FactorizedHead) and model(torch.randn(2, 3, 32, 32)).shape == (2, 18)
+    with pytest.raises(ModelError, match="18 classes"):
+        create(ModelCfg(name="test_resnet", head="factorized"), 5)
