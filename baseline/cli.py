@@ -64,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
         if name == "lb":
             sp.add_argument("file", help="a submission in the ledger: its path, file name or sha256")
             sp.add_argument("score", type=float, help="the public leaderboard score read off the site")
+        if name in ("runs", "ensemble"):
+            sp.add_argument("--dir", action="append", metavar="DIR",
+                            help="a run root (repeat for several: yours, a teammate's copy, a shared disk); "
+                                 "default runs.dirs, else run.dir")
         if name == "runs":
             sp.add_argument("--compare", nargs="+", metavar="RUN",
                             help="runs (names under run.dir, or folders) whose per-class F1 to draw in one picture")
@@ -94,7 +98,7 @@ def data_command(action: str, cfg: Config) -> int:
     return 1 if errors else 0
 
 
-def runs_command(cfg: Config, compare: list[str] | None) -> int:
+def runs_command(cfg: Config, compare: list[str] | None, dirs: list[str] | None = None) -> int:
     from .tracking import compare_runs, leaderboard
 
     if compare:
@@ -102,19 +106,33 @@ def runs_command(cfg: Config, compare: list[str] | None) -> int:
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
         print(f"picture: {png}")
         return 0
-    board = leaderboard(Path(cfg.run.dir))
-    print(board.to_string(index=False) if len(board) else f"no runs under {cfg.run.dir}")
+    from .data.split import file_hash, split_path
+
+    roots = run_roots(cfg, dirs)
+    team = split_path(cfg)
+    board = leaderboard(roots, file_hash(team) if team.is_file() else None)
+    print(board.to_string(index=False) if len(board) else f"no runs under {', '.join(map(str, roots))}")
     if board["data"].nunique() > 1:
         print(f"note: {board['data'].nunique()} different data sets; F1 is ranked within each, not across")
+    other = board[board.split.str.endswith("*")]
+    if len(other):
+        print(f"note: {len(other)} run(s) marked * were made on another split file than the team's ({team}); "
+              "their scores do not compare and `baseline ensemble` refuses them")
     return 0
 
 
-def ensemble_command(args) -> int:
+def run_roots(cfg: Config, dirs: list[str] | None) -> list[Path]:
+    """--dir (repeatable), else runs.dirs, else run.dir."""
+    return [Path(d) for d in (dirs or cfg.runs.dirs or [cfg.run.dir])]
+
+
+def ensemble_command(cfg: Config, args) -> int:
     import time
 
     from . import ensemble
 
-    spec = ensemble.fit(args.members, offsets=args.offsets)
+    roots = run_roots(cfg, args.dir)
+    spec = ensemble.fit([ensemble.find_member(m, roots) for m in args.members], offsets=args.offsets)
     path = ensemble.write(spec, args.name or f"ens-{time.strftime('%Y%m%d-%H%M%S')}")
     print(ensemble.report(spec))
     print(f"wrote {path}; submit with: baseline submit submit.ensemble={path}")
@@ -183,14 +201,14 @@ def dispatch(args, cfg: Config) -> int:
         print(report(cfg, args.name))
         return 0
     if args.command == "runs":
-        return runs_command(cfg, args.compare)
+        return runs_command(cfg, args.compare, args.dir)
     if args.command == "cv":
         from . import cv
 
         cv.run(cfg, args.config, args.overrides, args.nproc)
         return 0
     if args.command == "ensemble":
-        return ensemble_command(args)
+        return ensemble_command(cfg, args)
     if args.command in ("lb", "submissions"):
         return ledger_command(cfg, args)
     if args.command == "bench":

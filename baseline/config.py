@@ -28,6 +28,11 @@ class RunCfg:
 
 
 @dataclass
+class RunsCfg:
+    dirs: list[str] = field(default_factory=list)  # run roots `baseline runs` and `ensemble` search; [] -> [run.dir]
+
+
+@dataclass
 class DataCfg:
     format: Literal["mask", "csv", "folder"] = "mask"
     root: str = "data/synth"  # dataset root; the built-in dataset is written here by `baseline data synth`
@@ -184,6 +189,7 @@ class SweepCfg:
 class Config:
     seed: int = 42
     run: RunCfg = field(default_factory=RunCfg)
+    runs: RunsCfg = field(default_factory=RunsCfg)
     data: DataCfg = field(default_factory=DataCfg)
     aug: AugCfg = field(default_factory=AugCfg)
     split: SplitCfg = field(default_factory=SplitCfg)

@@ -65,7 +65,8 @@ def summarize(exp_dir: Path, folds: int) -> dict:
                      "val_f1": summary["val_f1"], "split_hash": summary.get("split_hash")})
         frames.append(pd.read_csv(run / "oof.csv").assign(fold=k))
     oof = pd.concat(frames, ignore_index=True)
-    cols = ["path", "label", "fold", "pred"] + [c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]
+    keys = ["path", "image"] if "image" in oof.columns else ["path"]
+    cols = [*keys, "label", "fold", "pred"] + [c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]
     oof[cols].to_csv(exp_dir / "oof.csv", index=False)
     metric = np.array([r["best_metric"] for r in rows], dtype=float)
     out = {

@@ -49,6 +49,20 @@ def _runs_in(folder: Path) -> list[Path]:
     return runs
 
 
+def find_member(name: str, roots: list[Path]) -> str:
+    """A member as given (a folder), else the run or experiment of that name under one of the run
+    roots (yours, a teammate's copy)."""
+    if Path(name).is_dir():
+        return name
+    found = [root / name for root in roots if (root / name).is_dir()]
+    if len(found) > 1:
+        raise ConfigError(f"ensemble member '{name}' is in several run roots ({', '.join(map(str, found))}); "
+                          "give its folder")
+    if not found:
+        raise ConfigError(f"ensemble member '{name}' is neither a folder nor a run under {', '.join(map(str, roots))}")
+    return str(found[0])
+
+
 def load_member(folder: str | Path) -> Member:
     folder = Path(folder)
     runs = _runs_in(folder)
@@ -62,11 +76,18 @@ def load_member(folder: str | Path) -> Member:
     if len(hashes) > 1:
         raise ConfigError(f"ensemble member '{folder}': its runs were made on different split files {sorted(hashes)}")
     oof = pd.concat(frames, ignore_index=True)
-    if oof["path"].duplicated().any():
+    key = image_key(oof)
+    if oof[key].duplicated().any():
         raise ConfigError(f"ensemble member '{folder}': an image appears in the OOF of two of its runs (the same "
                           "fold twice?); an experiment holds one run per fold")
-    oof = oof.sort_values("path", kind="stable").reset_index(drop=True)
+    oof = oof.sort_values(key, kind="stable").reset_index(drop=True)
     return Member(folder.name, folder, runs, hashes.pop(), oof)
+
+
+def image_key(oof: pd.DataFrame) -> str:
+    """`image` (the path inside the data set: the same on every teammate's machine); `path` in OOF
+    files written before it existed."""
+    return "image" if "image" in oof.columns else "path"
 
 
 def probs_of(oof: pd.DataFrame) -> np.ndarray:
@@ -81,7 +102,8 @@ def check_members(members: list[Member]) -> None:
             raise ConfigError(f"ensemble member '{m.folder}' was trained on another split file (hash "
                               f"{m.split_hash or 'unknown'}) than '{first.folder}' ({first.split_hash or 'unknown'}); "
                               "weights fitted on their OOF would reward leakage. Retrain it on the team's split file.")
-        if not m.oof["path"].equals(first.oof["path"]):
+        key = "image" if "image" in m.oof.columns and "image" in first.oof.columns else "path"
+        if not m.oof[key].equals(first.oof[key]):
             raise ConfigError(f"ensemble member '{m.folder}' predicted other validation images than "
                               f"'{first.folder}' ({len(m.oof)} vs {len(first.oof)} rows): same split, other folds?")
         if probs_of(m.oof).shape[1] != probs_of(first.oof).shape[1]:
@@ -128,7 +150,7 @@ def halves(oof: pd.DataFrame) -> np.ndarray:
     uniq = np.unique(folds)
     if len(uniq) > 1:
         return np.isin(folds, uniq[::2])
-    return np.array([zlib.crc32(str(p).encode()) % 2 == 0 for p in oof["path"]])
+    return np.array([zlib.crc32(str(p).encode()) % 2 == 0 for p in oof[image_key(oof)]])
 
 
 def offsets_gain_held_out(labels: np.ndarray, probs: np.ndarray, part: np.ndarray) -> float:

@@ -194,30 +194,46 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
         tmp.replace(path)
 
 
-def _run_row(run_dir: Path, runs_dir: Path) -> dict:
+def _run_row(run_dir: Path, runs_dir: Path, team_split: str | None) -> dict:
     from .rundir import state
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     data = cfg.get("data", {})
     classes = run_dir / "classes.json"
     n_cls = len(json.loads(classes.read_text())) if classes.is_file() else None
-    summary = run_dir / "summary.json"
-    d = json.loads(summary.read_text()) if summary.is_file() else {}
-    return {"run": str(run_dir.relative_to(runs_dir)),
-            "data": f"{data.get('format')}:{data.get('root')} ({n_cls} classes)",
-            "model": cfg.get("model", {}).get("name"), "fold": cfg.get("split", {}).get("fold"),
-            "val_f1": d.get("val_f1"), "val_acc": d.get("val_acc"), "epochs": d.get("epochs_done"),
-            "train_s": d.get("train_seconds"), "state": state(run_dir)}
+    d = _json(run_dir / "summary.json")
+    split = d.get("split_hash") or ""
+    cv = _json(run_dir.parent / "cv.json")  # the run is a fold of a `baseline cv` experiment
+    return {"run": str(run_dir.relative_to(runs_dir)), "root": str(runs_dir),
+            # the data set's folder name, not its path: a teammate's copy lives elsewhere
+            "data": f"{data.get('format')}:{Path(str(data.get('root'))).name} ({n_cls} classes)",
+            "owner": d.get("owner", ""), "model": cfg.get("model", {}).get("name"),
+            "fold": cfg.get("split", {}).get("fold"),
+            "split": split[:8] + ("*" if team_split and split and split != team_split else ""),
+            "val_f1": d.get("val_f1"), "cv_oof_f1": cv.get("oof_f1"), "val_acc": d.get("val_acc"),
+            "epochs": d.get("epochs_done"), "train_s": d.get("train_seconds"), "state": state(run_dir)}
 
 
-def leaderboard(runs_dir: Path) -> pd.DataFrame:
-    """Every local run folder (sweep trials included), finished or not: ranked by macro-F1 within
-    each data set (format, root, class count), data sets one after another."""
-    rows = [_run_row(c.parent, Path(runs_dir)) for c in sorted(Path(runs_dir).glob("**/config.yaml"))
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def leaderboard(runs_dirs: Path | list[Path], team_split: str | None = None) -> pd.DataFrame:
+    """Every run folder under one or more roots (yours, a teammate's copy, a shared disk; sweep trials
+    and CV folds included), finished or not: ranked by macro-F1 within each data set (format, data
+    folder name, class count). `split` is the run's split-file hash, with * where it is not
+    `team_split` (its scores do not compare, and it must not join an ensemble)."""
+    roots = [Path(r) for r in (runs_dirs if isinstance(runs_dirs, list) else [runs_dirs])]
+    rows = [_run_row(c.parent, root, team_split) for root in roots for c in sorted(root.glob("**/config.yaml"))
             if (c.parent / "checkpoints").is_dir()]
-    cols = ["run", "data", "model", "fold", "val_f1", "val_acc", "epochs", "train_s", "state"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["data", "val_f1"], ascending=[True, False],
-                                                        na_position="last").reset_index(drop=True)
+    cols = ["run", "root", "data", "owner", "model", "fold", "split", "val_f1", "cv_oof_f1", "val_acc", "epochs",
+            "train_s", "state"]
+    board = pd.DataFrame(rows, columns=cols).sort_values(["data", "val_f1"], ascending=[True, False],
+                                                         na_position="last").reset_index(drop=True)
+    return board if len(roots) > 1 else board.drop(columns="root")
 
 
 def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, Path]:

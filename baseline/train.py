@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import math
 import os
 import random
 import signal
+import socket
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,7 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     """Everything that happens inside the locked run folder: build, (restore), fit, summary."""
     if env.is_main:
         write_data_record(run_dir, table)
-    learner = build_learner(cfg, env, table, stop)
+    learner = build_learner(cfg, env, table, stop, initial_weights=saved is None)
     train_ds, val_ds = build_datasets(cfg, table, fold, cache)
     batch = settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = build_loaders(cfg, env, train_ds, val_ds, batch)
@@ -104,7 +106,8 @@ def preflight(cfg: Config) -> None:
     """Checks that need no data, so a typo fails before anything is read or written."""
     models.check_name(cfg.model.name)
     p = cfg.model.pretrained
-    if isinstance(p, str) and p and not Path(p).is_file():
+    resuming = rundir.resume_point(cfg) is not None  # the checkpoint holds the weights
+    if isinstance(p, str) and p and not resuming and not Path(p).is_file():
         raise models.ModelError(f"model.pretrained '{p}' is not a file (expected a weights file, true or false)")
     freeze.resolve_schedule(cfg)
     resolve_mode(cfg.log.wandb)
@@ -211,11 +214,13 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
-def build_learner(cfg: Config, env: dist.Env, table: Table, stop) -> engine.Learner:
+def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weights: bool = True) -> engine.Learner:
     """Model, freezer (in its first phase), step context, loss, mixup, EMA and scaler; enter_phase
-    adds the optimizer, scheduler and training view."""
+    adds the optimizer, scheduler and training view. A resume loads no initial weights (a run folder
+    copied from a teammate need not find their model.pretrained file)."""
     n_cls = len(table.classes)
-    model = models.create(cfg.model, n_cls).to(env.device)
+    model_cfg = cfg.model if initial_weights else replace(cfg.model, pretrained=False)
+    model = models.create(model_cfg, n_cls).to(env.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     freezer = freeze.Freezer(cfg, model)
@@ -456,7 +461,7 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
         run.tracker.log_epoch(row)
         run.saver.save(checkpoint_state(cfg, learner, state), epoch, metric, is_best)
         if is_best:
-            write_oof(run.dir, run.loaders, logits)
+            write_oof(run.dir, run.loaders, logits, cfg.data.root)
         log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s)",
                  epoch, cfg.train.epochs, result["loss"], m["val_loss"], m["val_acc"], m["val_f1"],
                  "  *best*" if is_best else "", result["seconds"], row["images_per_s"])
@@ -490,10 +495,13 @@ def epoch_progress(run: Run):
     return loader, lines
 
 
-def write_oof(run_dir: Path, loaders: Loaders, logits: torch.Tensor) -> None:
-    """Out-of-fold predictions of the best epoch: for error analysis and stacking."""
+def write_oof(run_dir: Path, loaders: Loaders, logits: torch.Tensor, data_root: str) -> None:
+    """Out-of-fold predictions of the best epoch: for error analysis and stacking. `image` is the path
+    inside the data set, so a teammate's run (data elsewhere) lines up with yours in an ensemble."""
     probs = logits.softmax(1).numpy()
-    df = pd.DataFrame({"path": loaders.val_paths, "label": loaders.val_labels, "pred": probs.argmax(1)})
+    images = [Path(os.path.relpath(p, data_root)).as_posix() for p in loaders.val_paths]
+    df = pd.DataFrame({"path": loaders.val_paths, "image": images, "label": loaders.val_labels,
+                       "pred": probs.argmax(1)})
     df = pd.concat([df, pd.DataFrame(probs, columns=[f"p{i}" for i in range(probs.shape[1])])], axis=1)
     tmp = run_dir / ".oof.csv.tmp"
     df.to_csv(tmp, index=False)
@@ -520,7 +528,8 @@ def write_summary(run: Run) -> dict:
         "best_epoch": state.best_epoch, "val_f1": best.get("val_f1"), "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"), "epochs_done": state.epoch, "train_seconds": round(state.seconds, 1),
         "model": cfg.model.name, "img_size": list(img_hw(cfg)), "fold": cfg.split.fold, "split_hash": state.split_hash,
-        **(state.batch_sizes or {}), "wandb_id": state.wandb_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **(state.batch_sizes or {}), "wandb_id": state.wandb_id, "owner": getpass.getuser(),
+        "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if run.env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

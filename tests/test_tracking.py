@@ -126,7 +126,7 @@ def test_leaderboard_ranks_within_each_data_set_and_shows_every_state(tmp_path, 
     fake_run(tmp_path, "killed", last=True)
     board = leaderboard(tmp_path)
     assert board.run.tolist() == ["digits", "b", "sweeps/s/t1", "a", "crashed", "killed"]
-    assert board.data.tolist()[:2] == ["csv:data/csv (3 classes)", "mask:data/mask (18 classes)"]
+    assert board.data.tolist()[:2] == ["csv:csv (3 classes)", "mask:mask (18 classes)"]
     states = dict(zip(board.run, board.state))
     assert states["b"] == "finished" and states["killed"] == "stopped"
     assert states["crashed"] == "failed: OutOfMemory: out of memory in epoch 2"
