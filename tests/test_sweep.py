@@ -222,13 +222,16 @@ def study_with_leaders(tmp_path, early: dict, leaders: int):
     return study, path, url
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks trials itself, outside optimize
 def test_reporter_prunes_a_trial_behind_the_rung_but_never_after_its_last_epoch(tmp_path):
     study, _, url = study_with_leaders(tmp_path, {"type": "hyperband", "min_iter": 1, "eta": 4}, 3)
-    trial = study.ask()
-    cfg = load_config(None, [f"sweep.storage={url}", "sweep.study=p", f"sweep.trial={trial._trial_id}"])
-    reporter = Reporter(cfg, Env())
-    assert not reporter.should_stop(1, {"val_f1": 0.2}, last=True)
-    assert reporter.should_stop(1, {"val_f1": 0.2}, last=False)
+
+    def reporter():
+        trial_id = study.ask()._trial_id
+        return Reporter(load_config(None, [f"sweep.storage={url}", "sweep.study=p", f"sweep.trial={trial_id}"]), Env())
+
+    assert not reporter().should_stop(1, {"val_f1": 0.2}, last=True)  # a 1-epoch trial completes
+    assert reporter().should_stop(1, {"val_f1": 0.2}, last=False)
     assert study.trials[-1].intermediate_values == {1: 0.2}
     assert not Reporter(load_config(None, []), Env()).should_stop(1, {"val_f1": 0.0}, last=False)  # not a sweep
 
