@@ -240,21 +240,21 @@ def test_reporter_prunes_a_trial_behind_the_rung_but_never_after_its_last_epoch(
 @pytest.mark.slow
 def test_grid_runs_every_point_once_and_a_rerun_runs_nothing(tiny, tmp_path):
     spec = {**BASE, "name": "g", "parameters": {"optim.lr": {"values": [0.001, 0.01]},
-                                                "train.label_smoothing": {"values": [0.0, 0.1]}}}
+                                                "train.label_smoothing": {"values": [0.1]}}}
     path = write(tmp_path, spec)
     base = tiny()
     table = sweep.run(path, None, base)
-    assert len(table) == 4 and (table.status == "complete").all() and table.val_f1.is_monotonic_decreasing
-    assert len({(r["optim.lr"], r["train.label_smoothing"]) for _, r in table.iterrows()}) == 4
+    assert len(table) == 2 and (table.status == "complete").all() and table.val_f1.is_monotonic_decreasing
+    assert sorted(table["optim.lr"]) == [0.001, 0.01]
     sweep_dir = tmp_path / "runs" / "sweeps" / "g"
-    assert len(pd.read_csv(sweep_dir / "results.csv")) == 4
+    assert len(pd.read_csv(sweep_dir / "results.csv")) == 2
     best = load_config(sweep_dir / "best.yaml")  # ready for --config
     assert best.run.name == "" and best.sweep.trial == -1 and best.optim.lr == table.iloc[0]["optim.lr"]
 
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/summary.json")}
     again = sweep.run(path, None, base)
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and len(again) == 4
-    assert len(optuna.load_study(study_name="g", storage=f"sqlite:///{sweep_dir / 'study.db'}").trials) == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and len(again) == 2
+    assert len(optuna.load_study(study_name="g", storage=f"sqlite:///{sweep_dir / 'study.db'}").trials) == 2
 
     spec["parameters"]["optim.lr"]["values"].append(0.003)  # another file under the same name
     with pytest.raises(ConfigError, match="different sweep file"):
