@@ -17,7 +17,6 @@ import math
 import os
 import socket
 import subprocess
-import time
 import warnings
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -32,7 +31,8 @@ from optuna.trial import TrialState
 from .config import Config, ConfigError, SweepCfg, load_config, to_dict
 from .dist import launch_command
 from .rundir import LOCK
-from .trial import die_with_parent, pruner
+from .study import pruner, storage
+from .trial import die_with_parent
 
 log = logging.getLogger("baseline")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -310,24 +310,6 @@ def override(key: str, value) -> str:
 # ---------------------------------------------------------------- the study
 def storage_url(sw: SweepCfg, sweep_dir: Path) -> str:
     return sw.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
-
-
-def storage(url: str, sw: SweepCfg | None = None) -> optuna.storages.RDBStorage:
-    """The study's database; with `sw`, a worker's: heartbeats, and a dead worker's trial retried."""
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(3):  # workers starting together may race to create the schema
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                beats = {} if sw is None else {
-                    "heartbeat_interval": sw.heartbeat_s, "grace_period": sw.grace_s,
-                    "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(sw.max_retry)}
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beats)
-        except Exception as e:  # sqlalchemy's errors, a missing driver, a bad URL
-            if attempt == 2:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ConfigError(f"sweep.storage '{url}': cannot open the study database: {first}") from None
-            time.sleep(1 + attempt)
 
 
 def open_study(plan: Plan, cfg: Config, url: str) -> optuna.Study:

@@ -15,7 +15,8 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import Config, ConfigError  # noqa: E402
-from .sweep import results, storage, storage_url  # noqa: E402
+from .study import storage
+from .sweep import results, storage_url  # noqa: E402
 
 log = logging.getLogger("baseline")
 

@@ -23,12 +23,6 @@ def die_with_parent() -> None:
         pass
 
 
-def pruner(hyperband: dict | None):
-    import optuna
-
-    return optuna.pruners.HyperbandPruner(**hyperband) if hyperband else optuna.pruners.NopPruner()
-
-
 class Reporter:
     """Outside a sweep (sweep.trial < 0) it reports nothing and never stops the run."""
 
@@ -62,7 +56,7 @@ def connect(cfg: Config):
     the workers stored on it)."""
     import optuna
 
-    from .sweep import storage
+    from .study import pruner, storage
 
     study = optuna.load_study(study_name=cfg.sweep.study, storage=storage(cfg.sweep.storage))
     plan = study.user_attrs["plan"]

@@ -21,6 +21,7 @@ from baseline import sweep
 from baseline.config import ConfigError, load_config
 from baseline.dist import Env
 from baseline.rundir import _alive
+from baseline.study import pruner
 from baseline.trial import Reporter
 
 BASE = {"method": "grid", "metric": {"name": "val_f1", "goal": "maximize"},
@@ -101,7 +102,7 @@ def test_hyperband_maps_to_optunas_resources_in_epochs(early, expected):
     plan = plan_of({**BASE, "early_terminate": early})
     hb = plan.hyperband
     assert (hb["min_resource"], hb["max_resource"], hb["reduction_factor"]) == expected
-    assert isinstance(sweep.pruner(plan.hyperband), optuna.pruners.HyperbandPruner)
+    assert isinstance(pruner(plan.hyperband), optuna.pruners.HyperbandPruner)
 
 
 def test_metric_target_stops_the_sweep_once_reached(tmp_path):
