@@ -214,9 +214,12 @@ def report(spec: dict) -> str:
 
 
 def checkpoints_and_weights(spec: dict) -> tuple[list[Path], list[float]]:
-    """Every member run's best checkpoint, with the member's weight shared among its runs."""
+    """Every member run's best checkpoint, with the member's weight shared among its runs. Members the
+    selection gave no weight are not predicted at all."""
     paths, weights = [], []
     for m in spec["members"]:
+        if m["weight"] <= 0:
+            continue
         for run in m["runs"]:
             p = Path(run) / "checkpoints" / "best.pt"
             if not p.is_file():
