@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from sklearn.metrics import f1_score
 
 from baseline.cli import main
@@ -81,7 +83,10 @@ def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path, m
     book = pd.read_csv(tmp_path / "ledger.csv", dtype=str)
     row = book[book.file == str(fitted)].iloc[0]
     weights = [float(w) for w in row.weights.split(";")]
-    assert row.members == "a;b" and sum(weights) == pytest.approx(1.0, abs=1e-3) and len(pd.read_csv(fitted)) == 49
+    spec = yaml.safe_load((tmp_path / "ensembles" / "ab.yaml").read_text())
+    used = [Path(m["path"]).name for m in spec["members"] if m["weight"] > 0]  # weight 0: not predicted at all
+    assert row.members == ";".join(used) and sum(weights) == pytest.approx(1.0, abs=1e-3)
+    assert len(pd.read_csv(fitted)) == 49
 
 
 def run_cli(*args, cwd=None):
