@@ -192,12 +192,10 @@ def test_nproc_flag_relaunches_under_torchrun(synth_root, tmp_path):
 @pytest.mark.slow
 def test_factorized_head_trains_and_submits_like_any_model(tiny, tmp_path):
     over = tiny(**{"model.head": "factorized", "run.name": "fact"})
-    r = run_cli("train", *over)
-    assert r.returncode == 0, r.stderr
+    assert main(["train", *over]) == 0
     oof = pd.read_csv(tmp_path / "runs" / "fact" / "oof.csv")
     probs = oof[[f"p{i}" for i in range(18)]].to_numpy()
     assert np.allclose(probs.sum(1), 1, atol=1e-4)  # the product of the three heads is a distribution
     out = tmp_path / "fact.csv"
-    r = run_cli("submit", *over, f"submit.checkpoints=[{tmp_path / 'runs' / 'fact'}]", f"submit.out={out}")
-    assert r.returncode == 0, r.stderr
+    assert main(["submit", *over, f"submit.checkpoints=[{tmp_path / 'runs' / 'fact'}]", f"submit.out={out}"]) == 0
     assert pd.read_csv(out).ans.between(0, 17).all()

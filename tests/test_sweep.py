@@ -18,6 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from baseline import sweep
+from baseline.cli import main
 from baseline.config import ConfigError, load_config
 from baseline.dist import Env
 from baseline.rundir import _alive
@@ -265,9 +266,7 @@ def test_grid_runs_every_point_once_and_a_rerun_runs_nothing(tiny, tmp_path):
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_with_its_error_and_the_cli_exits_1(tiny, tmp_path):
     path = write(tmp_path, {**BASE, "name": "f"})
-    base = tiny(**{"train.batch_size": 100000})
-    r = subprocess.run([sys.executable, "-m", "baseline", "sweep", path, *base], capture_output=True, text=True)
-    assert r.returncode == 1, r.stderr
+    assert main(["sweep", path, *tiny(**{"train.batch_size": 100000})]) == 1  # no trial complete
     table = pd.read_csv(tmp_path / "runs" / "sweeps" / "f" / "results.csv")
     assert table.status.tolist() == ["failed"] and "batch_size" in table.error[0]
     assert (tmp_path / "runs" / "sweeps" / "f" / "trial000.log").is_file()
@@ -345,6 +344,6 @@ def test_two_workers_on_postgresql_split_a_4_point_grid_without_duplicates(tiny,
     assert len({t.user_attrs["worker"] for t in ran}) == 2  # both workers took trials
     folders = sorted(p.parent.name for p in (tmp_path / "runs" / "sweeps" / "pg").glob("trial*/summary.json"))
     assert folders == sorted(t.user_attrs["run"] for t in ran) and len(folders) == 4
-    again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 0 and "nothing to run" in again.stdout
+    again = sweep.run(path, None, [*base, f"sweep.storage={postgres_url}"])
+    assert len(again) == 4 and (again.status == "complete").all()
     assert len(optuna.load_study(study_name="pg", storage=postgres_url).trials) == len(study.trials)

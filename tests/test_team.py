@@ -2,6 +2,7 @@
 is listed next to yours with its owner and split, joins an ensemble, resumes and submits."""
 
 import getpass
+import json
 import shutil
 
 import pandas as pd
@@ -30,14 +31,17 @@ def test_a_teammates_run_copied_from_another_machine_lists_ensembles_resumes_and
     shutil.rmtree(alice)
     over_b = tiny_overrides(bob / "data", bob / "runs", **{"run.name": "bob-r", "optim.lr": 0.01})
     assert main(["train", *over_b]) == 0
-    assert main(["train", *tiny_overrides(bob / "data", bob / "runs", **{"run.name": "other", "seed": 7})]) == 0
+    other = bob / "runs" / "other"  # a run made on another split file: bob-r with that split's hash
+    shutil.copytree(bob / "runs" / "bob-r", other)
+    summary = json.loads((other / "summary.json").read_text())
+    (other / "summary.json").write_text(json.dumps({**summary, "split_hash": "0123456789abcdef"}))
     capsys.readouterr()
 
     assert main(["runs", "--dir", str(bob / "runs"), "--dir", str(bob / "team"), f"data.root={bob / 'data'}",
                  "split.folds=3"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line[:1] != "n"}
     assert {"alice-r", "bob-r", "other"} <= set(rows)
-    assert "*" in rows["other"] and "*" not in rows["alice-r"] + rows["bob-r"]  # seed 7: another split file
+    assert "01234567*" in rows["other"] and "*" not in rows["alice-r"] + rows["bob-r"]
     assert f" {getpass.getuser()} " in rows["alice-r"]  # the owner column
 
     assert main(["ensemble", "alice-r", "bob-r", "--dir", str(bob / "runs"), "--dir", str(bob / "team"),
