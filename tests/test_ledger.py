@@ -30,6 +30,7 @@ def _append_many(book, sub, ckpt, n):
         ledger.append(book, sub, [ckpt], tta=False)
 
 
+@pytest.mark.slow  # two processes, 25 appends each: 15 s
 def test_two_concurrent_submits_both_land(tmp_path):
     ckpt = fake_member(tmp_path / "run", 0.8)
     sub = tmp_path / "s.csv"
