@@ -35,7 +35,6 @@ from .study import pruner, storage
 from .trial import die_with_parent
 
 log = logging.getLogger("baseline")
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METHODS = ("grid", "random", "bayes")
@@ -100,10 +99,6 @@ class Plan:
     cap: int  # trials to run in all, over every worker
     hyperband: dict | None  # HyperbandPruner's arguments
     target: float | None  # stop the sweep once a trial reaches it
-
-    @property
-    def direction(self) -> str:
-        return self.goal
 
     def sampler(self, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
         if self.method == "grid":
@@ -314,7 +309,7 @@ def storage_url(sw: SweepCfg, sweep_dir: Path) -> str:
 
 def open_study(plan: Plan, cfg: Config, url: str) -> optuna.Study:
     """Create the study, or join it; refuse one made from another sweep file."""
-    study = optuna.create_study(study_name=plan.name, storage=storage(url, cfg.sweep), direction=plan.direction,
+    study = optuna.create_study(study_name=plan.name, storage=storage(url, cfg.sweep), direction=plan.goal,
                                 sampler=plan.sampler(cfg.seed, cfg.sweep.startup_trials),
                                 pruner=pruner(plan.hyperband), load_if_exists=True)
     mine, theirs = plan.record(), study.user_attrs.get("plan")
