@@ -147,6 +147,7 @@ class WandbCfg:
 class LogCfg:
     wandb: WandbCfg = field(default_factory=WandbCfg)
     tensorboard: bool = False  # event files in <run>/tb/ (`make tensorboard` serves runs/)
+    figures: bool = True  # the run's PNG figures at its end (about 1 s: more than a tiny run's training)
 
 
 @dataclass

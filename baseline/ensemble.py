@@ -6,6 +6,9 @@ member must come from the same split file (summary.json's split_hash) and cover 
 
 1. Weights: greedy forward selection with replacement on OOF macro-F1 (Caruana et al., 2004): add,
    one at a time, the member whose addition scores best; weights are how often each was added.
+   The mix is checked the same way as the offsets: weights fitted on one half of the rows (folds) are
+   scored on the other half against the member that was best on the fitting half, both ways. When
+   the mix does not win there, the ensemble is that best member alone (weight 1).
 2. Optional per-class logit offsets (`--offsets`) tuned for macro-F1, which rewards rare classes.
    Their gain is measured honestly: offsets tuned on one half of the rows (folds, when the OOF spans
    several) are scored on the other half, both ways; the offsets kept are then tuned on all rows.
@@ -163,21 +166,53 @@ def offsets_gain_held_out(labels: np.ndarray, probs: np.ndarray, part: np.ndarra
     return float(np.mean(gains))
 
 
+def mix(weights: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
+    return sum(w * p for w, p in zip(weights, probs))
+
+
+def mix_gain_held_out(labels: np.ndarray, probs: list[np.ndarray], part: np.ndarray) -> float:
+    """Mean macro-F1 gain of the fitted mix over the best single member, both chosen on one half of
+    the rows and scored on the other half (both ways): what weighting earns on folds it never saw."""
+    gains = []
+    for tune in (part, ~part):
+        test = ~tune
+        weights = forward_selection([p[tune] for p in probs], labels[tune])
+        best = int(np.argmax([macro_f1(labels[tune], p[tune]) for p in probs]))
+        gains.append(macro_f1(labels[test], mix(weights, [p[test] for p in probs]))
+                     - macro_f1(labels[test], probs[best][test]))
+    return float(np.mean(gains))
+
+
+def held_out_weights(labels: np.ndarray, probs: list[np.ndarray], part: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Forward selection's weights if the mix wins on held-out rows, else weight 1 on the best member;
+    with the held-out gain (None for a single member, where there is nothing to check)."""
+    weights = forward_selection(probs, labels)
+    if len(probs) == 1 or np.count_nonzero(weights) == 1:
+        return weights, None
+    gain = mix_gain_held_out(labels, probs, part)
+    if gain > 0:
+        return weights, gain
+    return np.eye(len(probs))[int(np.argmax([macro_f1(labels, p) for p in probs]))], gain
+
+
 def fit(folders: list[str], offsets: bool = False) -> dict:
     members = [load_member(f) for f in folders]
     check_members(members)
     labels = members[0].oof["label"].to_numpy()
     probs = [probs_of(m.oof) for m in members]
-    weights = forward_selection(probs, labels)
-    mixed = sum(w * p for w, p in zip(weights, probs))
+    part = halves(members[0].oof)
+    weights, mix_gain = held_out_weights(labels, probs, part)
+    mixed = mix(weights, probs)
     out = {
         "members": [{"path": str(m.folder), "runs": [str(r) for r in m.runs], "weight": round(float(w), 4),
                      "oof_f1": round(macro_f1(labels, p), 4)} for m, w, p in zip(members, weights, probs)],
         "split_hash": members[0].split_hash, "oof_rows": int(len(labels)),
         "oof_f1": round(macro_f1(labels, mixed), 4),
     }
+    if mix_gain is not None:
+        out["mix_gain_held_out"] = round(mix_gain, 4)
     if offsets:
-        gain = offsets_gain_held_out(labels, mixed, halves(members[0].oof))
+        gain = offsets_gain_held_out(labels, mixed, part)
         out["offsets_gain_held_out"] = round(gain, 4)
         # kept only when they helped on rows they had not seen; tuned on all rows then
         kept = tune_offsets(labels, mixed) if gain > 0 else np.zeros(mixed.shape[1])
@@ -206,6 +241,10 @@ def report(spec: dict) -> str:
     lines = [f"{'member':<40} {'OOF macro-F1':>12} {'weight':>7}"]
     lines += [f"{m['path'][-40:]:<40} {m['oof_f1']:>12.4f} {m['weight']:>7.3f}" for m in spec["members"]]
     lines.append(f"{'ensemble (' + str(spec['oof_rows']) + ' OOF rows)':<40} {spec['oof_f1']:>12.4f}")
+    if "mix_gain_held_out" in spec:
+        kept = "kept" if sum(m["weight"] > 0 for m in spec["members"]) > 1 else "not kept: the best member alone"
+        lines.append(f"mix over the best single member: macro-F1 gain on folds the weights were not fitted on "
+                     f"{spec['mix_gain_held_out']:+.4f} ({kept})")
     if "offsets" in spec:
         kept = "kept, tuned on all rows" if any(spec["offsets"]) else "not kept"
         lines.append(f"per-class offsets: macro-F1 gain on rows they were not tuned on "

@@ -535,7 +535,8 @@ def write_summary(run: Run) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         run.tracker.summary({k: v for k, v in summary.items() if v is not None})
         oof = pd.read_csv(run_dir / "oof.csv") if (run_dir / "oof.csv").is_file() else None
-        write_figures(run_dir, state.classes, oof)
+        if cfg.log.figures:
+            write_figures(run_dir, state.classes, oof)
         if oof is not None:
             run.tracker.log_final(run_dir, oof, state.classes, cfg.log.wandb.log_model)
         run.tracker.finish()

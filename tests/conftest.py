@@ -47,6 +47,7 @@ def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
         "data.root": str(root), "data.img_size": 32, "data.num_workers": 0, "model.name": "test_resnet",
         "train.epochs": 1, "train.batch_size": 16, "log.wandb.mode": "disabled", "run.dir": str(run_dir),
         "split.folds": 3, "optim.lr": 0.005,
+        "log.figures": False,  # drawing them takes longer than a tiny run trains; the tests of pictures turn them on
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -82,6 +82,7 @@ def good_csv_rows(n=12):
 CASES = [
     ("unknown key", "train", lambda d, t, r: ["train.epochz=3"], "unknown config key 'train.epochz'"),
     ("wrong type", "train", lambda d, t, r: ["optim.lr=fast"], "'optim.lr'"),
+    ("not one of the choices", "train", lambda d, t, r: ["train.amp=fp8"], "config key 'train.amp'"),
     ("img_size 0", "train", lambda d, t, r: ["data.img_size=0"], "'data.img_size'"),
     ("img_size 4", "train", lambda d, t, r: ["data.img_size=[64,4]"], "at least 8 pixels"),
     ("negative lr", "train", lambda d, t, r: ["optim.lr=-1"], "'optim.lr': expected more than 0"),
@@ -102,6 +103,8 @@ CASES = [
     ("folder disagrees", "train", lambda d, t, r: edit_train_csv(d, flip_gender), "but its folder"),
     ("repeated row", "train", lambda d, t, r: edit_train_csv(d, lambda df: pd.concat([df, df.iloc[:1]])),
      "is listed twice"),
+    ("train.csv without gender", "train", lambda d, t, r: edit_train_csv(d, lambda df: df.drop(columns="gender")),
+     r"lacks column\(s\) \['gender'\]"),
     ("unparsable folder", "train", lambda d, t, r: edit_train_csv(d, set_row(0, "path", "nobody")), "does not parse"),
     ("zero-byte image", "train", lambda d, t, r: first_image(d).write_bytes(b""), "could not be decoded"),
     ("truncated image", "train",
@@ -206,9 +209,8 @@ def test_the_matrix_is_at_least_thirty_inputs():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [
+@pytest.mark.parametrize("args", [  # what main() cannot show: the module entry point's own handling
     ["train", "optim.lr=-1"],
-    ["train", "data.root=/nowhere"],
     ["submit", "submit.checkpoints=/nowhere"],
 ])
 def test_through_the_real_entry_point_no_traceback(args, tmp_path):

@@ -16,26 +16,26 @@ from tests.conftest import tiny_overrides
 @pytest.mark.slow
 def test_cv_trains_every_fold_resumes_and_feeds_submit(synth_root, tmp_path, monkeypatch, caplog):
     runs = tmp_path / "runs"
-    over = tiny_overrides(synth_root, runs, **{"run.name": "exp"})
+    over = tiny_overrides(synth_root, runs, **{"run.name": "exp", "split.folds": 2})
     assert main(["cv", *over]) == 0
     exp = runs / "exp"
     cv = json.loads((exp / "cv.json").read_text())
     oof = pd.read_csv(exp / "oof.csv")
-    assert [f["fold"] for f in cv["folds"]] == [0, 1, 2] and len(cv["split_hashes"]) == 1
-    assert len(oof) == 210 and oof.path.is_unique and sorted(oof.fold.unique()) == [0, 1, 2]  # every image once
+    assert [f["fold"] for f in cv["folds"]] == [0, 1] and len(cv["split_hashes"]) == 1
+    assert len(oof) == 210 and oof.path.is_unique and sorted(oof.fold.unique()) == [0, 1]  # every image once
     assert cv["oof_f1"] == pytest.approx(f1_score(oof.label, oof.pred, average="macro"))
-    for k in range(3):
+    for k in range(2):
         summary = json.loads((exp / f"fold{k}" / "summary.json").read_text())
         assert summary["fold"] == k and cv["folds"][k]["best_metric"] == summary["best_metric"]
 
-    # a stopped experiment: fold 1 lost; running the same command again trains fold 1 only
-    fold0 = (exp / "fold0" / "checkpoints" / "best.pt").stat().st_mtime_ns
-    shutil.rmtree(exp / "fold1")
+    # a stopped experiment: fold 0 lost; running the same command again trains fold 0 only
+    fold1 = (exp / "fold1" / "checkpoints" / "best.pt").stat().st_mtime_ns
+    shutil.rmtree(exp / "fold0")
     caplog.clear()
     assert main(["cv", *over]) == 0
-    assert (exp / "fold0" / "checkpoints" / "best.pt").stat().st_mtime_ns == fold0
-    assert (exp / "fold1" / "checkpoints" / "best.pt").is_file()
-    assert "fold 0 finished, skipped" in caplog.text and "fold 2 finished, skipped" in caplog.text
+    assert (exp / "fold1" / "checkpoints" / "best.pt").stat().st_mtime_ns == fold1
+    assert (exp / "fold0" / "checkpoints" / "best.pt").is_file()
+    assert "fold 1 finished, skipped" in caplog.text and "fold 0 finished, skipped" not in caplog.text
 
     # the experiment folder is a member and a submission source: all its folds
     monkeypatch.chdir(tmp_path)
@@ -43,5 +43,5 @@ def test_cv_trains_every_fold_resumes_and_feeds_submit(synth_root, tmp_path, mon
     out = tmp_path / "cv.csv"
     assert main(["submit", *over, f"submit.checkpoints=[{exp}]", f"submit.out={out}"]) == 0
     row = pd.read_csv(tmp_path / "ledger.csv", dtype=str).iloc[-1]
-    assert row.members == "exp/fold0;exp/fold1;exp/fold2"
+    assert row.members == "exp/fold0;exp/fold1"
     assert float(row.cv_f1) == pytest.approx(json.loads((exp / "cv.json").read_text())["oof_f1"], abs=1e-4)

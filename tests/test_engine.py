@@ -1,5 +1,6 @@
 """Training engine: exact resume, preemption, exact DDP metrics, top-k, OOM tools, recipes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -94,14 +95,25 @@ def test_sigterm_finishes_the_step_writes_last_and_resumes_exactly(synth_root, t
 
 
 @pytest.mark.slow
-def test_two_process_metrics_equal_single_process_evaluation(synth_root, tmp_path):
+def test_nproc_2_relaunches_under_torchrun_and_evaluates_exactly_like_one_process(synth_root, tmp_path):
     runs = tmp_path / "runs"
-    # 70 validation images do not divide into 2 x batch 16: padding would double-count some.
-    over = tiny_overrides(synth_root, runs, **{"run.name": "ddp", "train.batch_size": 8})
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "baseline", "train", *over], capture_output=True, text=True, env=clean_env(), timeout=600)
+    # 70 validation images do not divide into 2 x batch 8: padding would double-count some.
+    over = tiny_overrides(synth_root, runs, **{"run.name": "ddp", "train.batch_size": 8, "log.tensorboard": "true",
+                                               "train.log_interval": 2, "train.log_every_s": 0, "log.figures": True})
+    r = subprocess.run([sys.executable, "-m", "baseline", "train", "--nproc", "2", *over], capture_output=True,
+                       text=True, env=clean_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "8 per process x 2 processes x 1 accumulation = 16 global" in r.stdout
+    summary = json.loads((runs / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 16 and summary["batch_size_per_process"] == 8
+    # not a terminal: progress lines (rank 0 only), no progress bar's carriage returns anywhere
+    assert "\r" not in r.stdout + r.stderr and "\r" not in (runs / "ddp" / "train.log").read_text()
+    steps = [ln for ln in r.stdout.splitlines() if ln.startswith("epoch 1/1  step ")]
+    assert len(steps) == 4 and "img/s  ETA 0:00:" in steps[0], r.stdout  # 70 images per rank / 8: 9 steps, every 2nd
+    # rank 0 alone writes: one TensorBoard event file (a second writer would add its own), every picture
+    assert len(list((runs / "ddp" / "tb").glob("events.out.tfevents.*"))) == 1
+    for png in ("learning_curves", "confusion_matrix", "per_class_f1", "worst_predictions"):
+        assert (runs / "ddp" / f"{png}.png").is_file()
     row = pd.read_csv(runs / "ddp" / "metrics.csv").iloc[-1]
 
     cfg = load_config(None, over)

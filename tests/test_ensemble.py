@@ -42,6 +42,33 @@ def test_forward_selection_finds_the_complementary_pair():
     assert ensemble.macro_f1(labels, 0.5 * right_first + 0.5 * right_second) == 1.0
 
 
+def test_a_mix_that_wins_on_held_out_folds_is_kept():
+    n = 200
+    labels = np.arange(n) % 2
+    mine, theirs = (np.arange(n) % 4 < 2), (np.arange(n) % 4 >= 2)  # each member right on half the rows
+    a, b = onehot(labels, 2, 0.9), onehot(labels, 2, 0.9)
+    a[theirs] = onehot(1 - labels[theirs], 2, 0.6)  # wrong but unsure where the other is right and sure
+    b[mine] = onehot(1 - labels[mine], 2, 0.6)
+    part = np.arange(n) % 2 == 0  # both kinds of row in each half
+    weights, gain = ensemble.held_out_weights(labels, [a, b], part)
+    assert weights == pytest.approx([0.5, 0.5])
+    assert gain > 0.4  # about 0.5 alone, 1.0 mixed
+
+
+def test_a_mix_fitted_to_noise_falls_back_to_the_best_member():
+    rng = np.random.default_rng(0)
+    n = 120
+    labels = rng.integers(0, 3, n)
+    good = rng.dirichlet(np.ones(3), n)
+    good[np.arange(n), labels] += 0.5
+    good /= good.sum(1, keepdims=True)
+    probs = [good] + [rng.dirichlet(np.ones(3), n) for _ in range(2)]
+    assert np.count_nonzero(ensemble.forward_selection(probs, labels)) > 1  # in-sample, noise earns weight
+    weights, gain = ensemble.held_out_weights(labels, probs, np.arange(n) % 2 == 0)
+    assert gain < 0
+    assert weights.tolist() == [1.0, 0.0, 0.0]
+
+
 def test_offsets_lift_a_rare_class_and_the_gain_is_measured_on_untouched_rows():
     rng = np.random.default_rng(0)
     labels = np.array([0] * 180 + [1] * 20)

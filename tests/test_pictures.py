@@ -132,7 +132,7 @@ def test_run_writes_every_picture_and_tensorboard_events(tmp_path):
     wrong = root / "blue" / "mislabeled.png"
     shutil.move(root / "red" / "0_0.png", wrong)
     over = tiny_overrides(root, tmp_path / "runs", **{"data.format": "folder", "run.name": "c", "train.epochs": 4,
-                                                       "split.folds": 3, "log.tensorboard": "true",
+                                                       "split.folds": 3, "log.tensorboard": "true", "log.figures": True,
                                                        "train.batch_size": 8})
     assert main(["data", "split", *over]) == 0
     split = pd.read_csv(next((root / "splits").glob("*.csv")))

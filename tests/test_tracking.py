@@ -1,6 +1,7 @@
 """W&B offline runs with real files, disabled mode, no API key anywhere, local figures, leaderboard."""
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -66,7 +67,8 @@ def test_offline_run_writes_real_files_with_logged_keys_and_no_key(synth_root, t
     monkeypatch.setenv("WANDB_API_KEY", SECRET)  # present in the environment, must never be written
     runs = tmp_path / "runs"
     over = tiny_overrides(synth_root, runs, **{"run.name": "wb", "log.wandb.mode": "offline", "train.epochs": 2,
-                                               "train.log_interval": 2, "log.wandb.group": "exp1"})
+                                               "train.log_interval": 2, "log.wandb.group": "exp1",
+                                               "log.figures": True})
     assert main(["train", *over]) == 0
     run = runs / "wb"
     history = read_wandb_history(run)
@@ -90,6 +92,7 @@ def test_resume_continues_the_same_wandb_run(synth_root, tmp_path, monkeypatch):
     over = tiny_overrides(synth_root, runs, **{"run.name": "wr", "log.wandb.mode": "offline"})
     assert main(["train", *over]) == 0
     first = json.loads((runs / "wr" / "summary.json").read_text())["wandb_id"]
+    time.sleep(1.0)  # W&B names a session's folder by the second it started
     assert main(["train", *over, "train.epochs=2", "run.resume=auto"]) == 0
     assert json.loads((runs / "wr" / "summary.json").read_text())["wandb_id"] == first
     assert len(list((runs / "wr").glob(f"wandb/offline-run-*-{first}"))) == 2
@@ -98,9 +101,11 @@ def test_resume_continues_the_same_wandb_run(synth_root, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_disabled_mode_writes_no_wandb_files(synth_root, tmp_path):
     runs = tmp_path / "runs"
-    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "off"})]) == 0
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "off", "log.figures": True})]) == 0
     assert not list(runs.rglob("wandb"))
     assert (runs / "off" / "metrics.csv").is_file() and (runs / "off" / "learning_curves.png").is_file()
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "bare"})]) == 0  # log.figures=false
+    assert (runs / "bare" / "summary.json").is_file() and not list((runs / "bare").glob("*.png"))
 
 
 def fake_run(root, name, fmt="mask", n_cls=18, f1=None, error=None, last=False):
