@@ -169,13 +169,18 @@ def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, 
 
 
 # ---------------------------------------------------------------- state
+def read_json(path: Path) -> dict:
+    """A run folder's summary.json (or an experiment's cv.json); {} when missing or half-written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def state(run_dir: Path) -> str:
     """finished | pruned at epoch N | running | failed: <line> | stopped | empty."""
     if (run_dir / "summary.json").is_file() and not (run_dir / LOCK).is_file():
-        try:
-            pruned = json.loads((run_dir / "summary.json").read_text()).get("pruned_epoch")
-        except ValueError:
-            pruned = None
+        pruned = read_json(run_dir / "summary.json").get("pruned_epoch")
         return f"pruned at epoch {pruned}" if pruned else "finished"
     held = _holder(run_dir / LOCK)
     if held and (held.get("host") != socket.gethostname() or _alive(int(held.get("pid", 0)))):

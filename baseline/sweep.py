@@ -11,7 +11,6 @@ the metric to the study after every epoch and all ranks stop together when the p
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from optuna.trial import TrialState
 
 from .config import Config, ConfigError, SweepCfg, load_config, to_dict
 from .dist import launch_command
-from .rundir import LOCK
+from .rundir import LOCK, read_json
 from .study import pruner, storage
 from .trial import die_with_parent
 
@@ -387,8 +386,8 @@ class Worker:
             release_dead_lock(self.sweep_dir / name)
         log.info("sweep %s: trial %d (%s) %s", self.plan.name, trial.number, name, params)
         rc, err = self.launch(trial, name, params)
-        summary = read_summary(self.sweep_dir / name)
-        if rc != 0 or summary is None:
+        summary = read_json(self.sweep_dir / name / "summary.json")
+        if rc != 0 or not summary:
             trial.set_user_attr("error", err or f"exit code {rc}")
             raise TrialFailed(err)
         trial.set_user_attr("epochs", summary.get("epochs_done"))
@@ -424,13 +423,6 @@ def suggest(trial: optuna.Trial, name: str, d: BaseDistribution):
         return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
     value = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
     return round(value, 10) if d.step else value  # 0.15, not 0.15000000000000002, in the trial's override
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def release_dead_lock(run_dir: Path) -> None:

@@ -195,15 +195,15 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
 
 
 def _run_row(run_dir: Path, runs_dir: Path, team_split: str | None) -> dict:
-    from .rundir import state
+    from .rundir import read_json, state
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     data = cfg.get("data", {})
     classes = run_dir / "classes.json"
     n_cls = len(json.loads(classes.read_text())) if classes.is_file() else None
-    d = _json(run_dir / "summary.json")
+    d = read_json(run_dir / "summary.json")
     split = d.get("split_hash") or ""
-    cv = _json(run_dir.parent / "cv.json")  # the run is a fold of a `baseline cv` experiment
+    cv = read_json(run_dir.parent / "cv.json")  # the run is a fold of a `baseline cv` experiment
     return {"run": str(run_dir.relative_to(runs_dir)), "root": str(runs_dir),
             # the data set's folder name, not its path: a teammate's copy lives elsewhere
             "data": f"{data.get('format')}:{Path(str(data.get('root'))).name} ({n_cls} classes)",
@@ -212,13 +212,6 @@ def _run_row(run_dir: Path, runs_dir: Path, team_split: str | None) -> dict:
             "split": split[:8] + ("*" if team_split and split and split != team_split else ""),
             "val_f1": d.get("val_f1"), "cv_oof_f1": cv.get("oof_f1"), "val_acc": d.get("val_acc"),
             "epochs": d.get("epochs_done"), "train_s": d.get("train_seconds"), "state": state(run_dir)}
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def leaderboard(runs_dirs: Path | list[Path], team_split: str | None = None) -> pd.DataFrame:

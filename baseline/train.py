@@ -433,8 +433,9 @@ def evaluate(run: Run) -> tuple[torch.Tensor, dict]:
     different numbers of validation batches, and a DDP forward is a collective every rank must join."""
     learner = run.learner
     eval_model = learner.ema.module if learner.ema is not None else learner.model
-    dist.sync_buffers(run.env, learner.model)
-    dist.sync_buffers(run.env, eval_model)
+    dist.sync_buffers(run.env, learner.model)  # also what the checkpoint saves
+    if eval_model is not learner.model:
+        dist.sync_buffers(run.env, eval_model)
     logits = engine.predict_logits(eval_model, run.loaders.val, learner.ctx)
     return logits, engine.val_metrics(logits, run.loaders.val_labels)
 
@@ -449,8 +450,6 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
            "lr": learner.optimizer.param_groups[0]["lr"], "trainable_params": learner.freezer.trainable_count(),
            "images_per_s": result["images"] / max(result["seconds"], 1e-9), "epoch_s": result["seconds"],
            **learner.freezer.group_lrs(learner.optimizer), **memory.report(run.env.device)}
-    per_class = engine.per_class_f1(logits, run.loaders.val_labels, len(state.classes))
-    run.tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)}, step=state.step)
     is_best = run.saver.better(metric, state.best)
     if is_best:
         state.best, state.best_epoch, state.best_row, state.bad_epochs = metric, epoch, row, 0
@@ -458,6 +457,8 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
         state.bad_epochs += 1
     state.epoch, state.batches_done = epoch, 0
     if run.env.is_main:
+        per_class = engine.per_class_f1(logits, run.loaders.val_labels, len(state.classes))
+        run.tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)}, step=state.step)
         run.tracker.log_epoch(row)
         run.saver.save(checkpoint_state(cfg, learner, state), epoch, metric, is_best)
         if is_best:
