@@ -48,7 +48,7 @@ class DataCfg:
     cache: Literal["auto", "ram", "disk", "off"] = "auto"  # decode each image once, at img_size
     cache_ram_gb: float = 4.0  # `auto` uses RAM below this size, a memory-mapped disk file above it
     max_pixels: int = 64_000_000  # larger images are refused (decompression bombs, mistaken huge files)
-    synth_people: int = 240  # built-in dataset: people in train (eval gets a quarter as many)
+    synth_people: int = 240  # built-in dataset: people in train (eval gets 2/3 as many, as in the competition)
     synth_scale: int = 1  # built-in dataset: 1 -> 96x128 pictures, 4 -> the competition's 384x512
 
 
