@@ -27,7 +27,8 @@ COMMANDS = {
     "sweep-report": "a sweep's trials, parameter importances and pictures (optimization history, parallel coordinates)",
     "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
     "ensemble": "fit ensemble weights (and per-class offsets) on out-of-fold predictions: ensembles/<name>.yaml",
-    "lb": "record the public leaderboard score of a submission in the ledger: baseline lb FILE SCORE",
+    "lb": "record the public leaderboard score of a submission in the ledger: baseline lb FILE SCORE "
+          "(without SCORE: scored against <data.root>/eval/truth.csv, which the built-in data has)",
     "submissions": "the submission ledger: CV next to LB, their rank correlation, submissions/cv_vs_lb.png",
     "bench": "speed: images/s three ways (limit | kit | naive); recipe: kit defaults vs a reference loop; "
              "gpu: the GPU check (make gpu-check)",
@@ -63,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--offsets", action="store_true", help="also tune per-class logit offsets")
         if name == "lb":
             sp.add_argument("file", help="a submission in the ledger: its path, file name or sha256")
-            sp.add_argument("score", type=float, help="the public leaderboard score read off the site")
+            sp.add_argument("score", nargs="?", help="the public leaderboard score read off the site; "
+                            "omitted: macro-F1 against <data.root>/eval/truth.csv")
         if name in ("runs", "ensemble"):
             sp.add_argument("--dir", action="append", metavar="DIR",
                             help="a run root (repeat for several: yours, a teammate's copy, a shared disk); "
@@ -144,7 +146,7 @@ def ledger_command(cfg: Config, args) -> int:
 
     book = ledger.path(cfg)
     if args.command == "lb":
-        row = ledger.record_lb(book, args.file, args.score)
+        row = ledger.record_lb(book, args.file, lb_score(cfg, book, args))
         print(f"{row['file']}: LB {row['lb']} (CV {row['cv_f1'] or row['member_val_f1'] or '?'})")
         return 0
     png = book.parent / "cv_vs_lb.png"
@@ -154,6 +156,25 @@ def ledger_command(cfg: Config, args) -> int:
     print(f"CV vs LB: Spearman {rho:.2f} over {scored} scored submissions; picture {png}" if rho is not None
           else f"{scored} submission(s) with an LB score; the rank correlation needs 3")
     return 0
+
+
+def lb_score(cfg: Config, book: Path, args) -> float:
+    """The SCORE given, else the submission's macro-F1 against the data's truth file."""
+    from . import ledger
+
+    if args.score is not None:
+        try:
+            return float(args.score)
+        except ValueError:
+            raise ConfigError(f"baseline lb: SCORE '{args.score}' is not a number (e.g. 0.7713)") from None
+    truth = Path(cfg.data.root) / "eval" / "truth.csv"
+    if not truth.is_file():
+        raise ConfigError(f"baseline lb {args.file}: no SCORE given and no {truth} to score against (only the "
+                          "built-in data has one); give the score the competition site shows: "
+                          f"baseline lb {args.file} 0.7713")
+    score = ledger.truth_score(ledger.submission_file(book, args.file), truth)
+    print(f"macro-F1 against {truth}: {score:.5f}")
+    return score
 
 
 def _run_folder(cfg: Config, name: str) -> Path:
@@ -176,6 +197,8 @@ def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
 def parse(argv: list[str] | None):
     p = parser()
     args, rest = p.parse_known_args(argv)
+    if getattr(args, "score", None) and "=" in args.score:  # `lb FILE key=value`: no SCORE, an override
+        rest, args.score = [args.score, *rest], None
     for many in ("compare", "members"):  # nargs="+" also swallows key=value overrides after the names
         if getattr(args, many, None):
             rest += [a for a in getattr(args, many) if "=" in a]

@@ -1,6 +1,7 @@
 """The submission ledger, `submissions/ledger.csv`: one row per written submission (which members,
 their validation macro-F1, TTA, who, which commit), and the public leaderboard score once the team
-reads it off the competition site (`baseline lb FILE SCORE`). `baseline submissions` prints CV next
+reads it off the competition site (`baseline lb FILE SCORE`; on the built-in data `baseline lb FILE`
+scores it against `eval/truth.csv`). `baseline submissions` prints CV next
 to LB with their rank correlation and draws `submissions/cv_vs_lb.png`: does our CV track the LB?"""
 
 from __future__ import annotations
@@ -115,16 +116,50 @@ def read(ledger: Path) -> pd.DataFrame:
     return pd.read_csv(ledger, dtype=str, keep_default_na=False)
 
 
+def _hits(df: pd.DataFrame, file: str, ledger: Path) -> pd.Series:
+    """The ledger rows of a submission named by its path, file name or sha256."""
+    same_name = df["file"].map(lambda p: Path(p).name) == Path(file).name
+    hit = (df["file"] == file) | same_name | (df["sha256"] == file)
+    if not hit.any():
+        known = ", ".join(Path(p).name for p in df["file"].tail(5)) or "none yet"
+        raise LedgerError(f"'{file}' is not in {ledger} (latest: {known}); only a file written by "
+                          "`baseline submit` can get a leaderboard score")
+    return hit
+
+
+def submission_file(ledger: Path, file: str) -> Path:
+    """Where the submission named `file` (path, file name or sha256) is on disk."""
+    if Path(file).is_file():
+        return Path(file)
+    df = read(ledger)
+    written = Path(df[_hits(df, file, ledger)]["file"].iloc[-1])
+    if not written.is_file():
+        raise LedgerError(f"{written}: the ledger's submission '{file}' is no longer there; give its path")
+    return written
+
+
+def truth_score(submission: Path, truth: Path) -> float:
+    """Macro-F1 of a submission against a truth file with its columns and ids (the built-in data's
+    eval/truth.csv plays the competition site)."""
+    want = pd.read_csv(truth)
+    key, answer = want.columns[0], want.columns[1]
+    got = pd.read_csv(submission)
+    if list(got.columns[:2]) != [key, answer]:
+        raise LedgerError(f"{submission}: columns {list(got.columns)}, expected {key},{answer} as in {truth}")
+    both = want.merge(got[[key, answer]], on=key, how="left", suffixes=("", "_sub"))
+    missing = both[f"{answer}_sub"].isna()
+    if missing.any() or len(got) != len(want):
+        raise LedgerError(f"{submission}: {len(got)} rows for the {len(want)} ids of {truth} "
+                          f"({int(missing.sum())} missing, e.g. {both.loc[missing, key].head(2).tolist()})")
+    return float(f1_score(both[answer], both[f"{answer}_sub"].astype(want[answer].dtype), average="macro",
+                          zero_division=0))
+
+
 def record_lb(ledger: Path, file: str, score: float) -> pd.Series:
     """The public leaderboard score of a submission already in the ledger (by path, name or sha256)."""
     with locked(ledger):
         df = read(ledger)
-        same_name = df["file"].map(lambda p: Path(p).name) == Path(file).name
-        hit = (df["file"] == file) | same_name | (df["sha256"] == file)
-        if not hit.any():
-            known = ", ".join(Path(p).name for p in df["file"].tail(5)) or "none yet"
-            raise LedgerError(f"'{file}' is not in {ledger} (latest: {known}); only a file written by "
-                              "`baseline submit` can get a leaderboard score")
+        hit = _hits(df, file, ledger)
         df.loc[hit, "lb"] = f"{score:.5f}"
         tmp = ledger.with_name(f".{ledger.name}.tmp")
         df.to_csv(tmp, index=False)

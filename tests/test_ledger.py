@@ -66,6 +66,28 @@ def test_lb_refuses_a_file_not_in_the_ledger_and_scores_a_known_one(tmp_path, ca
     assert ledger.read(book)["lb"].tolist() == ["0.75000"]
 
 
+def test_lb_without_a_score_is_the_macro_f1_against_the_truth_file(tmp_path, capsys):
+    book = tmp_path / "ledger.csv"
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "truth.csv").write_text("ImageID,ans\na,0\nb,0\nc,1\nd,2\n")
+    sub = tmp_path / "s.csv"
+    sub.write_text("ImageID,ans\nd,2\nc,1\nb,1\na,0\n")  # b wrong; another order than the truth's
+    ledger.append(book, sub, [fake_member(tmp_path / "r", 0.7)], tta=False)
+    # class 0: P 1 R 1/2; class 1: P 1/2 R 1; class 2: 1 -> (2/3 + 2/3 + 1) / 3
+    assert main(["lb", "s.csv", f"data.root={tmp_path}", f"submit.ledger={book}"]) == 0
+    assert ledger.read(book)["lb"].tolist() == [f"{7 / 9:.5f}"]
+    sub.write_text("ImageID,ans\na,0\nb,0\nc,1\n")
+    assert main(["lb", str(sub), f"data.root={tmp_path}", f"submit.ledger={book}"]) == 2
+    err = capsys.readouterr().err
+    assert "3 rows for the 4 ids" in err and "['d']" in err
+    # real competition data has no truth file: without a score, `lb` asks for the one the site shows
+    assert main(["lb", "s.csv", f"data.root={tmp_path / 'real'}", f"submit.ledger={book}"]) == 2
+    err = capsys.readouterr().err
+    assert "no SCORE given" in err and "baseline lb s.csv 0.7713" in err
+    assert main(["lb", "s.csv", "zero.77", f"submit.ledger={book}"]) == 2
+    assert "is not a number" in capsys.readouterr().err
+
+
 def test_submissions_prints_cv_next_to_lb_and_draws_them(tmp_path, capsys):
     book = tmp_path / "ledger.csv"
     for i, (cv, lb) in enumerate([(0.70, 0.66), (0.80, 0.71), (0.75, 0.69), (0.90, 0.80)]):
