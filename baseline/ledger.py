@@ -1,8 +1,8 @@
 """The submission ledger, `submissions/ledger.csv`: one row per written submission (which members,
 their validation macro-F1, TTA, who, which commit), and the public leaderboard score once the team
-reads it off the competition site (`baseline lb FILE SCORE`; on the built-in data `baseline lb FILE`
-scores it against `eval/truth.csv`). `baseline submissions` prints CV next
-to LB with their rank correlation and draws `submissions/cv_vs_lb.png`: does our CV track the LB?"""
+reads it off the competition site (`baseline lb FILE SCORE`; on the built-in data, `baseline lb FILE`
+scores it against `eval/truth.csv`). `baseline submissions` prints CV next to LB with their rank
+correlation and draws `submissions/cv_vs_lb.png`: does our CV track the LB?"""
 
 from __future__ import annotations
 
