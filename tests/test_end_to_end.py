@@ -74,7 +74,7 @@ def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path, m
     assert main(["submit", *over, f"submit.out={out}"]) == 0
     ens = tmp_path / "ens.csv"
     assert main(["submit", *over, f"submit.out={ens}", f"submit.checkpoints=[{runs / 'a'},{runs / 'b'}]"]) == 0
-    assert len(pd.read_csv(out)) == len(pd.read_csv(ens)) == 49
+    assert len(pd.read_csv(out)) == len(pd.read_csv(ens)) == 140  # 20 test people (2/3 of 30) x 7
     # weights fitted on the two runs' OOF (same split and fold), then used by submit
     monkeypatch.chdir(tmp_path)
     assert main(["ensemble", str(runs / "a"), str(runs / "b"), "--name", "ab"]) == 0
@@ -86,7 +86,7 @@ def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path, m
     spec = yaml.safe_load((tmp_path / "ensembles" / "ab.yaml").read_text())
     used = [Path(m["path"]).name for m in spec["members"] if m["weight"] > 0]  # weight 0: not predicted at all
     assert row.members == ";".join(used) and sum(weights) == pytest.approx(1.0, abs=1e-3)
-    assert len(pd.read_csv(fitted)) == 49
+    assert len(pd.read_csv(fitted)) == 140
 
 
 def run_cli(*args, cwd=None):
