@@ -182,14 +182,20 @@ def cv_vs_lb(ledger: Path, out: Path) -> tuple[pd.DataFrame, float | None]:
     return df[["file", "time", "user", "members", "tta", "cv", "lb"]], rho
 
 
+def point_labels(scored: pd.DataFrame) -> dict[tuple[float, float], str]:
+    """One label per (CV, LB) point: submissions that land on the same point (an ensemble that kept
+    a single member, a resubmitted file) share it instead of overprinting each other."""
+    names = scored.assign(name=scored["file"].map(lambda p: Path(p).stem[:24])).groupby(["cv", "lb"])["name"]
+    return {point: ", ".join(dict.fromkeys(same)) for point, same in names}
+
+
 def _scatter(scored: pd.DataFrame, rho: float | None, out: Path) -> None:
     from .plots import plt  # the headless backend
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter(scored["cv"], scored["lb"], color="tab:blue")
-    for _, r in scored.iterrows():
-        ax.annotate(Path(r["file"]).stem[:24], (r["cv"], r["lb"]), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")
+    for (cv, lb), label in point_labels(scored).items():
+        ax.annotate(label, (cv, lb), fontsize=6, xytext=(3, 3), textcoords="offset points")
     lo = min(scored["cv"].min(), scored["lb"].min())
     hi = max(scored["cv"].max(), scored["lb"].max())
     ax.plot([lo, hi], [lo, hi], "--", color="grey", label="LB = CV")

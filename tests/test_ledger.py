@@ -101,3 +101,9 @@ def test_submissions_prints_cv_next_to_lb_and_draws_them(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Spearman 1.00 over 4 scored submissions" in out
     assert (tmp_path / "cv_vs_lb.png").stat().st_size > 5000
+
+
+def test_submissions_on_the_same_point_share_one_label():
+    scored = pd.DataFrame({"file": ["s/ens.csv", "s/r18fact.csv", "s/r18.csv", "t/r18.csv"],
+                           "cv": [0.968, 0.968, 0.938, 0.938], "lb": [0.961, 0.961, 0.912, 0.912]})
+    assert ledger.point_labels(scored) == {(0.938, 0.912): "r18", (0.968, 0.961): "ens, r18fact"}
