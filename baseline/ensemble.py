@@ -147,8 +147,8 @@ def tune_offsets(labels: np.ndarray, probs: np.ndarray, sweeps: int = 2) -> np.n
 
 
 def halves(oof: pd.DataFrame) -> np.ndarray:
-    """Two groups of rows for the held-out offset check: folds when the OOF spans several, else a
-    fixed hash of each image path."""
+    """Two groups of rows for the held-out checks of weights and offsets: folds when the OOF spans
+    several, else a fixed hash of each image path."""
     folds = oof["fold"].to_numpy()
     uniq = np.unique(folds)
     if len(uniq) > 1:
@@ -156,14 +156,17 @@ def halves(oof: pd.DataFrame) -> np.ndarray:
     return np.array([zlib.crc32(str(p).encode()) % 2 == 0 for p in oof[image_key(oof)]])
 
 
+def both_ways(part: np.ndarray, gain) -> float:
+    """Mean of gain(tune, test) with the rows split into halves one way, then the other."""
+    return float(np.mean([gain(tune, ~tune) for tune in (part, ~part)]))
+
+
 def offsets_gain_held_out(labels: np.ndarray, probs: np.ndarray, part: np.ndarray) -> float:
     """Mean macro-F1 gain of offsets on rows they were not tuned on (tune on one half, score the other)."""
-    gains = []
-    for tune in (part, ~part):
-        test = ~tune
+    def gain(tune, test):
         off = tune_offsets(labels[tune], probs[tune])
-        gains.append(macro_f1(labels[test], probs[test], off) - macro_f1(labels[test], probs[test]))
-    return float(np.mean(gains))
+        return macro_f1(labels[test], probs[test], off) - macro_f1(labels[test], probs[test])
+    return both_ways(part, gain)
 
 
 def mix(weights: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
@@ -173,14 +176,12 @@ def mix(weights: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
 def mix_gain_held_out(labels: np.ndarray, probs: list[np.ndarray], part: np.ndarray) -> float:
     """Mean macro-F1 gain of the fitted mix over the best single member, both chosen on one half of
     the rows and scored on the other half (both ways): what weighting earns on folds it never saw."""
-    gains = []
-    for tune in (part, ~part):
-        test = ~tune
+    def gain(tune, test):
         weights = forward_selection([p[tune] for p in probs], labels[tune])
         best = int(np.argmax([macro_f1(labels[tune], p[tune]) for p in probs]))
-        gains.append(macro_f1(labels[test], mix(weights, [p[test] for p in probs]))
-                     - macro_f1(labels[test], probs[best][test]))
-    return float(np.mean(gains))
+        mixed = mix(weights, [p[test] for p in probs])
+        return macro_f1(labels[test], mixed) - macro_f1(labels[test], probs[best][test])
+    return both_ways(part, gain)
 
 
 def held_out_weights(labels: np.ndarray, probs: list[np.ndarray], part: np.ndarray) -> tuple[np.ndarray, float | None]:
