@@ -78,6 +78,14 @@ def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int =
     of each age bucket; `draw` the picture-maker (another style: see data/suite.py)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
+    _write_train(root, rng, people, scale, age_p, draw)
+    # Eval people : train people = 2 : 3, as in the competition (1800 : 2700). A quarter (420 test images
+    # by default) could not rank two submissions 1% apart: the order of two 5-fold bags flipped.
+    _write_eval(root, rng, max(1, people * 2 // 3), seed, scale, age_p, draw)
+    return root
+
+
+def _write_train(root: Path, rng: np.random.Generator, people: int, scale: int, age_p, draw) -> None:
     img_dir = root / "train" / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -94,31 +102,28 @@ def write_synth(root: str | Path, people: int = 240, seed: int = 0, scale: int =
         for stem in STEMS:
             mask = mask_of(stem)
             _sized(draw(rng, female, bucket, mask, skin), scale).save(img_dir / folder / f"{stem}{ext}", quality=92)
-    with open(root / "train" / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "gender", "race", "age", "path"])
-        w.writerows(rows)
+    _write_csv(root / "train" / "train.csv", ["id", "gender", "race", "age", "path"], rows)
 
+
+def _write_eval(root: Path, rng: np.random.Generator, people: int, seed: int, scale: int, age_p, draw) -> None:
+    """eval/images, eval/info.csv (the template: every answer 0) and eval/truth.csv, in a shuffled order."""
     eval_dir = root / "eval" / "images"
     eval_dir.mkdir(parents=True, exist_ok=True)
     truth = []
-    # Eval people : train people = 2 : 3, as in the competition (1800 : 2700). A quarter (420 test images
-    # by default) could not rank two submissions 1% apart: the order of two 5-fold bags flipped.
-    for i in range(max(1, people * 2 // 3)):
+    for i in range(people):
         female, _age, bucket, skin = _person(rng, age_p)
         for stem in STEMS:
             mask = mask_of(stem)
             image_id = hashlib.sha1(f"{seed}-{i}-{stem}".encode()).hexdigest()[:16] + ".jpg"
             _sized(draw(rng, female, bucket, mask, skin), scale).save(eval_dir / image_id, quality=92)
             truth.append((image_id, mask * 6 + int(female) * 3 + bucket))  # competition.label, by bucket
-    order = rng.permutation(len(truth))
-    truth = [truth[j] for j in order]
-    with open(root / "eval" / "info.csv", "w", newline="") as f:
+    truth = [truth[j] for j in rng.permutation(len(truth))]
+    _write_csv(root / "eval" / "info.csv", ["ImageID", "ans"], [(image_id, 0) for image_id, _ in truth])
+    _write_csv(root / "eval" / "truth.csv", ["ImageID", "ans"], truth)
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["ImageID", "ans"])
-        w.writerows((image_id, 0) for image_id, _ in truth)
-    with open(root / "eval" / "truth.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["ImageID", "ans"])
-        w.writerows(truth)
-    return root
+        w.writerow(header)
+        w.writerows(rows)
