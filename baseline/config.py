@@ -46,6 +46,11 @@ class DataCfg:
     img_size: int | list[int] | Literal["auto"] = "auto"  # int (square), [h, w], or auto: the data's aspect ratio
     num_workers: int | Literal["auto"] = "auto"  # loader processes; auto: 0 on the CPU, up to 8 on a GPU
     cache: Literal["auto", "ram", "disk", "off"] = "auto"  # decode each image once, at img_size
+    # what the model's inputs are normalised with, and the resize filter; auto: what the weights were trained
+    # with (timm's pretrained_cfg; the filter only with pretrained weights, bilinear from scratch)
+    mean: list[float] | Literal["auto"] = "auto"
+    std: list[float] | Literal["auto"] = "auto"
+    interpolation: Literal["auto", "bilinear", "bicubic", "nearest", "lanczos"] = "auto"
     cache_ram_gb: float = 4.0  # `auto` uses RAM below this size, a memory-mapped disk file above it
     max_pixels: int = 64_000_000  # larger images are refused (decompression bombs, mistaken huge files)
     synth_people: int = 240  # built-in dataset: people in train (eval gets 2/3 as many, as in the competition)
@@ -344,6 +349,11 @@ def validate(cfg: Config) -> None:
     size = cfg.data.img_size
     if isinstance(size, list) and len(size) != 2:
         raise ConfigError(f"config key 'data.img_size': expected an int or [h, w], got {size!r}")
+    for key in ("mean", "std"):
+        v = getattr(cfg.data, key)
+        if isinstance(v, list) and (len(v) != 3 or (key == "std" and min(v) <= 0)):
+            raise ConfigError(f"config key 'data.{key}': expected auto or three numbers (R, G, B)"
+                              f"{', each > 0' if key == 'std' else ''}, got {v!r}")
     if cfg.split.folds < 2:
         raise ConfigError(f"config key 'split.folds': expected at least 2, got {cfg.split.folds}")
     if not 0 <= cfg.split.fold < cfg.split.folds:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from .config import Config
 from .data.layouts import DataError
+from .models import weights_norm
 
 log = logging.getLogger("baseline")
 
@@ -74,8 +75,9 @@ def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
 
 
 def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int, cpus: int,
-            logger: logging.Logger | None = log) -> Config:
-    """A copy of `cfg` with every data-aware default made concrete; each choice told to `logger`."""
+            logger: logging.Logger | None = log, notes: list[str] | None = None) -> Config:
+    """A copy of `cfg` with every data-aware default made concrete; each choice told to `logger` and
+    appended to `notes` (for the run's train.log, which does not exist yet)."""
     cfg = copy.deepcopy(cfg)
     reasons = []
     if cfg.data.img_size == "auto":
@@ -89,9 +91,20 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
         cfg.train.batch_size = batch_for(n_train, world, device)
         reasons.append(f"train.batch_size={cfg.train.batch_size} because {n_train} training images "
                        f"({n_train // (cfg.train.batch_size * world)} steps per epoch)")
+    norm = weights_norm(cfg.model) if "auto" in (cfg.data.mean, cfg.data.std, cfg.data.interpolation) else {}
+    for key in ("mean", "std"):
+        if getattr(cfg.data, key) == "auto":
+            setattr(cfg.data, key, [float(v) for v in norm[key]])
+            reasons.append(f"data.{key}={getattr(cfg.data, key)}: what {cfg.model.name}'s weights were trained with")
+    if cfg.data.interpolation == "auto":
+        cfg.data.interpolation = norm["interpolation"] if cfg.model.pretrained else "bilinear"
+        reasons.append(f"data.interpolation={cfg.data.interpolation}: " + (
+            "the resize filter the weights were trained with" if cfg.model.pretrained else "from scratch"))
     if cfg.data.num_workers == "auto":
         cfg.data.num_workers = workers_for(device, cpus)
         reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type}")
     for r in reasons if logger else []:
         logger.info("default: %s", r)
+    if notes is not None:
+        notes += [f"default: {r}" for r in reasons]
     return cfg

@@ -35,6 +35,10 @@ class StepCtx:
     stop: Callable[[], bool] = field(default=lambda: False)  # preemption: finish the step, then leave
     on_train: Callable[[], None] = field(default=lambda: None)  # after model.train(): re-freeze BN stats
 
+    @property
+    def norm(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
     def autocast(self):
         dev = self.env.device.type
         return torch.autocast(dev, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -60,6 +64,7 @@ class Learner:
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None  # a timm scheduler, or None
     train_view: torch.nn.Module | None = None  # what trains: the model under DDP and/or torch.compile
+    phase_start: int = 0  # the optimizer step the current freeze phase began at (its LR schedule counts from it)
 
 
 def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict], None] | None = None) -> dict:
@@ -122,7 +127,7 @@ def _optimizer_step(learner: Learner, step: int) -> int:
     opt.zero_grad(set_to_none=True)
     step += 1
     if learner.scheduler is not None:
-        learner.scheduler.step_update(num_updates=step)
+        learner.scheduler.step_update(num_updates=step - learner.phase_start)  # the phase's own schedule
     if learner.ema is not None:
         learner.ema.update(learner.train_view, step=step)
     return step

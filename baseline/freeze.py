@@ -54,22 +54,30 @@ def resolve_schedule(cfg: Config) -> list[dict]:
 
 
 class Freezer:
-    """Which modules train in each epoch, and the optimizer that matches."""
+    """Which modules train in each phase of the schedule, and the optimizer that matches. Phases are
+    addressed by their index in the schedule, so a checkpoint names the phase it was written in."""
 
     def __init__(self, cfg: Config, model: torch.nn.Module):
         self.cfg, self.model = cfg, model
         self.schedule = resolve_schedule(cfg)
-        groups = group_modules(model, model.group_matcher(coarse=True))
-        ordered = [groups[k] for k in sorted(groups)]
-        head = {n for n, _ in model.named_modules() if n and model.get_classifier() is model.get_submodule(n)}
-        # timm puts the classifier in the last group; the rest of that group (e.g. a final norm) is
-        # trained with the head.
-        self.head_modules = ordered[-1] if any(h in ordered[-1] for h in head) else sorted(head)
-        self.stages = [g for g in ordered if g is not self.head_modules]
-        self.phase: dict | None = None
+        self.head_modules, self.stages = split_head(model, needs_head=any(p["train"] != "all" for p in self.schedule),
+                                                    name=cfg.model.name)
+        self.index: int | None = None
+
+    @property
+    def phase(self) -> dict | None:
+        return None if self.index is None else self.schedule[self.index]
+
+    def index_at(self, epoch: int) -> int:
+        return max(i for i, p in enumerate(self.schedule) if p["epoch"] <= epoch)
+
+    def span(self, index: int) -> tuple[int, int]:
+        """[first epoch, end epoch) of a phase; the last one ends at train.epochs."""
+        nxt = self.schedule[index + 1]["epoch"] if index + 1 < len(self.schedule) else self.cfg.train.epochs
+        return self.schedule[index]["epoch"], max(nxt, self.schedule[index]["epoch"] + 1)
 
     def phase_at(self, epoch: int) -> dict:
-        return [p for p in self.schedule if p["epoch"] <= epoch][-1]
+        return self.schedule[self.index_at(epoch)]
 
     def backbone_trainable(self, phase: dict) -> list[str]:
         if phase["train"] == "all":
@@ -78,18 +86,20 @@ class Freezer:
             return [m for g in self.stages[-phase["stages"]:] for m in g]
         return []
 
-    def freeze_for(self, epoch: int) -> bool:
-        """Set requires_grad for `epoch`'s phase; returns whether that changed the phase (and so the
-        trainable set)."""
-        phase = self.phase_at(epoch)
-        if phase == self.phase:
+    def enter(self, index: int) -> bool:
+        """Set requires_grad for phase `index`; returns whether that changed the phase."""
+        if index == self.index:
             return False
+        phase = self.schedule[index]
         backbone = [m for g in self.stages for m in g]
         if backbone:
             timm_freeze(self.model, backbone, include_bn_running_stats=False)
         timm_unfreeze(self.model, self.head_modules + self.backbone_trainable(phase), include_bn_running_stats=False)
-        self.phase = phase
+        self.index = index
         return True
+
+    def freeze_for(self, epoch: int) -> bool:
+        return self.enter(self.index_at(epoch))
 
     def frozen_bn_eval(self) -> None:
         """Called after model.train(): BN layers of frozen parts keep their running statistics."""
@@ -144,6 +154,28 @@ class Freezer:
         for i, g in enumerate(optimizer.param_groups):
             out.setdefault(f"lr_{g.get('name', i)}", g["lr"])
         return out
+
+
+def split_head(model: torch.nn.Module, needs_head: bool, name: str) -> tuple[list[str], list[list[str]]]:
+    """(head module names, backbone stages in order). timm models: timm's own coarse grouping; the
+    classifier is in the last group, and the rest of that group (e.g. a final norm) trains with it. A
+    team's own module: its get_classifier() is the head, its other top-level children the stages."""
+    get = getattr(model, "get_classifier", None)
+    head_mod = get() if callable(get) else None
+    head = [n for n, m in model.named_modules() if n and head_mod is not None and m is head_mod]
+    if not head:
+        if needs_head:
+            raise ConfigError(f"freeze: '{name}' does not say which part is its head; give the module a "
+                              "get_classifier() that returns its classifier layer (timm's convention), or set "
+                              "freeze.preset=none")
+        return [], [[n for n, _ in model.named_children()]]
+    if hasattr(model, "group_matcher"):
+        groups = group_modules(model, model.group_matcher(coarse=True))
+        ordered = [groups[k] for k in sorted(groups)]
+        head_group = ordered[-1] if any(h in ordered[-1] for h in head) else sorted(head)
+        return head_group, [g for g in ordered if g is not head_group]
+    top = head[0].split(".")[0]
+    return head, [[n] for n, _ in model.named_children() if n != top]
 
 
 def _under(name: str, prefixes: set[str]) -> bool:

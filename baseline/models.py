@@ -1,11 +1,19 @@
-"""timm model factory: random init, hub weights, or a local weights file; the head made anew
-for the task's class count."""
+"""The model factory: any timm name (`resnet18`, `resnet18.a1_in1k`, `hf-hub:timm/...`) or a team's own
+`package.module:ClassName`; random init, hub weights, or a local weights file under timm's key names or
+any other names whose tensors line up in order and shape (e.g. `efficientnet_pytorch`); the head made
+anew for the task's class count."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import timm.data
@@ -16,28 +24,346 @@ from .config import ModelCfg
 
 log = logging.getLogger(__name__)
 
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear"}
+
 
 class ModelError(ValueError):
     """A model name or weights file the kit cannot use."""
 
 
+# ---------------------------------------------------------------- names
+def is_custom(name: str) -> bool:
+    """`package.module:ClassName`: a team's own nn.Module (not a timm `hf-hub:` / `local-dir:` source)."""
+    return ":" in name and name.split(":", 1)[0] not in ("hf-hub", "local-dir")
+
+
+def timm_name(name: str) -> str:
+    """The name as timm's registry knows it: `hf-hub:timm/<registered name>` is that name (the same
+    weights, found without asking the hub for its config)."""
+    if name.startswith("hf-hub:timm/") and timm.is_model(name.removeprefix("hf-hub:timm/")):
+        return name.removeprefix("hf-hub:timm/")
+    return name
+
+
 def check_name(name: str) -> None:
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    if is_custom(name):
+        custom_class(name)
+        return
+    name = timm_name(name)
+    if name.startswith(("hf-hub:", "local-dir:")):
+        _check_hub_model(name)
+        return
+    if not timm.is_model(name):  # is_model accepts `arch.tag`
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-        raise ModelError(f"model.name '{name}' is not a timm model{hint}")
+        raise ModelError(f"model.name '{name}' is not a timm model{hint} (also accepted: 'arch.tag', "
+                         "'hf-hub:org/repo', or your own 'package.module:ClassName')")
+    tag = name.partition(".")[2]
+    if tag and not timm.list_pretrained(name):
+        raise ModelError(f"model.name '{name}': timm has no weights tagged '{tag}' for this architecture; "
+                         f"see timm.list_pretrained('{name.partition('.')[0]}*')")
 
 
-def _file_classes(state: dict, classifier: str | tuple) -> int | None:
-    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    w = state.get(f"{names[0]}.weight")
-    return int(w.shape[0]) if w is not None else None
+def custom_class(name: str) -> type:
+    """The class behind `package.module:ClassName`, importable from the working directory."""
+    module, _, cls = name.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"model.name '{name}': could not import {cls} from {module} ({type(e).__name__}: {e}); "
+                         "expected 'package.module:ClassName' importable from the working directory") from None
+    if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+        raise ModelError(f"model.name '{name}': {cls} is not an nn.Module class")
+    return obj
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def unreachable(url: str) -> str | None:
+    """Why `url`'s host cannot be reached now (None if it can): one connection attempt of a few seconds,
+    instead of the hub client's minute of retries."""
+    if _hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy or url)
+    try:
+        socket.create_connection((target.hostname, target.port or 443), timeout=5).close()
+        return None
+    except OSError as e:
+        return f"{target.hostname} is not reachable ({e})"
+
+
+def _hub_cached(repo_id: str, files: tuple[str, ...]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in files)
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+OFFLINE_HINT = ("without network, copy the weights file here and set model.pretrained=/path/to/weights "
+                "(.safetensors, .pth, a timm checkpoint or a baseline best.pt); weights already in the local hub "
+                "cache load with HF_HUB_OFFLINE=1")
+
+
+def _check_hub_model(name: str) -> None:
+    """An `hf-hub:` model needs its config.json from the hub (or the local cache)."""
+    source, _, repo = name.partition(":")
+    if source == "local-dir":
+        if not Path(repo).is_dir():
+            raise ModelError(f"model.name '{name}': '{repo}' is not a folder")
+        return
+    if _hub_cached(repo, ("config.json",)):
+        return
+    why = unreachable(_hub_endpoint())
+    if why:
+        raise ModelError(f"model.name '{name}' needs its config from the Hugging Face hub and {why}; for timm's "
+                         f"own models use the plain name (e.g. 'resnet18.a1_in1k'); {OFFLINE_HINT}")
+
+
+def check_hub_weights(name: str) -> None:
+    """model.pretrained=true: refuse at once (before any data is read) when the weights are neither
+    in the local cache nor reachable."""
+    if name.startswith("local-dir:"):
+        return
+    if name.startswith("hf-hub:"):
+        repo = name.partition(":")[2]
+        if _hub_cached(repo, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
+            return
+        why = unreachable(_hub_endpoint())
+    else:
+        pc = timm.models.get_pretrained_cfg(name)
+        if pc is None or not (pc.hf_hub_id or pc.url):
+            raise ModelError(f"model.pretrained=true: timm has no pretrained weights for '{name}'; "
+                             f"see timm.list_pretrained('{name.split('.')[0]}*')")
+        if pc.hf_hub_id and _hub_cached(pc.hf_hub_id, ("model.safetensors", "pytorch_model.bin")):
+            return
+        if pc.url and (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(pc.url).path).name).is_file():
+            return
+        why = unreachable(_hub_endpoint() if pc.hf_hub_id else pc.url)
+    if why:
+        raise ModelError(f"could not load hub weights for '{name}': they are not in the local cache and {why}; "
+                         f"{OFFLINE_HINT}")
+
+
+# ---------------------------------------------------------------- weights files
+@dataclass
+class Match:
+    """How a weights file's tensors map onto the model's: model key -> file key."""
+
+    pairs: dict[str, str]
+    by_name: int
+    by_order: int
+    tensors: int  # the model's
+    head: str  # "kept" (same classes) | "re-made"
+    file_classes: int | None
+    unused: list[str]  # file tensors that went nowhere
+
+    def describe(self) -> str:
+        extra = f", {len(self.unused)} file tensors unused (e.g. {self.unused[:3]})" if self.unused else ""
+        return (f"{self.tensors} tensors: {self.by_name} by name, {self.by_order} by order and shape, "
+                f"classifier {self.head}{extra}")
+
+
+def classifier_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the model's classifier (timm's get_classifier(); a FactorizedHead's three)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Module):
+        return []
+    for name, mod in model.named_modules():
+        if name and mod is head:
+            return [f"{name}.{k}" for k in head.state_dict()]
+    return []
+
+
+def _counter(k: str) -> bool:
+    return k.endswith("num_batches_tracked")  # a BatchNorm counter: not a weight, absent from some exports
+
+
+def match_weights(model: torch.nn.Module, state: dict, source: str, name: str = "this model") -> Match:
+    """Every model tensor but the classifier matched: by name first (any shape: timm's own filter adapts
+    e.g. a ViT's position table), the rest in order where the shapes agree; else a ModelError with a
+    sample of both sides' names."""
+    msd = model.state_dict()
+    head = classifier_keys(model)
+    counters = any(_counter(k) for k in state)  # matched like the rest where the file has them
+    body = [k for k in msd if k not in head and (counters or not _counter(k))]
+    pairs = {k: k for k in body if k in state}
+    rest_m = [k for k in body if k not in pairs]
+    rest_f = [k for k in state if k not in pairs and k not in head and (counters or not _counter(k))]
+    if rest_m:
+        n = len(rest_m)
+        bad = next((i for i, (m, f) in enumerate(zip(rest_m, rest_f)) if msd[m].shape != state[f].shape), None)
+        if len(rest_f) < n or bad is not None:
+            raise ModelError(_mismatch(source, name, msd, state, rest_m, rest_f, bad, len(pairs), len(body)))
+        pairs.update(zip(rest_m, rest_f))
+        rest_f = rest_f[n:]
+    by_order = len(rest_m)
+    if all(k in state for k in head):
+        file_head = head
+    elif len(rest_f) >= len(head) and all(state[f].shape[1:] == msd[m].shape[1:] for m, f in zip(head, rest_f)):
+        file_head, rest_f = rest_f[:len(head)], rest_f[len(head):]
+    else:
+        file_head = []
+    kept = bool(head) and len(file_head) == len(head) and all(state[f].shape == msd[m].shape
+                                                                for m, f in zip(head, file_head))
+    if kept:
+        pairs.update(zip(head, file_head))
+    classes = int(state[file_head[0]].shape[0]) if file_head and state[file_head[0]].ndim else None
+    by_name = sum(1 for m, f in pairs.items() if m == f and m not in head)
+    return Match(pairs, by_name, by_order, len([k for k in msd if counters or not _counter(k)]),
+                 "kept" if kept else "re-made", classes, rest_f)
+
+
+def _mismatch(source, name, msd, state, rest_m, rest_f, bad, n_named, n_body) -> str:
+    where = (f"; in order, model tensor '{rest_m[bad]}' {tuple(msd[rest_m[bad]].shape)} meets file tensor "
+             f"'{rest_f[bad]}' {tuple(state[rest_f[bad]].shape)}" if bad is not None else
+             f"; the file has {len(rest_f)} unmatched tensors for the model's {len(rest_m)}")
+    return (f"model.pretrained '{source}' does not fit '{name}': {n_named} of {n_body} tensors (classifier "
+            f"aside) match by name{where}. The model's names: {list(msd)[:4]} ...; the file's: {list(state)[:4]} "
+            "... Was it saved from another architecture? Set model.name to the file's architecture")
+
+
+def read_weights(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelError(f"model.pretrained '{path}' is not a file (expected a weights file, true or false)")
+    try:  # timm's own loader: picks `model_ema`/`state_dict`/`model` from a checkpoint and strips prefixes
+        state = load_state_dict(str(path))
+    except Exception as e:
+        raise ModelError(f"model.pretrained '{path}' could not be read as weights: {str(e)[:200]}") from None
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise ModelError(f"model.pretrained '{path}' holds no tensors")
+    return state
+
+
+def check_weights(cfg: ModelCfg) -> None:
+    """Everything about the weights that can be refused before any data is read: a file that does not
+    fit the model, hub weights that cannot be fetched."""
+    if cfg.pretrained is True:
+        if is_custom(cfg.name):
+            raise ModelError(f"model.pretrained=true is for timm names; '{cfg.name}' loads its own weights in its "
+                             "__init__, or set model.pretrained=/path/to/weights")
+        check_hub_weights(timm_name(cfg.name))
+    elif isinstance(cfg.pretrained, str) and cfg.pretrained:
+        probe = _bare(cfg, 2)
+        match_weights(probe, read_weights(Path(cfg.pretrained)), cfg.pretrained, cfg.name)
+
+
+# ---------------------------------------------------------------- building
 def create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
-    """A timm model with `num_classes` outputs, weights as `cfg.pretrained` says, head as `cfg.head` says."""
+    """The model with `num_classes` outputs, weights as `cfg.pretrained` says, head as `cfg.head` says."""
     model = _create(cfg, num_classes)
     return factorize(model, cfg.name) if cfg.head == "factorized" else model
+
+
+def _bare(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
+    """Random init; a custom class is called with `num_classes=`."""
+    if is_custom(cfg.name):
+        model = custom_class(cfg.name)(num_classes=num_classes)
+        if not isinstance(model, torch.nn.Module):
+            raise ModelError(f"model.name '{cfg.name}' did not build an nn.Module")
+        return model
+    return timm.create_model(timm_name(cfg.name), pretrained=False, num_classes=num_classes, drop_rate=cfg.drop_rate,
+                             drop_path_rate=cfg.drop_path_rate)
+
+
+def _create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
+    p = cfg.pretrained
+    if p is False or p == "":
+        return _bare(cfg, num_classes)
+    if p is True:
+        check_weights(cfg)
+        name = timm_name(cfg.name)
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=cfg.drop_rate,
+                                      drop_path_rate=cfg.drop_path_rate)
+        except Exception as e:  # network, missing hub entry, auth: all end the same way for the user
+            raise ModelError(f"could not load hub weights for '{name}' ({type(e).__name__}: {str(e)[:160]}); "
+                             f"{OFFLINE_HINT}") from None
+        if num_classes != model.pretrained_cfg.get("num_classes"):
+            zero_head(model)
+        return model
+    return _create_from_file(cfg, Path(p), num_classes)
+
+
+def zero_head(model: torch.nn.Module) -> None:
+    """A re-made classifier on pretrained features starts at zero: logits 0, loss log(C), gradients only
+    from the data. timm's init for a new EfficientNet head (uniform in +-1/sqrt(classes): weight std 0.14
+    for 18 classes) on real, unnormalised features (row norm about 66 at 64 px) starts at loss 7 (log(18)
+    is 2.9), and a head-only phase then never recovers (train loss 9.97 after one epoch on faces_b; 2.07
+    with a zero start). Measured in the README's freezing section."""
+    for k in classifier_keys(model):
+        with torch.no_grad():
+            model.get_parameter(k).zero_()
+
+
+def _create_from_file(cfg: ModelCfg, path: Path, num_classes: int) -> torch.nn.Module:
+    state = read_weights(path)
+    model = _bare(cfg, num_classes)
+    m = match_weights(model, state, str(path), cfg.name)
+    own = model.state_dict()
+    mapped = {k: state[f] for k, f in m.pairs.items()}
+    mapped.update({k: v for k, v in own.items() if _counter(k) and k not in mapped})
+    if is_custom(cfg.name) or not hasattr(model, "pretrained_cfg"):
+        missing, _ = model.load_state_dict(mapped, strict=False)
+        if set(missing) - set(classifier_keys(model)):
+            raise ModelError(f"model.pretrained '{path}' does not fit '{cfg.name}': {sorted(missing)[:5]} missing")
+    else:
+        # timm's own loader, so its per-model filter (e.g. resizing a ViT's position table) and input-channel
+        # adaptation apply; a different num_classes in the overlay makes it drop the head and load non-strict.
+        overlay = dict(state_dict=mapped, num_classes=num_classes if m.head == "kept" else -1)
+        try:
+            model = timm.create_model(timm_name(cfg.name), pretrained=True, pretrained_cfg_overlay=overlay,
+                                      num_classes=num_classes, drop_rate=cfg.drop_rate,
+                                      drop_path_rate=cfg.drop_path_rate)
+        except RuntimeError as e:
+            raise ModelError(f"model.pretrained '{path}' does not fit '{cfg.name}': {str(e)[:300]}") from None
+    if m.head == "re-made":
+        zero_head(model)
+    log.info("weights %s: %s%s", path.name, m.describe(),
+             f" (the file has {m.file_classes} classes, the task {num_classes})" if m.head == "re-made" and
+             m.file_classes else "")
+    return model
+
+
+def norm_config(model: torch.nn.Module) -> dict:
+    """mean, std and interpolation the model's weights were trained with (timm's pretrained config;
+    a custom module may carry its own `pretrained_cfg`, else ImageNet's)."""
+    pc = getattr(model, "pretrained_cfg", None) or {}
+    if not pc:
+        return dict(IMAGENET)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "interpolation": cfg.get("interpolation",
+                                                                                            "bilinear")}
+
+
+def weights_norm(cfg: ModelCfg) -> dict:
+    """norm_config for a model name, without building the model (timm's registry, a cached hub config, or
+    a custom class's `pretrained_cfg` attribute)."""
+    if is_custom(cfg.name):
+        pc = getattr(custom_class(cfg.name), "pretrained_cfg", None) or {}
+    else:
+        name = timm_name(cfg.name)
+        if name.startswith(("hf-hub:", "local-dir:")):
+            return norm_config(_bare(cfg, 2))
+        pc = timm.models.get_pretrained_cfg(name)
+        pc = pc.to_dict() if pc is not None else {}
+    return {k: tuple(pc[k]) if k != "interpolation" else pc[k] for k in IMAGENET if k in pc} | {
+        k: v for k, v in IMAGENET.items() if k not in pc}
+
+
+def data_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    n = norm_config(model)
+    return n["mean"], n["std"]
 
 
 class FactorizedHead(torch.nn.Module):
@@ -57,72 +383,18 @@ class FactorizedHead(torch.nn.Module):
 
 def factorize(model: torch.nn.Module, name: str) -> torch.nn.Module:
     """Replace the model's linear classifier by a FactorizedHead (the mask layout's 18 classes only)."""
-    if model.num_classes != 18:
-        raise ModelError(f"model.head=factorized is for the mask layout's 18 classes (3 masks x 2 genders x 3 "
-                         f"ages); this task has {model.num_classes}. Use model.head=linear")
-    path = model.pretrained_cfg.get("classifier", "fc")
-    path = path[0] if isinstance(path, (list, tuple)) else path
-    old = model.get_submodule(path)
+    keys = classifier_keys(model)
+    path = keys[0].rpartition(".")[0] if keys else ""
+    old = model.get_submodule(path) if path else None
     if not isinstance(old, torch.nn.Linear):
-        raise ModelError(f"model.head=factorized: {name}'s classifier '{path}' is a {type(old).__name__}, "
-                         "not a linear layer; use model.head=linear")
+        raise ModelError(f"model.head=factorized: {name}'s classifier is a {type(old).__name__}, not a linear "
+                         "layer (or get_classifier() is missing); use model.head=linear")
+    if old.out_features != 18:
+        raise ModelError(f"model.head=factorized is for the mask layout's 18 classes (3 masks x 2 genders x 3 "
+                         f"ages); this task has {old.out_features}. Use model.head=linear")
     parent, _, attr = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, FactorizedHead(old.in_features))
     return model
-
-
-def _create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
-    check_name(cfg.name)
-    kw = dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
-    p = cfg.pretrained
-    if p is False or p == "":
-        return timm.create_model(cfg.name, pretrained=False, **kw)
-    if p is True:
-        try:
-            return timm.create_model(cfg.name, pretrained=True, **kw)
-        except Exception as e:  # network, missing hub entry, auth: all end the same way for the user
-            raise ModelError(
-                f"could not load hub weights for '{cfg.name}' ({type(e).__name__}: {str(e)[:160]}); "
-                "without network, download the weights elsewhere and set model.pretrained=/path/to/weights"
-                " (.safetensors, .pth, a timm checkpoint or a baseline best.pt)"
-            ) from None
-    return _create_from_file(cfg, Path(p), kw)
-
-
-def _create_from_file(cfg: ModelCfg, path: Path, kw: dict) -> torch.nn.Module:
-    if not path.is_file():
-        raise ModelError(f"model.pretrained '{path}' is not a file (expected a weights file, true or false)")
-    # timm's own loader: picks `model_ema`/`state_dict`/`model` from a checkpoint and strips prefixes.
-    try:
-        state = load_state_dict(str(path))
-    except Exception as e:
-        raise ModelError(f"model.pretrained '{path}' could not be read as weights: {e}") from None
-    probe = timm.create_model(cfg.name, pretrained=False, **kw)
-    classifier = probe.pretrained_cfg.get("classifier", "fc")
-    file_classes = _file_classes(state, classifier)
-    model_keys, file_keys = set(probe.state_dict()), set(state)
-    missing, unexpected = sorted(model_keys - file_keys), sorted(file_keys - model_keys)
-    if len(missing) > len(model_keys) // 2:
-        raise ModelError(
-            f"model.pretrained '{path}' does not fit '{cfg.name}': {len(missing)} of {len(model_keys)} "
-            f"weights missing (e.g. {missing[:3]}); was it saved from another architecture?"
-        )
-    if missing or unexpected:
-        log.warning("weights file %s: missing keys %s, unexpected keys %s", path, missing[:10], unexpected[:10])
-    overlay = dict(file=str(path), num_classes=file_classes or kw["num_classes"])
-    try:
-        model = timm.create_model(cfg.name, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
-    except RuntimeError as e:
-        raise ModelError(f"model.pretrained '{path}' does not fit '{cfg.name}': {str(e)[:300]}") from None
-    if file_classes != kw["num_classes"]:
-        log.info("weights file has %s classes, the task %d: the head is new", file_classes, kw["num_classes"])
-    return model
-
-
-def data_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std the model's weights were trained with (timm's pretrained config)."""
-    cfg = timm.data.resolve_data_config({}, model=model)
-    return tuple(cfg["mean"]), tuple(cfg["std"])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

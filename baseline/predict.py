@@ -63,6 +63,15 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Confi
     return model.to(device).eval(), cfg, saved["classes"]
 
 
+def norm_of(mcfg: Config, model: torch.nn.Module) -> tuple[list, list, str]:
+    """mean, std and resize filter the member was trained with (its saved config; for checkpoints from
+    before they were saved, the model's pretrained config and bilinear, as those runs used)."""
+    mean, std = models.data_stats(model)
+    d = mcfg.data
+    return (d.mean if d.mean != "auto" else list(mean), d.std if d.std != "auto" else list(std),
+            d.interpolation if d.interpolation != "auto" else "bilinear")
+
+
 def probs_file(path: Path, test: TestTable, hw: tuple[int, int], tta: bool, scales: list[float]) -> Path:
     """Where a member's test probabilities are kept, in its run folder (test_probs/): keyed by the
     test table, the image size, the TTA views and the checkpoint itself, so re-weighting an
@@ -85,16 +94,17 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
     if cached.is_file():
         log.info("test probabilities of %s from test_probs/%s", path, cached.name)
         return np.load(cached), classes
-    mean, std = models.data_stats(model)
+    mean, std, interp = norm_of(mcfg, model)
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device))
     workers = cfg.data.num_workers
     workers = defaults.workers_for(env.device, os.cpu_count() or 1) if workers == "auto" else workers
     views = []
     for size in [hw] + [scaled(hw, s) for s in scales]:
-        if size not in caches:  # decode the test images once per resolution
-            caches[size] = ds.build_cache(test.df["path"].tolist(), size, "ram", Path(), 0, cfg.data.max_pixels)
-        loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, size, None, caches[size]), cfg.submit.batch_size,
-                                workers, env.rank, env.world_size)
+        if (size, interp) not in caches:  # decode the test images once per resolution and filter
+            caches[size, interp] = ds.build_cache(test.df["path"].tolist(), size, "ram", Path(), 0, cfg.data.max_pixels,
+                                                  interp)
+        loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, size, None, caches[size, interp]),
+                                cfg.submit.batch_size, workers, env.rank, env.world_size)
         views.append(engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy())
     probs = np.mean(views, axis=0)
     if env.is_main:

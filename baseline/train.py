@@ -49,7 +49,8 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     seed_everything(cfg.seed)
     preflight(cfg)
     table, fold, split_hash = prepare_data(cfg, env)
-    cfg = resolve_defaults(cfg, env, table, fold)
+    notes: list[str] = []
+    cfg = resolve_defaults(cfg, env, table, fold, notes)
     state = TrainState(split_hash=split_hash, classes=table.classes)
     resume_from = rundir.resume_point(cfg)
     saved = ckpt.load(resume_from) if resume_from else None
@@ -62,7 +63,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
         if env.is_main:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, run_dir / "config.yaml")
-        with file_log(run_dir / "train.log", env), Preemption() as stop:
+        with file_log(run_dir / "train.log", env, notes), Preemption() as stop:
             return train_in_folder(cfg, env, table, fold, state, run_dir, saved, cache, stop)
 
 
@@ -105,10 +106,8 @@ def seed_everything(seed: int) -> None:
 def preflight(cfg: Config) -> None:
     """Checks that need no data, so a typo fails before anything is read or written."""
     models.check_name(cfg.model.name)
-    p = cfg.model.pretrained
-    resuming = rundir.resume_point(cfg) is not None  # the checkpoint holds the weights
-    if isinstance(p, str) and p and not resuming and not Path(p).is_file():
-        raise models.ModelError(f"model.pretrained '{p}' is not a file (expected a weights file, true or false)")
+    if rundir.resume_point(cfg) is None:  # a resume's checkpoint holds the weights
+        models.check_weights(cfg.model)  # a file that does not fit, hub weights out of reach
     freeze.resolve_schedule(cfg)
     resolve_mode(cfg.log.wandb)
 
@@ -125,12 +124,13 @@ def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, str]:
     return table, fold, split_hash
 
 
-def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray) -> Config:
+def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray,
+                     notes: list[str] | None = None) -> Config:
     """img_size, batch size and workers from the data and the device (logged on rank 0)."""
     n_train = int((fold != cfg.split.fold).sum())
     logger = log if env.is_main else None
     return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, os.cpu_count() or 1,
-                            logger)
+                            logger, notes)
 
 
 def write_data_record(run_dir: Path, table: Table) -> None:
@@ -142,13 +142,16 @@ def write_data_record(run_dir: Path, table: Table) -> None:
 
 
 @contextlib.contextmanager
-def file_log(path: Path, env: dist.Env):
-    """Everything logged during the run also goes to the run's train.log (rank 0)."""
+def file_log(path: Path, env: dist.Env, notes: list[str] = ()):
+    """Everything logged during the run also goes to the run's train.log (rank 0), after `notes` (what
+    was logged before the folder existed: the resolved defaults)."""
     if not env.is_main:
         yield
         return
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for line in notes:
+        handler.handle(logging.LogRecord("baseline", logging.INFO, "", 0, line, None, None))
     logging.getLogger().addHandler(handler)
     try:
         yield
@@ -160,10 +163,15 @@ def file_log(path: Path, env: dist.Env):
         handler.close()
 
 
+def filter_of(cfg: Config) -> str:
+    """The resize filter: as resolved by defaults.resolve, bilinear where that was skipped."""
+    return "bilinear" if cfg.data.interpolation == "auto" else cfg.data.interpolation
+
+
 def decode_images(cfg: Config, table: Table) -> np.ndarray | None:
     """The decode-once cache (None with data.cache=off); a broken image is a DataError here."""
     return ds.build_cache(table.df["path"].tolist(), img_hw(cfg), cfg.data.cache, Path(cfg.data.root) / ".cache",
-                          cfg.data.cache_ram_gb, cfg.data.max_pixels)
+                          cfg.data.cache_ram_gb, cfg.data.max_pixels, filter_of(cfg))
 
 
 def build_datasets(cfg: Config, table: Table, fold: np.ndarray, cache: np.ndarray | None):
@@ -174,8 +182,9 @@ def build_datasets(cfg: Config, table: Table, fold: np.ndarray, cache: np.ndarra
     tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     sub = (lambda idx: cache[idx]) if cache is not None else (lambda idx: None)
     train_ds = ds.ImageDataset(df["path"].iloc[tr], labels[tr].tolist(), hw, train_transform(cfg.aug, hw), sub(tr),
-                               cfg.data.max_pixels)
-    val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, sub(va), cfg.data.max_pixels)
+                               cfg.data.max_pixels, filter_of(cfg))
+    val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, sub(va), cfg.data.max_pixels,
+                             filter_of(cfg))
     return train_ds, val_ds
 
 
@@ -225,7 +234,8 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
         model = model.to(memory_format=torch.channels_last)
     freezer = freeze.Freezer(cfg, model)
     freezer.freeze_for(0)
-    mean, std = models.data_stats(model)
+    mean, std = models.data_stats(model)  # unless resolved (defaults.resolve) or given
+    mean, std = (mean if cfg.data.mean == "auto" else cfg.data.mean), (std if cfg.data.std == "auto" else cfg.data.std)
     dtype = amp_dtype(cfg, env.device)
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device), dtype,
                          cfg.train.channels_last, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval,
@@ -252,18 +262,33 @@ def build_loss(cfg: Config, table: Table, device: torch.device) -> torch.nn.Modu
     return losses.create(cfg.train.loss, n_cls, cfg.train.label_smoothing, weight).to(device)
 
 
-def enter_phase(cfg: Config, learner: engine.Learner, epoch: int, steps_per_epoch: int, step: int = 0) -> None:
-    """The freeze schedule's phase for `epoch`. At a boundary (and the first time): the optimizer for
-    the new trainable set (state kept for parameters in both), its scheduler at `step`, and a new
-    training view, since DDP registers its gradient hooks on the trainable parameters."""
-    if not learner.freezer.freeze_for(epoch) and learner.optimizer is not None:
-        return
+def enter_phase(cfg: Config, learner: engine.Learner, epoch: int, steps_per_epoch: int, step: int = 0,
+                index: int | None = None, start_step: int | None = None) -> None:
+    """The freeze schedule's phase for `epoch` (or phase `index`, as a checkpoint names it). A phase is
+    built as a unit: its trainable set, an optimizer for it (state kept for parameters trained in the
+    phase before), its own LR schedule over its own epochs, counted from `start_step` (the step it began
+    at), and a new training view, since DDP registers its gradient hooks on the trainable parameters.
+    The same code runs whether the run was interrupted or not, so a resume is exact."""
     f = learner.freezer
+    index = f.index_at(epoch) if index is None else index
+    if not f.enter(index) and learner.optimizer is not None:
+        return
     learner.optimizer = f.rebuild_optimizer(learner.optimizer) if learner.optimizer is not None else f.optimizer()
-    learner.scheduler = make_scheduler(cfg, learner.optimizer, steps_per_epoch)
-    if learner.scheduler is not None and step:
-        learner.scheduler.step_update(num_updates=step)
+    learner.phase_start = step if start_step is None else start_step
+    learner.scheduler = make_scheduler(cfg, learner.optimizer, steps_per_epoch, *f.span(index))
+    if learner.scheduler is not None and step > learner.phase_start:
+        learner.scheduler.step_update(num_updates=step - learner.phase_start)
     learner.train_view = training_view(learner.model, cfg, learner.ctx.env)
+    if learner.ctx.env.is_main and len(f.schedule) > 1:
+        first, end = f.span(index)
+        lrs = ", ".join(f"{k} {v:.2e}" for k, v in f.group_lrs(learner.optimizer).items())
+        log.info("freeze phase %d/%d (epochs %d-%d, train %s): %d trainable parameters; starts at %s", index + 1,
+                 len(f.schedule), first + 1, end, f.phase["train"], f.trainable_count(), lrs)
+
+
+def phase_state(learner: engine.Learner) -> dict:
+    """What names the phase a checkpoint's optimizer and scheduler belong to."""
+    return {"index": learner.freezer.index, "start_step": learner.phase_start}
 
 
 def training_view(model: torch.nn.Module, cfg: Config, env: dist.Env) -> torch.nn.Module:
@@ -275,12 +300,15 @@ def training_view(model: torch.nn.Module, cfg: Config, env: dist.Env) -> torch.n
     return torch.compile(view) if cfg.train.compile else view
 
 
-def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, first: int = 0, end: int | None = None):
+    """The LR schedule of one freeze phase, epochs [first, end): warmup and decay over that phase alone
+    (with no freezing, the one phase is the whole run)."""
     if cfg.sched.name == "none":
         return None
+    epochs = (cfg.train.epochs if end is None else end) - first
     updates = max(1, math.ceil(steps_per_epoch / cfg.train.accum_steps))  # the last micro-batch steps too
     sched, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched=cfg.sched.name, num_epochs=cfg.train.epochs, warmup_epochs=cfg.sched.warmup * cfg.train.epochs,
+        optimizer, sched=cfg.sched.name, num_epochs=epochs, warmup_epochs=cfg.sched.warmup * epochs,
         min_lr=cfg.sched.min_lr, warmup_lr=cfg.sched.min_lr, decay_epochs=cfg.sched.step_epochs,
         decay_rate=cfg.sched.gamma, patience_epochs=2, plateau_mode="min" if cfg.train.monitor == "val_loss" else "max",
         step_on_epochs=cfg.sched.name == "plateau", updates_per_epoch=updates,
@@ -316,6 +344,7 @@ def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState) ->
         "optimizer": learner.optimizer.state_dict(),
         "scheduler": learner.scheduler.state_dict() if learner.scheduler is not None else None,
         "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
+        "phase": phase_state(learner), "norm": learner.ctx.norm,
         **{k: getattr(state, k) for k in RESTORED}, "rng": ckpt.rng_state(), "config": to_dict(cfg),
         "classes": state.classes, "split_hash": state.split_hash, **ckpt.provenance(),
     }
@@ -323,8 +352,14 @@ def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState) ->
 
 def restore(cfg: Config, learner: engine.Learner, state: TrainState, saver: ckpt.Saver, saved: dict,
             steps_per_epoch: int) -> None:
-    """Continue from a checkpoint that rundir.check_resume has accepted."""
-    enter_phase(cfg, learner, saved["epoch"], steps_per_epoch)  # a later freeze phase: its optimizer groups
+    """Continue from a checkpoint that rundir.check_resume has accepted: into the phase it was written
+    in (fit then enters the next one, if due, as an uninterrupted run does)."""
+    phase = saved.get("phase") or {}
+    index = phase.get("index")
+    if index is None:  # a checkpoint from before phases were saved: epoch-end saves hold the last epoch's
+        index = learner.freezer.index_at(max(saved["epoch"] - (0 if saved.get("batches_done") else 1), 0))
+    enter_phase(cfg, learner, saved["epoch"], steps_per_epoch, saved["step"], index=index,
+                start_step=phase.get("start_step", 0))
     learner.model.load_state_dict(saved["model"])
     if learner.ema is not None and saved.get("model_ema") is not None:
         learner.ema.module.load_state_dict(saved["model_ema"])
@@ -445,7 +480,7 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
     cfg, learner, state = run.cfg, run.learner, run.state
     epoch, metric = state.epoch + 1, m[cfg.train.monitor]
     if learner.scheduler is not None:
-        learner.scheduler.step(epoch, metric)
+        learner.scheduler.step(epoch - learner.freezer.phase["epoch"], metric)
     row = {"epoch": epoch, "step": state.step, "train_loss": result["loss"], **m,
            "lr": learner.optimizer.param_groups[0]["lr"], "trainable_params": learner.freezer.trainable_count(),
            "images_per_s": result["images"] / max(result["seconds"], 1e-9), "epoch_s": result["seconds"],

@@ -63,8 +63,21 @@ def test_resolve_says_why_and_keeps_explicit_values(tmp_path, caplog):
     assert cfg.data.img_size == "auto"  # a copy: the caller's config is untouched
     text = caplog.text
     assert "batch_size=32 because 840 training images" in text and "96x128" in text
-    fixed = load_config(None, ["data.img_size=48", "train.batch_size=8", "data.num_workers=1"])
+    assert out.data.mean == [0.485, 0.456, 0.406] and out.data.interpolation == "bilinear"  # resnet18, from scratch
+    fixed = load_config(None, ["data.img_size=48", "train.batch_size=8", "data.num_workers=1", "data.mean=[0.5,.5,.5]",
+                               "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic"])
     assert defaults.resolve(fixed, paths, 840, torch.device("cpu"), 1, 2) == fixed
+
+
+def test_normalisation_follows_the_weights(tmp_path):
+    paths = [str(tmp_path / "0.png")]
+    Image.new("RGB", (64, 64)).save(paths[0])
+    cfg = load_config(None, ["model.name=tf_efficientnet_lite0", "model.pretrained=w.pth"])
+    out = defaults.resolve(cfg, paths, 840, torch.device("cpu"), 1, 2)
+    assert out.data.mean == [0.5] * 3 and out.data.std == [0.5] * 3 and out.data.interpolation == "bicubic"
+    scratch = defaults.resolve(load_config(None, ["model.name=tf_efficientnet_lite0"]), paths, 840,
+                               torch.device("cpu"), 1, 2)
+    assert scratch.data.mean == [0.5] * 3 and scratch.data.interpolation == "bilinear"
 
 
 def test_exif_rotation_counts_in_the_aspect_ratio(tmp_path):

@@ -33,8 +33,12 @@ def to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.round().astype(np.uint8), "L")
 
 
-def decode(path: str, hw: tuple[int, int], max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """RGB uint8 HxWx3 at `hw`; EXIF rotation applied; grey/RGBA/palette/16-bit made RGB."""
+FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+
+
+def decode(path: str, hw: tuple[int, int], max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear") -> np.ndarray:
+    """RGB uint8 HxWx3 at `hw` (resized with `interpolation`); EXIF rotation applied; grey/RGBA/palette/16-bit
+    made RGB."""
     try:
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
@@ -45,7 +49,7 @@ def decode(path: str, hw: tuple[int, int], max_pixels: int = MAX_PIXELS) -> np.n
                 im = to_8bit(im)
             if im.mode != "RGB":
                 im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
-            im = im.resize((hw[1], hw[0]), Image.BILINEAR, reducing_gap=2.0)
+            im = im.resize((hw[1], hw[0]), FILTERS[interpolation], reducing_gap=2.0)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, DataError):
@@ -53,8 +57,8 @@ def decode(path: str, hw: tuple[int, int], max_pixels: int = MAX_PIXELS) -> np.n
         raise DataError(f"image '{path}' could not be decoded: {e}") from None
 
 
-def _cache_key(paths: list[str], hw: tuple[int, int]) -> str:
-    h = hashlib.sha1(repr(hw).encode())
+def _cache_key(paths: list[str], hw: tuple[int, int], interpolation: str = "bilinear") -> str:
+    h = hashlib.sha1(repr(hw if interpolation == "bilinear" else (hw, interpolation)).encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -62,10 +66,10 @@ def _cache_key(paths: list[str], hw: tuple[int, int]) -> str:
 
 
 def decode_all(paths: list[str], hw: tuple[int, int], out: np.ndarray, workers: int = 4,
-               max_pixels: int = MAX_PIXELS) -> np.ndarray:
+               max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear") -> np.ndarray:
     # PIL releases the GIL while decoding, so threads scale on the cores we have.
     def one(i: int) -> None:
-        out[i] = decode(paths[i], hw, max_pixels)
+        out[i] = decode(paths[i], hw, max_pixels, interpolation)
 
     with ThreadPoolExecutor(max(1, workers)) as ex:
         list(ex.map(one, range(len(paths))))
@@ -73,7 +77,7 @@ def decode_all(paths: list[str], hw: tuple[int, int], out: np.ndarray, workers: 
 
 
 def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Path, ram_gb: float,
-                max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+                max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear") -> np.ndarray | None:
     """Decoded images as one uint8 array (N, H, W, 3), or None for mode 'off'. A disk cache is named
     by a fingerprint of the file list, sizes, mtimes and image size; one that does not read back
     whole (truncated, foreign) is rebuilt, never used."""
@@ -85,9 +89,9 @@ def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Pat
     workers = min(8, os.cpu_count() or 1)
     shape = (len(paths), *hw, 3)
     if mode == "ram":
-        return decode_all(paths, hw, np.empty(shape, np.uint8), workers, max_pixels)
+        return decode_all(paths, hw, np.empty(shape, np.uint8), workers, max_pixels, interpolation)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    file = cache_dir / f"{_cache_key(paths, hw)}.npy"
+    file = cache_dir / f"{_cache_key(paths, hw, interpolation)}.npy"
     if file.is_file():
         cached = _open_cache(file, shape)
         if cached is not None:
@@ -95,7 +99,7 @@ def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Pat
         log.warning("decode cache '%s' is damaged or not this data's: rebuilding it", file)
     tmp = file.with_suffix(".tmp.npy")
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    decode_all(paths, hw, arr, workers, max_pixels)
+    decode_all(paths, hw, arr, workers, max_pixels, interpolation)
     arr.flush()
     del arr
     os.replace(tmp, file)
@@ -122,8 +126,9 @@ class ImageDataset(Dataset):
     """(uint8 CHW tensor, label) pairs; from the cache when there is one."""
 
     def __init__(self, paths: list[str], labels: list[int] | None, hw: tuple[int, int], transform=None,
-                 cache: np.ndarray | None = None, max_pixels: int = MAX_PIXELS):
+                 cache: np.ndarray | None = None, max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear"):
         self.paths, self.labels, self.hw, self.max_pixels = list(paths), labels, hw, max_pixels
+        self.interpolation = interpolation
         self.transform, self.cache = transform, cache
         self.epoch_seed: int | None = None  # set per epoch by `set_epoch`
 
@@ -131,7 +136,8 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw, self.max_pixels)
+        img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw, self.max_pixels,
+                                                                        self.interpolation)
         if self.transform is not None:
             if self.epoch_seed is not None:
                 # Augmentation is a function of (seed, epoch, item) alone: the same whatever the worker

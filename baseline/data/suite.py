@@ -171,6 +171,39 @@ def write_digits_csv(root: Path, div: int) -> None:
             w.writerow([name, str(digits.target[i])])
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzip), as the MNIST family ships: big-endian dims after a 4-byte magic number."""
+    import gzip
+
+    raw = gzip.decompress(path.read_bytes())
+    ndim = raw[3]
+    dims = np.frombuffer(raw[4:4 + 4 * ndim], ">u4").astype(int)
+    return np.frombuffer(raw[4 + 4 * ndim:], np.uint8).reshape(dims)
+
+
+def write_fashion_csv(root: Path, div: int, per_class: int = 200, seed: int = 3) -> None:
+    """Fashion-MNIST (real 28x28 photos of clothing, 10 classes): a stratified subset of its test split,
+    as PNGs and a train.csv. Needs Debian's dataset-fashion-mnist package."""
+    images, labels = FASHION / "t10k-images-idx3-ubyte.gz", FASHION / "t10k-labels-idx1-ubyte.gz"
+    if not images.is_file():
+        raise FileNotFoundError(f"{images} is missing: apt-get install dataset-fashion-mnist")
+    x, y = read_idx(images), read_idx(labels)
+    rng = np.random.default_rng(seed)
+    picked = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), max(6, per_class // div), replace=False)
+                                     for c in range(10)]))
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    with open(root / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        for i in picked:
+            name = f"images/{i:05d}.png"
+            Image.fromarray(x[i], "L").save(root / name)
+            w.writerow([name, str(y[i])])
+
+
 SHAPES = ["circle", "square", "triangle", "cross", "ring"]
 
 
@@ -216,6 +249,13 @@ SUITE = [
     DataSet("faces_c", "third drawing style, 150 people, 120x160", _mask_writer(150, draw=draw_face_c),
             epochs=8, held_out=True),
 ]
+
+
+PRETRAINED_EXTRA = [
+    DataSet("fashion_csv", "Fashion-MNIST, 2000 real 28x28 photos, csv layout", write_fashion_csv,
+            {"data.format": "csv", "data.train_csv": "train.csv"}, epochs=6),
+]
+SUITE_ALL = SUITE + PRETRAINED_EXTRA
 
 
 def ensure(ds: DataSet, root: Path, div: int = 1) -> Path:
