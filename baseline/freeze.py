@@ -53,6 +53,14 @@ def resolve_schedule(cfg: Config) -> list[dict]:
     return out
 
 
+def check_head(cfg: Config) -> None:
+    """Before any data is read: a team's own module must name its head for a schedule that freezes."""
+    from . import models
+
+    if models.is_custom(cfg.model.name) and any(p["train"] != "all" for p in resolve_schedule(cfg)):
+        split_head(models.bare(cfg.model, 2), needs_head=True, name=cfg.model.name)
+
+
 class Freezer:
     """Which modules train in each phase of the schedule, and the optimizer that matches. Phases are
     addressed by their index in the schedule, so a checkpoint names the phase it was written in."""

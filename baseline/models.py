@@ -254,7 +254,7 @@ def check_weights(cfg: ModelCfg) -> None:
                              "__init__, or set model.pretrained=/path/to/weights")
         check_hub_weights(timm_name(cfg.name))
     elif isinstance(cfg.pretrained, str) and cfg.pretrained:
-        probe = _bare(cfg, 2)
+        probe = bare(cfg, 2)
         match_weights(probe, read_weights(Path(cfg.pretrained)), cfg.pretrained, cfg.name)
 
 
@@ -265,12 +265,14 @@ def create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
     return factorize(model, cfg.name) if cfg.head == "factorized" else model
 
 
-def _bare(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
+def bare(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
     """Random init; a custom class is called with `num_classes=`."""
     if is_custom(cfg.name):
         model = custom_class(cfg.name)(num_classes=num_classes)
         if not isinstance(model, torch.nn.Module):
             raise ModelError(f"model.name '{cfg.name}' did not build an nn.Module")
+        if not hasattr(model, "num_classes"):
+            model.num_classes = num_classes  # what the engine reads, as on every timm model
         return model
     return timm.create_model(timm_name(cfg.name), pretrained=False, num_classes=num_classes, drop_rate=cfg.drop_rate,
                              drop_path_rate=cfg.drop_path_rate)
@@ -279,7 +281,7 @@ def _bare(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
 def _create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
     p = cfg.pretrained
     if p is False or p == "":
-        return _bare(cfg, num_classes)
+        return bare(cfg, num_classes)
     if p is True:
         check_weights(cfg)
         name = timm_name(cfg.name)
@@ -308,7 +310,7 @@ def zero_head(model: torch.nn.Module) -> None:
 
 def _create_from_file(cfg: ModelCfg, path: Path, num_classes: int) -> torch.nn.Module:
     state = read_weights(path)
-    model = _bare(cfg, num_classes)
+    model = bare(cfg, num_classes)
     m = match_weights(model, state, str(path), cfg.name)
     own = model.state_dict()
     mapped = {k: state[f] for k, f in m.pairs.items()}
@@ -354,7 +356,7 @@ def weights_norm(cfg: ModelCfg) -> dict:
     else:
         name = timm_name(cfg.name)
         if name.startswith(("hf-hub:", "local-dir:")):
-            return norm_config(_bare(cfg, 2))
+            return norm_config(bare(cfg, 2))
         pc = timm.models.get_pretrained_cfg(name)
         pc = pc.to_dict() if pc is not None else {}
     return {k: tuple(pc[k]) if k != "interpolation" else pc[k] for k in IMAGENET if k in pc} | {

@@ -76,11 +76,11 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     train_ds, val_ds = build_datasets(cfg, table, fold, cache)
     batch = settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = build_loaders(cfg, env, train_ds, val_ds, batch)
-    enter_phase(cfg, learner, 0, len(loaders.train))
+    enter_phase(cfg, learner, 0, loaders.steps)
     saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
                        cfg.train.keep_top_k)
     if saved is not None:
-        restore(cfg, learner, state, saver, saved, len(loaders.train))
+        restore(cfg, learner, state, saver, saved, loaders.steps)
     if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale
         truncate_metrics(run_dir / "metrics.csv", state.epoch)
     state.batch_sizes = {"world_size": env.world_size, "batch_size_per_process": batch,
@@ -109,6 +109,7 @@ def preflight(cfg: Config) -> None:
     if rundir.resume_point(cfg) is None:  # a resume's checkpoint holds the weights
         models.check_weights(cfg.model)  # a file that does not fit, hub weights out of reach
     freeze.resolve_schedule(cfg)
+    freeze.check_head(cfg)
     resolve_mode(cfg.log.wandb)
 
 
@@ -195,6 +196,7 @@ class Loaders:
     val_labels: np.ndarray
     val_paths: list[str]
     batch_size: int  # per process
+    steps: int = 0  # batches in a whole epoch (len(train) shrinks while a resumed epoch skips its first batches)
 
 
 def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls: int, n_train: int) -> int:
@@ -209,8 +211,9 @@ def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls
 
 
 def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> Loaders:
+    train = ds.train_loader(train_ds, batch, cfg.data.num_workers, cfg.seed, env.rank, env.world_size)
     return Loaders(
-        train=ds.train_loader(train_ds, batch, cfg.data.num_workers, cfg.seed, env.rank, env.world_size),
+        train=train, steps=len(train),
         val=ds.eval_loader(val_ds, max(batch, 64) * 2, cfg.data.num_workers, env.rank, env.world_size),
         val_labels=np.asarray(val_ds.labels), val_paths=list(val_ds.paths), batch_size=batch,
     )
@@ -329,11 +332,13 @@ class TrainState:
     bad_epochs: int = 0
     seconds: float = 0.0
     batches_done: int = 0  # of the current epoch; > 0 only in a checkpoint written on preemption
+    loss_sum: float = 0.0  # train loss summed over those batches, so a resumed epoch reports the whole epoch's mean
     batch_sizes: dict | None = None  # world size, per-process and global batch (auto may pick the batch)
     pruned_epoch: int = 0  # a sweep's pruner stopped the run after this epoch
 
 
-RESTORED = ("epoch", "step", "best", "best_epoch", "best_row", "wandb_id", "bad_epochs", "seconds", "batches_done")
+RESTORED = ("epoch", "step", "best", "best_epoch", "best_row", "wandb_id", "bad_epochs", "seconds", "batches_done",
+            "loss_sum")
 
 
 def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState) -> dict:
@@ -416,7 +421,7 @@ def fit(run: Run) -> None:
     """Epochs until train.epochs, an early stop, the sweep's pruner, or a preemption signal."""
     log_start(run)
     while run.state.epoch < run.cfg.train.epochs:
-        enter_phase(run.cfg, run.learner, run.state.epoch, len(run.loaders.train), run.state.step)
+        enter_phase(run.cfg, run.learner, run.state.epoch, run.loaders.steps, run.state.step)
         result = train_epoch(run)
         if result["interrupted"]:
             stop_preempted(run)
@@ -453,7 +458,8 @@ def train_epoch(run: Run) -> dict:
     state.step = result["step"]
     state.seconds += result["seconds"]
     state.batches_done += result["batches"]
-    return result
+    state.loss_sum += result["loss"] * result["batches"]
+    return {**result, "loss": state.loss_sum / max(state.batches_done, 1)}
 
 
 def stop_preempted(run: Run) -> None:
@@ -490,7 +496,7 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
         state.best, state.best_epoch, state.best_row, state.bad_epochs = metric, epoch, row, 0
     else:
         state.bad_epochs += 1
-    state.epoch, state.batches_done = epoch, 0
+    state.epoch, state.batches_done, state.loss_sum = epoch, 0, 0.0
     if run.env.is_main:
         per_class = engine.per_class_f1(logits, run.loaders.val_labels, len(state.classes))
         run.tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)}, step=state.step)
