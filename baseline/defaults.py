@@ -33,11 +33,12 @@ def _round8(v: float) -> int:
     return max(32, int(round(v / 8)) * 8)
 
 
-def img_size_for(sizes: list[tuple[int, int]], side: int) -> tuple[int, int]:
+def img_size_for(sizes: list[tuple[int, int]], side: int, upsample: bool = False) -> tuple[int, int]:
     """[h, w] with the median aspect ratio of `sizes` ((w, h) pairs), about side*side pixels, never
-    upsampling past the median image (but at least 32, multiples of 8)."""
+    upsampling past the median image unless `upsample` (pretrained weights: their features need the
+    resolution they were trained near, so 8x8 scans go in at side x side). At least 32, multiples of 8."""
     w, h = np.median(np.array(sizes, dtype=float), axis=0)
-    area = min(side * side, w * h)
+    area = side * side if upsample else min(side * side, w * h)
     th = math.sqrt(area * h / w)
     return _round8(th), _round8(area / th)
 
@@ -83,10 +84,11 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
     if cfg.data.img_size == "auto":
         sizes = image_sizes(paths)
         side = SIDE["cuda" if device.type == "cuda" else "cpu"]
-        cfg.data.img_size = list(img_size_for(sizes, side))
+        cfg.data.img_size = list(img_size_for(sizes, side, upsample=bool(cfg.model.pretrained)))
         w, h = np.median(np.array(sizes), axis=0)
         reasons.append(f"data.img_size={cfg.data.img_size} from the data's {w:.0f}x{h:.0f} (w x h, median) "
-                       f"images, about {side}x{side} pixels on {device.type}")
+                       f"images, about {side}x{side} pixels on {device.type}"
+                       + (" (smaller images upsampled: pretrained weights)" if cfg.model.pretrained else ""))
     if cfg.train.batch_size == "data":
         cfg.train.batch_size = batch_for(n_train, world, device)
         reasons.append(f"train.batch_size={cfg.train.batch_size} because {n_train} training images "
@@ -100,6 +102,13 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
         cfg.data.interpolation = norm["interpolation"] if cfg.model.pretrained else "bilinear"
         reasons.append(f"data.interpolation={cfg.data.interpolation}: " + (
             "the resize filter the weights were trained with" if cfg.model.pretrained else "from scratch"))
+    if cfg.freeze.preset == "auto" and not cfg.freeze.schedule:
+        from .freeze import preset_for
+
+        cfg.freeze.preset = preset_for(cfg)
+        reasons.append(f"freeze.preset={cfg.freeze.preset}: " + (
+            "pretrained weights (one head-only epoch, then everything)" if cfg.freeze.preset == "fine_tune"
+            else "from scratch" if not cfg.model.pretrained else "the module names no head"))
     if cfg.data.num_workers == "auto":
         cfg.data.num_workers = workers_for(device, cpus)
         reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type}")

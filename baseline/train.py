@@ -284,9 +284,10 @@ def enter_phase(cfg: Config, learner: engine.Learner, epoch: int, steps_per_epoc
     learner.train_view = training_view(learner.model, cfg, learner.ctx.env)
     if learner.ctx.env.is_main and len(f.schedule) > 1:
         first, end = f.span(index)
-        lrs = ", ".join(f"{k} {v:.2e}" for k, v in f.group_lrs(learner.optimizer).items())
-        log.info("freeze phase %d/%d (epochs %d-%d, train %s): %d trainable parameters; starts at %s", index + 1,
-                 len(f.schedule), first + 1, end, f.phase["train"], f.trainable_count(), lrs)
+        now, peak = f.group_lrs(learner.optimizer), f.group_lrs(learner.optimizer, "initial_lr")
+        log.info("freeze phase %d/%d (epochs %d-%d, train %s): %d trainable parameters; LR starts at %s, peaks at %s",
+                 index + 1, len(f.schedule), first + 1, end, f.phase["train"], f.trainable_count(),
+                 ", ".join(f"{k} {v:.2e}" for k, v in now.items()), ", ".join(f"{v:.2e}" for v in peak.values()))
 
 
 def phase_state(learner: engine.Learner) -> dict:

@@ -91,7 +91,8 @@ CASES = [
     ("smoothing 1", "train", lambda d, t, r: ["train.label_smoothing=1.0"], "'train.label_smoothing'"),
     ("fold out of range", "train", lambda d, t, r: ["split.fold=9"], "'split.fold'"),
     ("more folds than people", "train", lambda d, t, r: ["split.folds=50"], "only 30 group"),
-    ("layer decay with lr_scale", "train", lambda d, t, r: ["optim.layer_decay=0.7", "freeze.preset=fine_tune"],
+    ("layer decay with lr_scale", "train", lambda d, t, r: [
+        "optim.layer_decay=0.7", "freeze.schedule=[{epoch: 0, train: head}, {epoch: 1, train: all, lr_scale: 0.1}]"],
      "use one of them"),
     ("unknown model", "train", lambda d, t, r: ["model.name=resnet_18x"], "not a timm model"),
     ("missing weights file", "train", lambda d, t, r: ["model.pretrained=/nope/w.pth"], "is not a file"),

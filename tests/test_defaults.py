@@ -65,7 +65,7 @@ def test_resolve_says_why_and_keeps_explicit_values(tmp_path, caplog):
     assert "batch_size=32 because 840 training images" in text and "96x128" in text
     assert out.data.mean == [0.485, 0.456, 0.406] and out.data.interpolation == "bilinear"  # resnet18, from scratch
     fixed = load_config(None, ["data.img_size=48", "train.batch_size=8", "data.num_workers=1", "data.mean=[0.5,.5,.5]",
-                               "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic"])
+                               "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic", "freeze.preset=none"])
     assert defaults.resolve(fixed, paths, 840, torch.device("cpu"), 1, 2) == fixed
 
 
@@ -75,9 +75,11 @@ def test_normalisation_follows_the_weights(tmp_path):
     cfg = load_config(None, ["model.name=tf_efficientnet_lite0", "model.pretrained=w.pth"])
     out = defaults.resolve(cfg, paths, 840, torch.device("cpu"), 1, 2)
     assert out.data.mean == [0.5] * 3 and out.data.std == [0.5] * 3 and out.data.interpolation == "bicubic"
+    assert out.freeze.preset == "fine_tune" and out.data.img_size == [64, 64]  # upsampled: pretrained
     scratch = defaults.resolve(load_config(None, ["model.name=tf_efficientnet_lite0"]), paths, 840,
                                torch.device("cpu"), 1, 2)
     assert scratch.data.mean == [0.5] * 3 and scratch.data.interpolation == "bilinear"
+    assert scratch.freeze.preset == "none" and scratch.data.img_size == [64, 64]
 
 
 def test_exif_rotation_counts_in_the_aspect_ratio(tmp_path):
@@ -117,6 +119,21 @@ def test_recipe_benchmark_tiny_mode(tmp_path, capsys):
     assert rows.loc[rows.set == "digits_csv", "img_size"].item() == "32x32"
     printed = capsys.readouterr().out
     assert "| synth_60 | 72x56 | 1 |" in printed and (out / "recipe.md").is_file()
+
+
+@pytest.mark.slow
+def test_pretrained_recipe_benchmark_tiny_mode(tmp_path, capsys):
+    """Real ImageNet weights in all three rows; 8x8 digits go in upsampled (pretrained features need it)."""
+    out = tmp_path / "bench"
+    rc = main(["bench", "recipe", "bench.pretrained=true", "bench.tiny=true", "bench.seeds=1",
+               f"bench.root={tmp_path / 'suite'}", f"bench.out={out}", "bench.sets=[digits_csv]"])
+    assert rc in (0, 1)
+    rows = pd.read_csv(out / "pretrained_runs.csv")
+    assert rows["set"].tolist() == ["digits_csv"] and rows.img_size.item() == "64x64"
+    assert rows[["kit_f1", "none_f1", "ref_f1"]].notna().all().all() and (rows.none_s > 0).all()
+    assert rows.ref_f1.item() > 0.3  # one epoch on 224 scans from real weights: far above chance (0.1)
+    printed = capsys.readouterr().out
+    assert "freeze.preset=none" in printed and (out / "pretrained.md").is_file()
 
 
 def test_table_puts_the_held_out_set_last_and_checks_the_bar():

@@ -36,7 +36,7 @@ def test_real_weights_recognise_real_photos(tmp_path, caplog):
     top = {}
     for photo in ("chelsea", "coffee"):
         Image.fromarray(getattr(data, photo)()).save(tmp_path / f"{photo}.png")
-        x = torch.from_numpy(decode(str(tmp_path / f"{photo}.png"), (224, 224), interpolation="bicubic"))
+        x = torch.from_numpy(decode(str(tmp_path / f"{photo}.png"), (224, 224), interpolation="bicubic").copy())
         x = (x.permute(2, 0, 1).float() / 255 - torch.tensor(norm["mean"]).view(3, 1, 1)) / torch.tensor(
             norm["std"]).view(3, 1, 1)
         with torch.no_grad():
@@ -66,6 +66,8 @@ def test_weights_that_do_not_fit_are_refused_before_any_decoding(tiny, tmp_path,
     err = refused(["train", *tiny(**{"model.name": "resnet18", "model.pretrained": WEIGHTS})], tmp_path / "runs",
                   capsys, "does not fit 'resnet18'", seconds=10)
     assert "conv1.weight" in err and "_conv_stem.weight" in err  # the model's names and the file's
+    refused(["cv", *tiny(**{"model.name": "resnet18", "model.pretrained": WEIGHTS})], tmp_path / "runs", capsys,
+            "does not fit 'resnet18'", seconds=10)
 
 
 def test_hf_hub_names_are_timm_names(tiny, tmp_path, capsys):
