@@ -150,7 +150,8 @@ def config_diff(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
-            (allowed if key.startswith(RESUMABLE) else refused).append(line)
+            # a key the checkpoint lacks is newer than the kit that wrote it: allowed, and said
+            (allowed if key.startswith(RESUMABLE) or key not in a else refused).append(line)
     return refused, allowed
 
 

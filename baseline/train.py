@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -386,12 +387,13 @@ class Preemption:
 
     def __init__(self):
         self.requested = False
+        self.signum = signal.SIGTERM  # which signal asked; the exit code is 128 + it, as shells expect
 
     def __call__(self) -> bool:
         return self.requested
 
     def _handle(self, signum, _frame) -> None:
-        self.requested = True
+        self.requested, self.signum = True, signum
         log.warning("received %s: finishing the current step, then saving last.pt", signal.Signals(signum).name)
 
     def __enter__(self) -> Preemption:
@@ -464,10 +466,14 @@ def train_epoch(run: Run) -> dict:
 
 
 def stop_preempted(run: Run) -> None:
+    """last.pt, one line, and exit 130 after Ctrl-C (SIGINT), 143 after SIGTERM."""
+    signum = int(getattr(run.learner.ctx.stop, "signum", signal.SIGTERM))
     if run.env.is_main:
         run.saver.save_last(checkpoint_state(run.cfg, run.learner, run.state))
-    raise SystemExit(f"stopped by signal in epoch {run.state.epoch + 1} after {run.state.batches_done} batches; "
-                     f"last.pt holds that state: resume with run.resume=auto run.name={run.dir.name}")
+        print(f"stopped by {signal.Signals(signum).name} in epoch {run.state.epoch + 1} after "
+              f"{run.state.batches_done} batches; last.pt holds that state: resume with run.resume=auto "
+              f"run.name={run.dir.name}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
 
 
 def evaluate(run: Run) -> tuple[torch.Tensor, dict]:
@@ -532,7 +538,7 @@ def epoch_progress(run: Run):
     name = f"{state.epoch + 1}/{cfg.train.epochs}"
     loader = progress.bar(loaders.train, f"epoch {name}", loaders.batch_size, env.is_main)
     lines = progress.Lines(lambda row: run.tracker.log(row, step=row["step"]), epoch=name, first_step=state.step,
-                           steps=math.ceil((len(loaders.train) - state.batches_done) / cfg.train.accum_steps),
+                           steps=math.ceil((loaders.steps - state.batches_done) / cfg.train.accum_steps),
                            images_per_step=state.batch_sizes["global_batch_size"], every_s=cfg.train.log_every_s,
                            show=env.is_main)
     return loader, lines
