@@ -353,6 +353,11 @@ def validate(cfg: Config) -> None:
     size = cfg.data.img_size
     if isinstance(size, list) and len(size) != 2:
         raise ConfigError(f"config key 'data.img_size': expected an int or [h, w], got {size!r}")
+    name = cfg.run.name
+    if name and (name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()):
+        raise ConfigError(f"config key 'run.name': expected a folder name inside run.dir (no '/', '..' or absolute "
+                          f"path: `baseline runs` and submit's newest run look only there), got {name!r}; set "
+                          "run.dir to keep runs elsewhere")
     for key in ("mean", "std"):
         v = getattr(cfg.data, key)
         if isinstance(v, list) and (len(v) != 3 or (key == "std" and min(v) <= 0)):

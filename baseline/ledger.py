@@ -11,6 +11,7 @@ import fcntl
 import getpass
 import hashlib
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from sklearn.metrics import f1_score
 
 from .checkpoint import provenance
 from .config import ConfigError
+
+log = logging.getLogger("baseline")
 
 COLUMNS = ["file", "sha256", "time", "user", "git_commit", "members", "weights", "member_val_f1", "cv_f1", "tta",
            "lb"]
@@ -93,7 +96,10 @@ def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, w
     }
     with locked(ledger):
         new = not ledger.is_file() or ledger.stat().st_size == 0
+        torn = not new and _ends_torn(ledger)
         with open(ledger, "a", newline="") as f:
+            if torn:  # a killed submit or a full disk left half a row: ours starts on a line of its own
+                f.write("\r\n")
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             if new:
                 w.writeheader()
@@ -110,10 +116,37 @@ def path(cfg, submission: Path | None = None) -> Path:
     return (Path(submission).parent if submission else Path("submissions")) / "ledger.csv"
 
 
+def _ends_torn(ledger: Path) -> bool:
+    with open(ledger, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 def read(ledger: Path) -> pd.DataFrame:
+    """The ledger's whole rows. A torn row (half written: a killed submit, a full disk, a sync conflict)
+    is left out with a warning naming its line; `torn_rows` has them."""
     if not ledger.is_file():
         return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(ledger, dtype=str, keep_default_na=False)
+    header, rows, torn = torn_rows(ledger)
+    if torn:
+        log.warning("ledger %s: line(s) %s are torn (a killed submit or a full disk?) and left out", ledger,
+                    ", ".join(str(n) for n, _ in torn))
+    return pd.DataFrame(rows, columns=header or COLUMNS, dtype=str)
+
+
+def torn_rows(ledger: Path) -> tuple[list[str], list[list[str]], list[tuple[int, str]]]:
+    """(header, whole rows, [(line number, text)] of rows with the wrong number of fields)."""
+    with open(ledger, newline="", encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    parsed = list(csv.reader(lines))
+    header = parsed[0] if parsed else []
+    rows, torn = [], []
+    for n, (row, text) in enumerate(zip(parsed[1:], lines[1:]), start=2):
+        if len(row) == len(header):
+            rows.append(row)
+        elif text.strip():
+            torn.append((n, text))
+    return header, rows, torn
 
 
 def _hits(df: pd.DataFrame, file: str, ledger: Path) -> pd.Series:
@@ -161,6 +194,11 @@ def record_lb(ledger: Path, file: str, score: float) -> pd.Series:
         df = read(ledger)
         hit = _hits(df, file, ledger)
         df.loc[hit, "lb"] = f"{score:.5f}"
+        _, _, torn = torn_rows(ledger)
+        if torn:  # the rewrite below keeps whole rows only: the torn ones are set aside, not lost
+            with open(ledger.with_name(f"{ledger.name}.torn"), "a") as f:
+                f.writelines(text + "\n" for _, text in torn)
+            log.warning("ledger %s: %d torn line(s) moved to %s.torn", ledger, len(torn), ledger.name)
         tmp = ledger.with_name(f".{ledger.name}.tmp")
         df.to_csv(tmp, index=False)
         os.replace(tmp, ledger)

@@ -168,12 +168,17 @@ def check_classes(paths: list[Path], classes: list[str], what: str) -> list[str]
 
 
 def writable_target(out: Path) -> None:
-    """Fail before predicting if the submission cannot be written there."""
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if out.is_dir() or (out.exists() and not os.access(out, os.W_OK)) or not os.access(folder, os.W_OK):
+    """Fail before predicting if the submission cannot be written there: its folder is made and a probe
+    file written and removed (permission bits alone say yes for root on /proc or a read-only mount)."""
+    if out.is_dir() or (out.exists() and not os.access(out, os.W_OK)):
         raise ConfigError(f"submit.out '{out}' cannot be written (not a writable file path); choose another")
+    probe = out.with_name(f".{out.name}.{os.getpid()}.probe")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"submit.out '{out}' cannot be written ({e.strerror or e}); choose another") from None
 
 
 def submit(cfg: Config) -> Path:

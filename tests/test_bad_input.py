@@ -90,6 +90,8 @@ CASES = [
     ("probability 1.5", "train", lambda d, t, r: ["aug.hflip=1.5"], "'aug.hflip': expected a probability"),
     ("smoothing 1", "train", lambda d, t, r: ["train.label_smoothing=1.0"], "'train.label_smoothing'"),
     ("fold out of range", "train", lambda d, t, r: ["split.fold=9"], "'split.fold'"),
+    ("run.name escapes run.dir", "train", lambda d, t, r: ["run.name=../../escape"], "'run.name': expected a folder"),
+    ("run.name absolute", "train", lambda d, t, r: [f"run.name={t / 'abs'}"], "'run.name': expected a folder"),
     ("more folds than people", "train", lambda d, t, r: ["split.folds=50"], "only 30 group"),
     ("layer decay with lr_scale", "train", lambda d, t, r: [
         "optim.layer_decay=0.7", "freeze.schedule=[{epoch: 0, train: head}, {epoch: 1, train: all, lr_scale: 0.1}]"],
@@ -137,6 +139,9 @@ CASES = [
     ("submit: missing checkpoint", "submit", lambda d, t, r: [f"submit.checkpoints={t / 'none'}"],
      "neither a checkpoint file nor a run folder"),
     ("submit: output is a folder", "submit", lambda d, t, r: [f"submit.checkpoints={r / 'mask'}", f"submit.out={t}"],
+     "cannot be written"),
+    ("submit: a folder that cannot be made", "submit", lambda d, t, r: [f"submit.checkpoints={r / 'mask'}",
+                                                                         "submit.out=/proc/nope/x.csv"],
      "cannot be written"),
     ("submit: duplicate ImageID", "submit", lambda d, t, r: dup_info(d, r), "ImageID .* is listed twice"),
 ]

@@ -107,3 +107,22 @@ def test_submissions_on_the_same_point_share_one_label():
     scored = pd.DataFrame({"file": ["s/ens.csv", "s/r18fact.csv", "s/r18.csv", "t/r18.csv"],
                            "cv": [0.968, 0.968, 0.938, 0.938], "lb": [0.961, 0.961, 0.912, 0.912]})
     assert ledger.point_labels(scored) == {(0.938, 0.912): "r18", (0.968, 0.961): "ens, r18fact"}
+
+
+def test_a_torn_last_line_is_set_aside_not_glued_to(tmp_path, caplog):
+    """A killed submit or a full disk leaves half a row: the next submit starts a line of its own, the
+    readers leave the torn row out with a warning, and an lb score moves it aside instead of losing it."""
+    ckpt = fake_member(tmp_path / "run", 0.8)
+    sub = tmp_path / "s.csv"
+    sub.write_text("ImageID,ans\na,1\n")
+    book = tmp_path / "ledger.csv"
+    ledger.append(book, sub, [ckpt], tta=False)
+    with open(book, "a") as f:
+        f.write(str(sub) + ",0123abcd,2026-12-01 10:00")  # torn: no newline, fields missing
+    ledger.append(book, sub, [ckpt], tta=True)
+    df = ledger.read(book)
+    assert df.tta.tolist() == ["false", "true"] and "line(s) 3 are torn" in caplog.text
+    ledger.record_lb(book, str(sub), 0.5)
+    assert ledger.read(book).lb.tolist() == ["0.50000", "0.50000"]
+    assert "0123abcd" in (tmp_path / "ledger.csv.torn").read_text()
+    assert main(["submissions", f"submit.ledger={book}"]) == 0
