@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -24,16 +25,35 @@ def save_atomic(obj: dict, path: Path, *copies: Path) -> None:
     `copies` get the same bytes without serializing again (a hard link where the disk allows it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    for dst in copies:
-        dst_tmp = dst.with_name(f".{dst.name}.tmp")
-        dst_tmp.unlink(missing_ok=True)
-        try:
-            os.link(tmp, dst_tmp)
-        except OSError:
-            shutil.copyfile(tmp, dst_tmp)
-        os.replace(dst_tmp, dst)
-    os.replace(tmp, path)
+    done: list[Path] = []
+    try:
+        with open(tmp, "wb") as f:  # our handle: closed (its space freed) even when the write fails half-way
+            torch.save(obj, f)
+        for dst in copies:
+            dst_tmp = dst.with_name(f".{dst.name}.tmp")
+            dst_tmp.unlink(missing_ok=True)
+            done.append(dst_tmp)
+            try:
+                os.link(tmp, dst_tmp)
+            except OSError:
+                shutil.copyfile(tmp, dst_tmp)
+            os.replace(dst_tmp, dst)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its writer
+        full = shutil.disk_usage(path.parent).free < 2**20
+        for t in (tmp, *done):  # a half-written temporary would keep the disk full for the resume
+            with contextlib.suppress(OSError):
+                t.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise CheckpointError(f"could not write checkpoint '{path}' ({_reason(e, full)}; {free:.0f} MB free there "
+                              f"now); the previous {path.name} is intact: free space, then resume with "
+                              "run.resume=auto") from None
+
+
+def _reason(e: Exception, full: bool) -> str:
+    if full or "No space left" in str(e) or getattr(e, "errno", None) == 28:
+        return "no space left on device"
+    return (str(e).splitlines()[0] if str(e) else type(e).__name__)[:160]
 
 
 def load(path: str | Path, mmap: bool = False) -> dict:

@@ -124,7 +124,8 @@ def locked(run_dir: Path, env: dist.Env):
         yield
     except BaseException as e:
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
-            (run_dir / ERROR).write_text(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+            with contextlib.suppress(OSError):  # on a full disk this write fails too; the run's own error wins
+                (run_dir / ERROR).write_text(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
         raise
     finally:
         if _holder(path).get("pid") == os.getpid():

@@ -35,3 +35,30 @@ def test_a_read_only_data_disk_says_split_file_fixes_it(read_only_data, tmp_path
     assert not runs.exists()
     assert main(["train", *over, f"split.file={tmp_path / 'folds.csv'}", "run.name=ro"]) == 0
     assert (runs / "ro" / "summary.json").is_file()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 6 MB tmpfs: room for one test_resnet checkpoint (4.4 MB) and not for a second beside it."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("tmpfs mounts need root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary(tiny, small_disk, capsys):
+    import torch
+
+    over = tiny(**{"run.dir": str(small_disk), "run.name": "full", "train.epochs": 2})
+    assert main(["train", *over]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on device" in err and "run.resume=auto" in err and "Traceback" not in err, err
+    ckpts = small_disk / "full" / "checkpoints"
+    assert not list(ckpts.glob(".*.tmp"))  # the half-written file would keep the disk full
+    assert torch.load(ckpts / "last.pt", weights_only=True)["epoch"] == 1  # the previous good state
+    assert "no space left" in (small_disk / "full" / "error.txt").read_text()
