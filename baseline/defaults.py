@@ -15,7 +15,7 @@ from PIL import Image
 
 from .config import Config
 from .data.layouts import DataError
-from .models import weights_norm
+from .models import pretrained_source, weights_norm
 
 log = logging.getLogger("baseline")
 
@@ -81,6 +81,11 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
     appended to `notes` (for the run's train.log, which does not exist yet)."""
     cfg = copy.deepcopy(cfg)
     reasons = []
+    if cfg.model.pretrained == "auto":
+        cfg.model.pretrained = pretrained_source(cfg.model)
+        reasons.append(f"model.pretrained={cfg.model.pretrained}: " + (
+            "the real ImageNet weights the lock ships for this model" if cfg.model.pretrained else
+            f"no weights ship with the kit for {cfg.model.name} (true: the hub; or a weights file)"))
     if cfg.data.img_size == "auto":
         sizes = image_sizes(paths)
         side = SIDE["cuda" if device.type == "cuda" else "cpu"]

@@ -37,9 +37,10 @@ def preset_for(cfg: Config) -> str:
     head), none from scratch."""
     if cfg.freeze.preset != "auto":
         return cfg.freeze.preset
-    if not cfg.model.pretrained:
-        return "none"
     from . import models
+
+    if not models.pretrained_source(cfg.model):
+        return "none"
 
     named_head = not models.is_custom(cfg.model.name) or hasattr(models.custom_class(cfg.model.name),
                                                                   "get_classifier")

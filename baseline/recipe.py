@@ -101,7 +101,9 @@ def reference(model_name: str, paths: list[str], labels: np.ndarray, is_val: np.
 
 
 def set_config(ds: suite.DataSet, folder: Path, seed: int, epochs: int, run_dir: Path, extra: list[str]) -> Config:
+    # the from-scratch suite is resnet18 from scratch, as its table always was (`extra` may say otherwise)
     over = {"data.root": str(folder), **ds.overrides, "seed": seed, "train.epochs": epochs,
+            "model.name": "resnet18", "model.pretrained": "false",
             "run.dir": str(run_dir), "run.name": f"{ds.name}-s{seed}", "log.wandb.mode": "disabled",
             "log.figures": False}  # many short runs, read by their numbers
     return load_config(None, [f"{k}={v}" for k, v in over.items()] + list(extra))

@@ -27,7 +27,8 @@ ERROR = "error.txt"
 RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "train.epochs", "train.early_stop", "train.log_interval",
              "train.log_every_s", "train.device", "train.keep_top_k", "data.num_workers", "data.cache",
              "data.cache_ram_gb",
-             "data.root", "data.max_pixels", "split.file")
+             "data.root", "data.max_pixels", "split.file",
+             "model.pretrained")  # the checkpoint holds the weights; the initial file's path may differ per machine
 
 
 class RunLocked(ConfigError):

@@ -27,7 +27,7 @@ def test_a_kill_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypat
     saver.save({"w": torch.tensor([1.0])}, 1, 0.5, is_best=True)
 
     def dies(obj, f):
-        open(f, "wb").write(b"half")
+        f.write(b"half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dies)

@@ -56,7 +56,7 @@ def test_resolve_says_why_and_keeps_explicit_values(tmp_path, caplog):
         p = tmp_path / f"{i}.png"
         Image.new("RGB", (96, 128)).save(p)
         paths.append(str(p))
-    cfg = load_config()
+    cfg = load_config(None, ["model.name=resnet18"])  # no weights ship for it: from scratch
     with caplog.at_level(logging.INFO, logger="baseline"):
         out = defaults.resolve(cfg, paths, 840, torch.device("cpu"), 1, 2)
     assert out.data.img_size == [72, 56] and out.train.batch_size == 32 and out.data.num_workers == 0
@@ -64,7 +64,8 @@ def test_resolve_says_why_and_keeps_explicit_values(tmp_path, caplog):
     text = caplog.text
     assert "batch_size=32 because 840 training images" in text and "96x128" in text
     assert out.data.mean == [0.485, 0.456, 0.406] and out.data.interpolation == "bilinear"  # resnet18, from scratch
-    fixed = load_config(None, ["data.img_size=48", "train.batch_size=8", "data.num_workers=1", "data.mean=[0.5,.5,.5]",
+    fixed = load_config(None, ["model.name=resnet18", "model.pretrained=false", "data.img_size=48",
+                               "train.batch_size=8", "data.num_workers=1", "data.mean=[0.5,.5,.5]",
                                "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic", "freeze.preset=none"])
     assert defaults.resolve(fixed, paths, 840, torch.device("cpu"), 1, 2) == fixed
 
@@ -76,10 +77,22 @@ def test_normalisation_follows_the_weights(tmp_path):
     out = defaults.resolve(cfg, paths, 840, torch.device("cpu"), 1, 2)
     assert out.data.mean == [0.5] * 3 and out.data.std == [0.5] * 3 and out.data.interpolation == "bicubic"
     assert out.freeze.preset == "fine_tune" and out.data.img_size == [64, 64]  # upsampled: pretrained
-    scratch = defaults.resolve(load_config(None, ["model.name=tf_efficientnet_lite0"]), paths, 840,
+    scratch = defaults.resolve(load_config(None, ["model.name=tf_efficientnet_lite0", "model.pretrained=false"]),
+                               paths, 840,
                                torch.device("cpu"), 1, 2)
     assert scratch.data.mean == [0.5] * 3 and scratch.data.interpolation == "bilinear"
     assert scratch.freeze.preset == "none" and scratch.data.img_size == [64, 64]
+
+
+def test_the_default_model_fine_tunes_the_weights_the_lock_ships(tmp_path):
+    paths = [str(tmp_path / "0.png")]
+    Image.new("RGB", (96, 128)).save(paths[0])
+    out = defaults.resolve(load_config(), paths, 840, torch.device("cpu"), 1, 2)
+    assert out.model.name == "tf_efficientnet_lite0"
+    assert out.model.pretrained.endswith("efficientnet-lite0-57934424.pth")
+    assert out.freeze.preset == "fine_tune" and out.data.interpolation == "bicubic"
+    other = defaults.resolve(load_config(None, ["model.name=convnext_atto"]), paths, 840, torch.device("cpu"), 1, 2)
+    assert other.model.pretrained is False and other.freeze.preset == "none"
 
 
 def test_exif_rotation_counts_in_the_aspect_ratio(tmp_path):

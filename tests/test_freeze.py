@@ -135,7 +135,7 @@ def test_head_only_epoch_under_two_process_ddp(tiny, tmp_path, pretrained_file):
 
 def test_layer_decay_gives_earlier_layers_smaller_lr_scales():
     model = timm.create_model("test_resnet", num_classes=4)
-    cfg = load_config(None, ["optim.layer_decay=0.5"])
+    cfg = load_config(None, ["optim.layer_decay=0.5", "model.name=test_resnet"])
     f = freeze.Freezer(cfg, model)
     f.freeze_for(0)
     scales = sorted({g["lr_scale"] for g in f.optimizer().param_groups})
