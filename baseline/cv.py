@@ -22,6 +22,7 @@ from sklearn.metrics import f1_score
 from .config import Config
 from .dist import launch_command
 from .rundir import state
+from .train import preflight
 
 log = logging.getLogger("baseline")
 
@@ -38,8 +39,6 @@ def fold_overrides(cfg: Config, overrides: list[str], exp_dir: Path, k: int) -> 
 
 
 def run(cfg: Config, config_file: str | None, overrides: list[str], nproc: int = 1) -> dict:
-    from .train import preflight
-
     preflight(cfg)  # a weights file that does not fit, an unknown model: refused before the folder exists
     exp_dir = Path(cfg.run.dir) / experiment_name(cfg)
     exp_dir.mkdir(parents=True, exist_ok=True)

@@ -125,13 +125,18 @@ def _ends_torn(ledger: Path) -> bool:
 def read(ledger: Path) -> pd.DataFrame:
     """The ledger's whole rows. A torn row (half written: a killed submit, a full disk, a sync conflict)
     is left out with a warning naming its line; `torn_rows` has them."""
+    return _read(ledger)[0]
+
+
+def _read(ledger: Path) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+    """(whole rows, torn lines), one parse."""
     if not ledger.is_file():
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=COLUMNS), []
     header, rows, torn = torn_rows(ledger)
     if torn:
         log.warning("ledger %s: line(s) %s are torn (a killed submit or a full disk?) and left out", ledger,
                     ", ".join(str(n) for n, _ in torn))
-    return pd.DataFrame(rows, columns=header or COLUMNS, dtype=str)
+    return pd.DataFrame(rows, columns=header or COLUMNS, dtype=str), torn
 
 
 def torn_rows(ledger: Path) -> tuple[list[str], list[list[str]], list[tuple[int, str]]]:
@@ -191,10 +196,9 @@ def truth_score(submission: Path, truth: Path) -> float:
 def record_lb(ledger: Path, file: str, score: float) -> pd.Series:
     """The public leaderboard score of a submission already in the ledger (by path, name or sha256)."""
     with locked(ledger):
-        df = read(ledger)
+        df, torn = _read(ledger)
         hit = _hits(df, file, ledger)
         df.loc[hit, "lb"] = f"{score:.5f}"
-        _, _, torn = torn_rows(ledger)
         if torn:  # the rewrite below keeps whole rows only: the torn ones are set aside, not lost
             with open(ledger.with_name(f"{ledger.name}.torn"), "a") as f:
                 f.writelines(text + "\n" for _, text in torn)

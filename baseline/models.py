@@ -255,7 +255,7 @@ def check_weights(cfg: ModelCfg) -> None:
                              "__init__, or set model.pretrained=/path/to/weights")
         check_hub_weights(timm_name(cfg.name))
     elif isinstance(cfg.pretrained, str) and cfg.pretrained:
-        probe = bare(cfg, 2)
+        probe = bare(cfg, 2) if is_custom(cfg.name) else shapes_only(cfg, 2)  # a team's __init__ may need real tensors
         match_weights(probe, read_weights(Path(cfg.pretrained)), cfg.pretrained, cfg.name)
 
 
@@ -300,6 +300,13 @@ def bare(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
                              drop_path_rate=cfg.drop_path_rate)
 
 
+def shapes_only(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
+    """The model on the meta device: its tensor names and shapes, no memory and no init, for matching a
+    weights file before the real model is built."""
+    with torch.device("meta"):
+        return bare(cfg, num_classes)
+
+
 def _create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
     p = pretrained_source(cfg)
     if p is False or p == "":
@@ -332,12 +339,12 @@ def zero_head(model: torch.nn.Module) -> None:
 
 def _create_from_file(cfg: ModelCfg, path: Path, num_classes: int) -> torch.nn.Module:
     state = read_weights(path)
-    model = bare(cfg, num_classes)
+    # a team's module is loaded in place (built for real once); a timm model is built once, by timm's loader
+    model = bare(cfg, num_classes) if is_custom(cfg.name) else shapes_only(cfg, num_classes)
     m = match_weights(model, state, str(path), cfg.name)
-    own = model.state_dict()
     mapped = {k: state[f] for k, f in m.pairs.items()}
-    mapped.update({k: v for k, v in own.items() if _counter(k) and k not in mapped})
-    if is_custom(cfg.name) or not hasattr(model, "pretrained_cfg"):
+    mapped.update({k: torch.zeros((), dtype=torch.long) for k in model.state_dict() if _counter(k) and k not in mapped})
+    if is_custom(cfg.name):
         missing, _ = model.load_state_dict(mapped, strict=False)
         if set(missing) - set(classifier_keys(model)):
             raise ModelError(f"model.pretrained '{path}' does not fit '{cfg.name}': {sorted(missing)[:5]} missing")
