@@ -92,7 +92,7 @@ def setup(cfg: Config):
     t0 = time.perf_counter()
     train_ds, val_ds = train.build_datasets(cfg, table, fold, train.decode_images(cfg, table))
     cache_s = time.perf_counter() - t0
-    learner = train.build_learner(cfg, env, table, stop=lambda: False)
+    learner = train.build_learner(cfg, env, table, stop=lambda step: False)
     batch = train.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = train.build_loaders(cfg, env, train_ds, val_ds, batch)
     train.enter_phase(cfg, learner, 0, len(loaders.train))

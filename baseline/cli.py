@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, load_config
 from .data.layouts import DataError
+from .dist import LOST_PEER, LostPeer
 from .memory import OutOfMemory
 from .models import ModelError
 from .tracking import TrackingError
@@ -186,12 +186,13 @@ def _run_folder(cfg: Config, name: str) -> Path:
 
 
 def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
-    """`baseline train --nproc N ...` is `torchrun --standalone --nproc_per_node=N -m baseline train ...`."""
+    """`baseline train --nproc N ...` is `torchrun --standalone --nproc_per_node=N -m baseline train ...`,
+    with torchrun's launcher in this process (dist.launch: one line when a process dies)."""
     rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")]
     rest = [a for a in rest if not a.startswith("--nproc=")]
-    from .dist import launch_command
+    from .dist import launch
 
-    return subprocess.call(launch_command(nproc, rest))
+    return launch(nproc, rest)
 
 
 def parse(argv: list[str] | None):
@@ -277,4 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     except OutOfMemory as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except LostPeer as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # every survivor knows; one says it
+            print(f"error: {e}", file=sys.stderr)
+        return LOST_PEER
 

@@ -11,10 +11,9 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .config import Config
-from .data.layouts import DataError
+from .data.dataset import header_size
 from .models import pretrained_source, weights_norm
 
 log = logging.getLogger("baseline")
@@ -62,17 +61,7 @@ def workers_for(device: torch.device, cpus: int) -> int:
 def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
     """(w, h) of an evenly spaced sample of `paths`, from the headers (EXIF rotation counted)."""
     picked = paths if len(paths) <= n else [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
-    out = []
-    for p in picked:
-        try:
-            with Image.open(p) as im:
-                w, h = im.size
-                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-                    w, h = h, w
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"image '{p}' could not be read: {e}") from None
-        out.append((w, h))
-    return out
+    return [header_size(p) for p in picked]
 
 
 def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int, cpus: int,

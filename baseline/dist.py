@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -79,11 +81,36 @@ def sync_buffers(env: Env, module: torch.nn.Module) -> None:
 
 
 def all_min(env: Env, value: int) -> int:
+    return _all_reduce_int(env, value, dist.ReduceOp.MIN)
+
+
+def all_max(env: Env, value: int) -> int:
+    return _all_reduce_int(env, value, dist.ReduceOp.MAX)
+
+
+def _all_reduce_int(env: Env, value: int, op) -> int:
     if not env.distributed:
         return value
     t = torch.tensor([value], device=env.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    dist.all_reduce(t, op=op)
     return int(t.item())
+
+
+def main_first(env: Env, fn):
+    """`fn()` on rank 0 alone (writing a shared file), the others waiting; its result on rank 0, None
+    elsewhere. If it fails, every rank raises its error, so none is left waiting for a rank that left."""
+    if not env.distributed:
+        return fn()
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - handed to every rank, raised there
+            error = e
+    error = broadcast_object(env, error)
+    if error is not None:
+        raise error
+    return result
 
 
 def broadcast_object(env: Env, obj):
@@ -94,10 +121,93 @@ def broadcast_object(env: Env, obj):
     return box[0]
 
 
+def all_mean(env: Env, t: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar tensor over ranks (the train loss every rank saw, not rank 0's alone)."""
+    if not env.distributed:
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / env.world_size
+
+
+def gather_objects(env: Env, obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank (per-rank RNG states for a checkpoint)."""
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------- a lost peer
+LOST_PEER = 4  # the exit code when a process of a multi-process run died or could not be reached
+
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket Timeout",
+              "NCCL communicator was aborted", "ProcessGroupNCCL", "ProcessGroupGloo", "gloo/transport")
+
+
+class LostPeer(Exception):
+    """Another process of this run died or stopped answering; the message says how to resume."""
+
+
+def is_lost_peer(env: Env, e: BaseException) -> bool:
+    """A collective failed because a peer is gone (gloo's and NCCL's errors, not ours)."""
+    return env.distributed and (isinstance(e, dist.DistError) or any(s in str(e) for s in _PEER_GONE))
+
+
+def peer_error(e: BaseException) -> str:
+    """The part of gloo's / NCCL's message that says what happened, without its source path."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    hit = next((s for s in _PEER_GONE if s in text), None)
+    return hit[0].lower() + hit[1:] if hit and " " in hit else text.rsplit("] ", 1)[-1][:120]
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """`python -m baseline ARGS` as `nproc` processes on this machine: torchrun's own launcher, run in
+    this process so that a process's death is one line (which rank, by what signal) and a documented
+    exit code instead of torchrun's report. A process that exits with its own code (2 bad input,
+    3 out of memory, 130/143 after a signal) has printed its own line; that code is returned."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+
+    ns = torchrun.parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "baseline", *args])
+    ns.rdzv_backend, ns.rdzv_endpoint, ns.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())  # --standalone
+    ns.master_port = ns.master_port or 29500
+    config, cmd, cmd_args = torchrun.config_from_args(ns)
+    quiet = logging.getLogger("torch.distributed.elastic")
+    level, quiet.level = quiet.level, logging.CRITICAL  # its warnings and report repeat what we say below
+    try:
+        elastic_launch(config, cmd)(*cmd_args)
+        return 0
+    except SignalException as e:  # Ctrl-C / SIGTERM on this launcher: the processes got it too
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        rank, failure = first_failure(e)
+        if failure.exitcode > 0:
+            return failure.exitcode
+        oom = (" (the out-of-memory killer uses SIGKILL: see dmesg; a smaller train.batch_size or fewer "
+               "data.num_workers need less memory)") if failure.exitcode == -9 else ""
+        print(f"error: process rank {rank} of {nproc} (pid {failure.pid}) was killed by {failure.signal_name()}{oom}; "
+              f"the others stopped (exit code {LOST_PEER})", file=sys.stderr)
+        return LOST_PEER
+    finally:
+        quiet.setLevel(level)
+
+
+def first_failure(e) -> tuple[int, object]:
+    """The process that failed first: one killed by a signal other than the launcher's own SIGTERM, or
+    else one that exited with a code, or else the first failure torchrun saw."""
+    failures = sorted(e.failures.items())
+    for pred in (lambda f: f.exitcode < 0 and f.exitcode != -15, lambda f: f.exitcode > 0, lambda f: True):
+        for rank, f in failures:
+            if pred(f):
+                return rank, f
+    return e.get_first_failure()
+
+
 def launch_command(nproc: int, args: list[str]) -> list[str]:
-    """`python -m baseline ARGS`, through torchrun on this machine when nproc > 1 (the one place
-    that builds that command line: `--nproc`, sweeps)."""
-    if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "baseline", *args]
-    return [sys.executable, "-m", "baseline", *args]
+    """`python -m baseline ARGS` (the one place that builds that command line: cv's folds, sweeps'
+    trials); `--nproc N` makes the command start its N processes itself (`launch`)."""
+    return [sys.executable, "-m", "baseline", *args, *([f"--nproc={nproc}"] if nproc > 1 else [])]

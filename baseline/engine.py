@@ -32,7 +32,7 @@ class StepCtx:
     accum_steps: int = 1
     clip_grad: float = 0.0
     log_interval: int = 20
-    stop: Callable[[], bool] = field(default=lambda: False)  # preemption: finish the step, then leave
+    stop: Callable[[int], bool] = field(default=lambda step: False)  # preemption (asked after `step`): leave
     on_train: Callable[[], None] = field(default=lambda: None)  # after model.train(): re-freeze BN stats
 
     @property
@@ -90,14 +90,15 @@ def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict]
             continue
         step = _optimizer_step(learner, step)
         if on_log is not None and step % ctx.log_interval == 0:
-            on_log({"train/loss": (window / window_n).item(), "train/lr": learner.optimizer.param_groups[0]["lr"],
-                    "step": step})
+            loss_now = dist.all_mean(ctx.env, window / window_n).item()  # every rank's, at log intervals only
+            on_log({"train/loss": loss_now, "train/lr": learner.optimizer.param_groups[0]["lr"], "step": step})
             window.zero_()
             window_n = 0
-        if ctx.stop():
+        if ctx.stop(step):
             interrupted = True
             break
-    return {"loss": (loss_sum / max(n_batches, 1)).item(), "images": images * ctx.env.world_size,
+    # every rank's mean, not rank 0's alone (ranks run the same number of batches: the sampler drops the rest)
+    return {"loss": dist.all_mean(ctx.env, loss_sum / max(n_batches, 1)).item(), "images": images * ctx.env.world_size,
             "seconds": time.perf_counter() - t0, "step": step, "batches": n_batches, "interrupted": interrupted}
 
 

@@ -30,6 +30,7 @@ from . import checkpoint as ckpt
 from . import defaults, dist, engine, freeze, losses, memory, models, plots, progress, rundir, trial
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
+from .data import store
 from .data.layouts import Table, read_table
 from .data.split import load_or_write_folds, read_folds_hashed, split_path
 from .data.transforms import train_transform
@@ -49,22 +50,29 @@ def run(cfg: Config) -> dict:
 def _train(cfg: Config, env: dist.Env) -> dict:
     seed_everything(cfg.seed)
     preflight(cfg)
+    new_split = None if split_path(cfg).is_file() else split_path(cfg)
     table, fold, split_hash = prepare_data(cfg, env)
     notes: list[str] = []
-    cfg = resolve_defaults(cfg, env, table, fold, notes)
-    state = TrainState(split_hash=split_hash, classes=table.classes)
-    resume_from = rundir.resume_point(cfg)
-    saved = ckpt.load(resume_from) if resume_from else None
-    if saved is not None:
-        rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from)
-    cache = decode_images(cfg, table)  # every image decoded before the run folder is touched
-    run_dir = resume_from.parent.parent if resume_from else Path(cfg.run.dir) / dist.broadcast_object(
-        env, rundir.run_name(cfg))
-    with rundir.locked(run_dir, env):
+    with contextlib.ExitStack() as held:
+        try:
+            cfg = resolve_defaults(cfg, env, table, fold, notes)
+            state = TrainState(split_hash=split_hash, classes=table.classes)
+            resume_from = rundir.resume_point(cfg)
+            saved = ckpt.load(resume_from) if resume_from else None
+            if saved is not None:
+                rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from)
+            cache = decode_images(cfg, table, env)  # every image decoded before the run folder is touched
+            run_dir = resume_from.parent.parent if resume_from else Path(cfg.run.dir) / dist.broadcast_object(
+                env, rundir.run_name(cfg))
+            held.enter_context(rundir.locked(run_dir, env))
+        except Exception:
+            if new_split is not None and env.is_main:  # a refused run leaves no split file it drew
+                new_split.unlink(missing_ok=True)
+            raise
         if env.is_main:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, run_dir / "config.yaml")
-        with file_log(run_dir / "train.log", env, notes), Preemption() as stop:
+        with file_log(run_dir / "train.log", env, notes), Preemption(env, cfg.train.log_interval) as stop:
             return train_in_folder(cfg, env, table, fold, state, run_dir, saved, cache, stop)
 
 
@@ -74,6 +82,8 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     if env.is_main:
         write_data_record(run_dir, table)
     learner = build_learner(cfg, env, table, stop, initial_weights=saved is None)
+    if env.rank:  # after the model is built (identical on every rank): each rank its own mixup, dropout, ...
+        seed_everything(rank_seed(cfg.seed, env.rank))
     train_ds, val_ds = build_datasets(cfg, table, fold, cache)
     batch = settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = build_loaders(cfg, env, train_ds, val_ds, batch)
@@ -93,8 +103,21 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     try:
         fit(run)
         return write_summary(run)
+    except RuntimeError as e:
+        if not dist.is_lost_peer(env, e):
+            raise
+        raise dist.LostPeer(lost_peer_message(run, e)) from None
     finally:
         tracker.finish()  # also on errors and preemption, so W&B's files are complete
+
+
+def lost_peer_message(run: Run, e: BaseException) -> str:
+    """Where the run stood when a peer went, and how to go on."""
+    where = f"in epoch {run.state.epoch + 1} (step {run.state.step})"
+    done = run.state.epoch if (run.dir / "checkpoints" / "last.pt").is_file() else 0
+    then = (f"last.pt holds epoch {done}: resume with run.resume=auto run.name={run.dir.name} (the same --nproc)"
+            if done else "no epoch was finished, so there is nothing to resume: start it again")
+    return f"lost another process of this run {where} ({dist.peer_error(e)}); {then}"
 
 
 # ---------------------------------------------------------------- steps
@@ -102,6 +125,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s random stream (rank 0 keeps `seed`, so one process is unchanged)."""
+    return (seed + 7919 * rank) % 2**32
 
 
 def preflight(cfg: Config) -> None:
@@ -118,11 +146,8 @@ def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, str]:
     """Read the table; rank 0 writes the split file if there is none and runs the leakage checks
     (reading every image once), the others wait and read the folds. Also the split file's hash."""
     table = read_table(cfg)
-    if env.is_main:
-        fold, split_hash = load_or_write_folds(cfg, table)
-    dist.barrier(env)
-    if not env.is_main:
-        fold, split_hash = read_folds_hashed(cfg, table, split_path(cfg))
+    folds = dist.main_first(env, lambda: load_or_write_folds(cfg, table))
+    fold, split_hash = folds if env.is_main else read_folds_hashed(cfg, table, split_path(cfg))
     return table, fold, split_hash
 
 
@@ -170,10 +195,20 @@ def filter_of(cfg: Config) -> str:
     return "bilinear" if cfg.data.interpolation == "auto" else cfg.data.interpolation
 
 
-def decode_images(cfg: Config, table: Table) -> np.ndarray | None:
-    """The decode-once cache (None with data.cache=off); a broken image is a DataError here."""
-    return ds.build_cache(table.df["path"].tolist(), img_hw(cfg), cfg.data.cache, Path(cfg.data.root) / ".cache",
-                          cfg.data.cache_ram_gb, cfg.data.max_pixels, filter_of(cfg))
+def decode_images(cfg: Config, table: Table, env: dist.Env | None = None) -> np.ndarray | None:
+    """The decode-once cache (None with data.cache=off); a broken image is a DataError here. A disk
+    cache is written by rank 0 alone; the other ranks open it once it is complete."""
+    env = env or dist.Env()
+    paths, hw = table.df["path"].tolist(), img_hw(cfg)
+
+    def build():
+        return ds.build_cache(paths, hw, cfg.data.cache, store.beside_data(cfg, ".cache"), cfg.data.cache_ram_gb,
+                              cfg.data.max_pixels, filter_of(cfg))
+
+    if not env.distributed or ds.cache_mode(cfg.data.cache, len(paths), hw, cfg.data.cache_ram_gb) != "disk":
+        return build()
+    cache = dist.main_first(env, build)
+    return cache if env.is_main else build()
 
 
 def build_datasets(cfg: Config, table: Table, fold: np.ndarray, cache: np.ndarray | None):
@@ -343,8 +378,9 @@ RESTORED = ("epoch", "step", "best", "best_epoch", "best_row", "wandb_id", "bad_
             "loss_sum")
 
 
-def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState) -> dict:
-    """Everything a resume needs; the Saver adds its own top-k list."""
+def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState, rngs: list[dict]) -> dict:
+    """Everything a resume needs; the Saver adds its own top-k list. `rngs`: every rank's random state
+    (dist.gather_objects), so each rank resumes its own stream."""
     return {
         "model": learner.model.state_dict(),
         "model_ema": learner.ema.module.state_dict() if learner.ema is not None else None,
@@ -352,7 +388,7 @@ def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState) ->
         "scheduler": learner.scheduler.state_dict() if learner.scheduler is not None else None,
         "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
         "phase": phase_state(learner), "norm": learner.ctx.norm,
-        **{k: getattr(state, k) for k in RESTORED}, "rng": ckpt.rng_state(), "config": to_dict(cfg),
+        **{k: getattr(state, k) for k in RESTORED}, "rng": rngs[0], "rng_ranks": rngs, "config": to_dict(cfg),
         "classes": state.classes, "split_hash": state.split_hash, **ckpt.provenance(),
     }
 
@@ -378,22 +414,35 @@ def restore(cfg: Config, learner: engine.Learner, state: TrainState, saver: ckpt
     for k in RESTORED:
         setattr(state, k, saved.get(k, getattr(state, k)))
     saver.restore(saved.get("top"))
-    ckpt.set_rng_state(saved["rng"])
+    env, ranks = learner.ctx.env, saved.get("rng_ranks") or []
+    ckpt.set_rng_state(ranks[env.rank] if len(ranks) == env.world_size else saved["rng"])
     log.info("resumed from epoch %d (step %d)", state.epoch, state.step)
 
 
 class Preemption:
-    """SIGTERM / SIGINT set a flag; the loop finishes its step, writes last.pt and leaves."""
+    """SIGTERM / SIGINT set a flag; the loop finishes its step, writes last.pt and leaves. Under DDP the
+    ranks agree first (every `every` steps, at the same step on every rank): one rank's signal stops them
+    all at one step, so none is left waiting in an all-reduce and last.pt holds that step."""
 
-    def __init__(self):
+    def __init__(self, env: dist.Env | None = None, every: int = 1):
+        self.env, self.every = env or dist.Env(), every
         self.requested = False
         self.signum = signal.SIGTERM  # which signal asked; the exit code is 128 + it, as shells expect
+        self._asked = 0  # the signal this process received (0: none)
 
-    def __call__(self) -> bool:
-        return self.requested
+    def __call__(self, step: int) -> bool:
+        if not self.env.distributed:
+            return self.requested
+        if step % self.every:
+            return False
+        agreed = dist.all_max(self.env, self._asked)  # a host sync, so only every `every` steps
+        if agreed:
+            self.requested, self.signum = True, signal.Signals(agreed)
+        return bool(agreed)
 
     def _handle(self, signum, _frame) -> None:
-        self.requested, self.signum = True, signum
+        self._asked, self.signum = int(signum), signum
+        self.requested = not self.env.distributed  # under DDP: once the ranks agree
         log.warning("received %s: finishing the current step, then saving last.pt", signal.Signals(signum).name)
 
     def __enter__(self) -> Preemption:
@@ -468,11 +517,13 @@ def train_epoch(run: Run) -> dict:
 def stop_preempted(run: Run) -> None:
     """last.pt, one line, and exit 130 after Ctrl-C (SIGINT), 143 after SIGTERM."""
     signum = int(getattr(run.learner.ctx.stop, "signum", signal.SIGTERM))
+    rngs = dist.gather_objects(run.env, ckpt.rng_state())
     if run.env.is_main:
-        run.saver.save_last(checkpoint_state(run.cfg, run.learner, run.state))
+        run.saver.save_last(checkpoint_state(run.cfg, run.learner, run.state, rngs))
         print(f"stopped by {signal.Signals(signum).name} in epoch {run.state.epoch + 1} after "
               f"{run.state.batches_done} batches; last.pt holds that state: resume with run.resume=auto "
               f"run.name={run.dir.name}", file=sys.stderr, flush=True)
+    dist.barrier(run.env)  # no rank leaves (and so has its launcher stop the rest) before last.pt is written
     raise SystemExit(128 + signum)
 
 
@@ -504,11 +555,12 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
     else:
         state.bad_epochs += 1
     state.epoch, state.batches_done, state.loss_sum = epoch, 0, 0.0
+    rngs = dist.gather_objects(run.env, ckpt.rng_state())
     if run.env.is_main:
         per_class = engine.per_class_f1(logits, run.loaders.val_labels, len(state.classes))
         run.tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)}, step=state.step)
         run.tracker.log_epoch(row)
-        run.saver.save(checkpoint_state(cfg, learner, state), epoch, metric, is_best)
+        run.saver.save(checkpoint_state(cfg, learner, state, rngs), epoch, metric, is_best)
         if is_best:
             write_oof(run.dir, run.loaders, logits, cfg.data.root)
         log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s)",

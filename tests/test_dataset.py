@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from baseline import bench
 from baseline.cli import main
@@ -155,3 +156,46 @@ def test_more_pixels_than_max_pixels_is_refused_by_name(tmp_path):
     Image.new("RGB", (400, 300)).save(p)
     with pytest.raises(DataError, match="huge.png.*400x300.*data.max_pixels=100000"):
         ds.decode(str(p), (32, 32), max_pixels=100_000)
+
+
+def test_transparency_is_composited_on_white_not_the_colour_hidden_under_it(tmp_path, caplog):
+    from baseline.data.dataset import decode_all
+
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0] = 200  # red under every pixel
+    rgba[:, 8:, 3] = 255  # the right half opaque, the left half fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba, "RGBA").convert("LA").save(tmp_path / "la.png")
+    pal = Image.new("P", (16, 16), 0)
+    pal.putpalette([200, 0, 0] + [0, 0, 200] * 255)
+    pal.paste(1, (8, 0, 16, 16))
+    pal.save(tmp_path / "p.png", transparency=0)  # index 0 (red) is the transparent one
+    Image.new("RGBA", (16, 16), (10, 20, 30, 255)).save(tmp_path / "opaque.png")
+    paths = [str(tmp_path / n) for n in ("rgba.png", "la.png", "p.png", "opaque.png")]
+    out = np.zeros((4, 16, 16, 3), np.uint8)
+    with caplog.at_level("WARNING"):
+        decode_all(paths, (16, 16), out, interpolation="nearest")
+    for k in range(3):
+        assert (out[k, :, :8] == 255).all(), paths[k]  # white, not red
+    assert tuple(out[0, 0, 12]) == (200, 0, 0) and tuple(out[2, 0, 12]) == (0, 0, 200)
+    assert tuple(out[3, 0, 0]) == (10, 20, 30)  # an alpha channel that is all opaque changes nothing
+    assert "3 image(s) have transparent pixels" in caplog.text
+
+
+def test_a_folder_named_in_nfd_is_found_from_a_csv_in_nfc(synth_copy):
+    import unicodedata
+
+    from baseline.data.layouts import read_table
+    from tests.conftest import cfg_for
+
+    csv = synth_copy / "train" / "train.csv"
+    df = pd.read_csv(csv, dtype=str)
+    old = df.loc[0, "path"]
+    pid, gender, _, age = old.split("_")
+    nfc = unicodedata.normalize("NFC", f"{pid}_{gender}_아시아_{age}")  # a Korean race field
+    (synth_copy / "train" / "images" / old).rename(synth_copy / "train" / "images" / unicodedata.normalize("NFD", nfc))
+    df.loc[0, "path"] = nfc  # as a CSV written on Linux or Windows spells it; the zip from a Mac wrote NFD
+    df.to_csv(csv, index=False)
+    table = read_table(cfg_for(synth_copy))
+    first = table.df[table.df["group"] == df.loc[0, "id"]]
+    assert len(first) == 7 and all(Path(p).is_file() for p in first["path"])

@@ -1,7 +1,12 @@
 """Faults a team meets in week two: a read-only data disk (the usual shared team mount)."""
 
+import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,16 +30,27 @@ def read_only_data(synth_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_read_only_data_disk_says_split_file_fixes_it(read_only_data, tmp_path, capsys):
+def test_a_read_only_data_disk_trains_with_no_extra_key_and_says_where_its_files_went(read_only_data, tmp_path,
+                                                                                      capsys, caplog):
     runs = tmp_path / "runs"
     over = [f"data.root={read_only_data}", f"run.dir={runs}", "model.name=test_resnet", "data.img_size=32",
-            "train.epochs=1", "train.batch_size=16", "log.wandb.mode=disabled", "split.folds=3", "log.figures=false"]
-    assert main(["train", *over]) == 2
-    err = capsys.readouterr().err
-    assert "Read-only file system" in err and "split.file=" in err and "Traceback" not in err, err
-    assert not runs.exists()
-    assert main(["train", *over, f"split.file={tmp_path / 'folds.csv'}", "run.name=ro"]) == 0
+            "train.epochs=1", "train.batch_size=16", "log.wandb.mode=disabled", "split.folds=3", "log.figures=false",
+            "run.name=ro", "data.cache=disk"]
+    assert main(["train", *over]) == 0
+    out = caplog.text
+    stand_in = [p for p in (runs / "data").iterdir()]
+    assert len(stand_in) == 1 and stand_in[0].name.startswith("ro-"), stand_in
+    assert f"data root {read_only_data} is read-only" in out and str(stand_in[0]) in out, out
+    assert (stand_in[0] / "splits" / "folds3_seed42.csv").is_file()
+    assert len(list((stand_in[0] / ".cache").glob("*.npy"))) == 1  # the decode cache too
     assert (runs / "ro" / "summary.json").is_file()
+    # a second run and the data check find the same split file (the same hash), and the report goes there too
+    assert main(["train", *over[:-2], "run.name=ro2"]) == 0
+    a, b = (json.loads((runs / n / "summary.json").read_text())["split_hash"] for n in ("ro", "ro2"))
+    assert a == b
+    assert main(["data", "check", *over]) == 0
+    assert (stand_in[0] / "report").is_dir()
+    assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -62,3 +78,74 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary(tin
     assert not list(ckpts.glob(".*.tmp"))  # the half-written file would keep the disk full
     assert torch.load(ckpts / "last.pt", weights_only=True)["epoch"] == 1  # the previous good state
     assert "no space left" in (small_disk / "full" / "error.txt").read_text()
+
+
+# ---------------------------------------------------------------- a multi-process run loses a rank
+def ddp_run(over: list[str], metrics, rows: int):
+    """`baseline train --nproc 2 ...` started in the background; returns (process, rank-1 pid) once
+    `metrics` holds `rows` epochs."""
+    from tests.test_engine import clean_env, wait_for_rows
+
+    proc = subprocess.Popen([sys.executable, "-m", "baseline", "train", "--nproc", "2", *over], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_rows(metrics, rows, proc)
+    return proc, rank_pid(proc.pid, 1)
+
+
+def rank_pid(launcher: int, rank: int) -> int:
+    """The worker process of `rank` among the launcher's children (by the RANK torchrun gave it)."""
+    for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(child)
+    raise AssertionError(f"no rank {rank} under pid {launcher}")
+
+
+DDP = {"train.epochs": 40, "train.batch_size": 8, "train.log_interval": 2}
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_rank_is_one_line_with_exit_4_and_the_run_resumes(tiny, tmp_path):
+    import pandas as pd
+
+    over = tiny(**{"run.name": "dead", **DDP})
+    metrics = tmp_path / "runs" / "dead" / "metrics.csv"
+    proc, victim = ddp_run(over, metrics, 2)
+    os.kill(victim, signal.SIGKILL)  # what the out-of-memory killer does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4, err[-3000:]
+    assert "Traceback" not in err and "ChildFailedError" not in err and "pair.cc" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert any("rank 1 of 2" in ln and "SIGKILL" in ln for ln in lines), err[-3000:]
+    assert any("run.resume=auto run.name=dead" in ln for ln in lines), err[-3000:]
+    assert (tmp_path / "runs" / "dead" / "error.txt").read_text().startswith("LostPeer: lost another process")
+    done = len(pd.read_csv(metrics))
+    assert done < DDP["train.epochs"]
+
+    # resume continues from the last finished epoch, every epoch once
+    from tests.test_engine import clean_env
+
+    r = subprocess.run([sys.executable, "-m", "baseline", "train", "--nproc", "2", *over, "run.resume=auto",
+                        f"train.epochs={done + 1}"], env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert pd.read_csv(metrics).epoch.tolist() == list(range(1, done + 2))
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_ddp_rank_stops_every_rank_at_one_step_and_writes_last(tiny, tmp_path):
+    import torch
+
+    over = tiny(**{"run.name": "one", "data.cache": "disk", **DDP})
+    proc, rank1 = ddp_run(over, tmp_path / "runs" / "one" / "metrics.csv", 1)
+    os.kill(rank1, signal.SIGTERM)  # rank 1 alone asks; without agreeing, rank 0 waits in an all-reduce
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err, err[-3000:]
+    saved = torch.load(tmp_path / "runs" / "one" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] < DDP["train.epochs"]
+    # each rank its own random stream, both saved
+    assert len(saved["rng_ranks"]) == 2
+    assert not torch.equal(saved["rng_ranks"][0]["torch"], saved["rng_ranks"][1]["torch"])
+    # the disk cache: rank 0 wrote it once, whole; the other rank opened that file (no temporary left)
+    cache = [p.name for p in (Path(saved["config"]["data"]["root"]) / ".cache").iterdir()]
+    assert len(cache) == 1 and cache[0].endswith(".npy") and ".tmp" not in cache[0], cache

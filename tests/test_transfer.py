@@ -136,7 +136,7 @@ def preempt_after_steps(monkeypatch, n: int) -> None:
     """SIGTERM's flag, raised after `n` optimizer steps: the loop saves last.pt mid-epoch and leaves."""
     calls = {"n": 0}
 
-    def requested(self):
+    def requested(self, step):
         calls["n"] += 1
         return calls["n"] > n
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -10,30 +11,43 @@ import pandas as pd
 from PIL import Image
 
 from ..config import Config
-from . import report
+from . import report, store
+from .dataset import MIN_SIDE, header_size, to_rgb
 from .layouts import DataError, read_table
 from .split import check_groups, content_hashes, read_folds, split_path
 
 
 def unreadable(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, why) for each image training would refuse: broken, or too small to be a picture."""
     bad = []
     for p in paths:
         try:
             with Image.open(p) as im:
                 im.load()
+                if min(im.size) < MIN_SIDE:
+                    raise ValueError(f"{im.width}x{im.height} pixels, under {MIN_SIDE} on a side")
         except Exception as e:  # PIL raises many types for broken files
             bad.append((p, f"{type(e).__name__}: {e}"))
     return bad
 
 
+def transparent(paths: list[str]) -> list[str]:
+    """Images with transparent pixels (training composites them on white)."""
+    out = []
+    for p in paths:
+        with contextlib.suppress(Exception), Image.open(p) as im:  # unreadable ones are reported above
+            if to_rgb(im)[1]:
+                out.append(p)
+    return out
+
+
 def image_sizes(paths: list[str]) -> list[tuple[int, int] | None]:
-    """(width, height) from each file's header; None where it cannot be read."""
+    """(width, height) as displayed (EXIF rotation counted); None where it cannot be read."""
     sizes = []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                sizes.append(im.size)
-        except Exception:
+            sizes.append(header_size(p))
+        except DataError:
             sizes.append(None)
     return sizes
 
@@ -75,9 +89,14 @@ def check(cfg: Config, out=print) -> int:
     common = Counter(s for s in sizes if s is not None).most_common(5)
     out("image sizes (w x h): " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in common))
     errors, flags, dup = check_images(df, out)
+    clear = transparent(df["path"].tolist())
+    if clear:
+        out(f"WARNING {len(clear)} image(s) have transparent pixels (e.g. {clear[0]}): training composites them "
+            "on white")
+        flags += [(p, "transparent") for p in clear]
     flags += odd_sizes(df["path"].tolist(), sizes)
     split_errors, fold = check_split(cfg, table, counts, dup, out)
-    out_dir = Path(cfg.check.out or Path(cfg.data.root) / "report")
+    out_dir = Path(cfg.check.out) if cfg.check.out else store.beside_data(cfg, "report")
     pictures = report.write(table, fold, sizes, flags, out_dir)
     out(f"pictures in {out_dir}/: " + ", ".join(p.name for p in pictures))
     return errors + split_errors

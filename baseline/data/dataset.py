@@ -36,25 +36,65 @@ def to_8bit(im: Image.Image) -> Image.Image:
 FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 
 
+MIN_SIDE = 8  # below this an image resized to the training size is a solid tile, not a picture
+BACKGROUND = (255, 255, 255)  # what transparent pixels become: white, as a viewer shows them on a page
+
+
+def header_size(path: str) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF rotation counted), from the header alone; DataError if unreadable."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"image '{path}' could not be read: {e}") from None
+    return w, h
+
+
 def decode(path: str, hw: tuple[int, int], max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear") -> np.ndarray:
-    """RGB uint8 HxWx3 at `hw` (resized with `interpolation`); EXIF rotation applied; grey/RGBA/palette/16-bit
-    made RGB."""
+    """RGB uint8 HxWx3 at `hw` (resized with `interpolation`); EXIF rotation applied; grey/palette/16-bit
+    made RGB, transparency composited on white (`to_rgb`)."""
+    return _decode(path, hw, max_pixels, interpolation)[0]
+
+
+def _decode(path: str, hw: tuple[int, int], max_pixels: int, interpolation: str) -> tuple[np.ndarray, bool]:
+    """decode(), and whether the image had transparent pixels."""
     try:
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 raise DataError(f"image '{path}' has {im.width}x{im.height} pixels, more than data.max_pixels="
                                 f"{max_pixels}; shrink it, drop it, or raise data.max_pixels if it is genuine")
+            if min(im.size) < MIN_SIDE:
+                raise DataError(f"image '{path}' is {im.width}x{im.height} pixels; the kit needs at least {MIN_SIDE} "
+                                "on each side (resized to the training size it would be a solid tile): drop it")
             im = ImageOps.exif_transpose(im)
             if im.mode.startswith("I") or im.mode == "F":
                 im = to_8bit(im)
-            if im.mode != "RGB":
-                im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
+            im, transparent = to_rgb(im)
             im = im.resize((hw[1], hw[0]), FILTERS[interpolation], reducing_gap=2.0)
-            return np.asarray(im, dtype=np.uint8)
+            return np.asarray(im, dtype=np.uint8), transparent
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"image '{path}' could not be decoded: {e}") from None
+
+
+def to_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
+    """RGB, with any transparency (RGBA, LA, PA, a palette's or RGB's transparent colour) composited on
+    BACKGROUND; PIL's convert('RGB') would show the colour hidden under it. Also: was any pixel transparent."""
+    if im.mode == "RGB" and "transparency" not in im.info:
+        return im, False
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if not has_alpha:
+        return im.convert("RGB"), False
+    rgba = im.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    if alpha.getextrema()[0] == 255:  # an alpha channel, all opaque
+        return rgba.convert("RGB"), False
+    flat = Image.new("RGB", rgba.size, BACKGROUND)
+    flat.paste(rgba, mask=alpha)
+    return flat, True
 
 
 def _cache_key(paths: list[str], hw: tuple[int, int], interpolation: str = "bilinear") -> str:
@@ -68,11 +108,15 @@ def _cache_key(paths: list[str], hw: tuple[int, int], interpolation: str = "bili
 def decode_all(paths: list[str], hw: tuple[int, int], out: np.ndarray, workers: int = 4,
                max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear") -> np.ndarray:
     # PIL releases the GIL while decoding, so threads scale on the cores we have.
-    def one(i: int) -> None:
-        out[i] = decode(paths[i], hw, max_pixels, interpolation)
+    def one(i: int) -> bool:
+        out[i], transparent = _decode(paths[i], hw, max_pixels, interpolation)
+        return transparent
 
     with ThreadPoolExecutor(max(1, workers)) as ex:
-        list(ex.map(one, range(len(paths))))
+        transparent = [p for p, t in zip(paths, ex.map(one, range(len(paths)))) if t]
+    if transparent:
+        log.warning("%d image(s) have transparent pixels (e.g. %s): composited on white", len(transparent),
+                    transparent[0])
     return out
 
 
@@ -81,11 +125,9 @@ def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Pat
     """Decoded images as one uint8 array (N, H, W, 3), or None for mode 'off'. A disk cache is named
     by a fingerprint of the file list, sizes, mtimes and image size; one that does not read back
     whole (truncated, foreign) is rebuilt, never used."""
+    mode = cache_mode(mode, len(paths), hw, ram_gb)
     if mode == "off":
         return None
-    nbytes = len(paths) * hw[0] * hw[1] * 3
-    if mode == "auto":
-        mode = "ram" if nbytes < ram_gb * 2**30 else "disk"
     workers = min(8, os.cpu_count() or 1)
     shape = (len(paths), *hw, 3)
     if mode == "ram":
@@ -97,13 +139,24 @@ def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Pat
         if cached is not None:
             return cached
         log.warning("decode cache '%s' is damaged or not this data's: rebuilding it", file)
-    tmp = file.with_suffix(".tmp.npy")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    decode_all(paths, hw, arr, workers, max_pixels, interpolation)
-    arr.flush()
-    del arr
-    os.replace(tmp, file)
+    tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")  # its own: another machine may build it on a shared disk
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        decode_all(paths, hw, arr, workers, max_pixels, interpolation)
+        arr.flush()
+        del arr
+        os.replace(tmp, file)
+    except BaseException:  # a broken image, a full disk, Ctrl-C: no half-written cache left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return np.load(file, mmap_mode="r")
+
+
+def cache_mode(mode: str, n: int, hw: tuple[int, int], ram_gb: float) -> str:
+    """data.cache as used: `auto` is RAM below data.cache_ram_gb, a disk file above."""
+    if mode != "auto":
+        return mode
+    return "ram" if n * hw[0] * hw[1] * 3 < ram_gb * 2**30 else "disk"
 
 
 def _open_cache(file: Path, shape: tuple) -> np.ndarray | None:

@@ -8,6 +8,8 @@ submission must match.
 from __future__ import annotations
 
 import logging
+import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,14 +134,14 @@ def read_mask(cfg: Config) -> Table:
     corrections: list[dict] = []
     if cfg.data.corrections:
         people, corrections = _apply_corrections(people, cfg.data.corrections)
-    rows = []
+    rows, spellings = [], Spellings()
     for i, p in enumerate(people.itertuples(index=False)):
         row = i + 2  # header is line 1
         gender, age = str(p.gender).strip().lower(), int(str(p.age).strip())
         if gender not in GENDERS or not 0 <= age <= MAX_AGE:
             raise DataError(f"data.corrections '{cfg.data.corrections}': id '{p.id}' is corrected to "
                             f"{p.gender}, {p.age}; expected male/female and an age in 0..{MAX_AGE}")
-        folder = root / "train" / "images" / p.path
+        folder = spellings.on_disk(root / "train" / "images" / p.path)
         if not folder.is_dir():
             raise DataError(f"{csv_path} row {row}: image folder '{folder}' does not exist")
         found: dict[str, Path] = {}
@@ -175,7 +177,7 @@ def read_mask_test(cfg: Config) -> TestTable:
     info = _read_csv(info_path, ["ImageID"], "eval/info.csv")
     _no_repeats(info, ["ImageID"], info_path)
     paths = [root / "eval" / "images" / i for i in info["ImageID"]]
-    _require_files(paths, info_path)
+    paths = _require_files(paths, info_path)
     df = pd.DataFrame({"path": [str(p) for p in paths], "id": info["ImageID"]})
     template = info if "ans" in info.columns else info.assign(ans=0)
     return TestTable(df, template, "ImageID", "ans")
@@ -193,10 +195,34 @@ def check_test_labels(test: TestTable, classes: list[str], listed_in: str) -> No
                         f"model's {len(classes)} classes {classes[:10]}")
 
 
-def _require_files(paths: list[Path], listed_in: Path) -> None:
+def _require_files(paths: list[Path], listed_in: Path) -> list[Path]:
+    """`paths` as spelled on disk (see Spellings); DataError naming the first that does not exist."""
+    paths = Spellings().fix(paths)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"{listed_in} lists {len(missing)} image(s) that do not exist, e.g. '{missing[0]}'")
+    return paths
+
+
+class Spellings:
+    """Paths as the disk spells them. A name in another Unicode form than the CSV's (macOS zips write
+    NFD, '한' as three code points; a CSV is usually NFC) names the same file to a person but not to Linux.
+    Only names that are missing are looked up, in one listing per folder."""
+
+    def __init__(self):
+        self._listings: dict[Path, dict[str, str]] = {}
+
+    def fix(self, paths: list[Path]) -> list[Path]:
+        return [p if p.exists() else self.on_disk(p) for p in paths]
+
+    def on_disk(self, path: Path) -> Path:
+        if path.exists() or path.parent == path:
+            return path
+        parent = self.on_disk(path.parent)
+        if parent not in self._listings:
+            names = os.listdir(parent) if parent.is_dir() else []
+            self._listings[parent] = {unicodedata.normalize("NFC", n): n for n in names}
+        return parent / self._listings[parent].get(unicodedata.normalize("NFC", path.name), path.name)
 
 
 # ---------------------------------------------------------------- generic CSV layout
@@ -241,7 +267,7 @@ def read_csv_layout(cfg: Config) -> Table:
         labels = labels.astype(int).astype(str)  # "01" and "1" are one class
     classes = _class_list(labels)
     paths = _under_root(root, df[d.image_col], csv_path, cfg.data.allow_outside_root)
-    _require_files(paths, csv_path)
+    paths = _require_files(paths, csv_path)
     table = pd.DataFrame({
         "path": [str(p) for p in paths],
         "label": labels.map({c: i for i, c in enumerate(classes)}).astype(int),
@@ -259,7 +285,7 @@ def read_csv_test(cfg: Config) -> TestTable:
     df = _read_csv(csv_path, [d.image_col], "data.test_csv")
     _no_repeats(df, [d.image_col], csv_path)
     paths = _under_root(root, df[d.image_col], csv_path, cfg.data.allow_outside_root)
-    _require_files(paths, csv_path)
+    paths = _require_files(paths, csv_path)
     out = pd.DataFrame({"path": [str(p) for p in paths], "id": df[d.image_col]})
     if d.label_col in df.columns:  # a labelled test set: its labels must be classes the model knows
         out["given_label"] = df[d.label_col].str.strip()

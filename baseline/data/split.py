@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..config import Config
+from . import store
 from .competition import age_bucket
 from .layouts import DataError, Table
 
@@ -25,9 +26,13 @@ log = logging.getLogger("baseline")
 
 
 def split_path(cfg: Config) -> Path:
+    """split.file, else `<data.root>/splits/folds<k>_seed<s>.csv` (under run.dir on a read-only data root:
+    store.beside_data; teammates share it by naming it in split.file, and compare it by hash)."""
     if cfg.split.file:
         return Path(cfg.split.file)
-    return Path(cfg.data.root) / "splits" / f"folds{cfg.split.folds}_seed{cfg.seed}.csv"
+    name = f"folds{cfg.split.folds}_seed{cfg.seed}.csv"
+    shared = Path(cfg.data.root) / "splits" / name
+    return shared if shared.is_file() else store.beside_data(cfg, "splits") / name
 
 
 def strata(df: pd.DataFrame) -> np.ndarray:
@@ -168,11 +173,17 @@ def check_duplicates(table: Table, fold: np.ndarray, val_fold: int) -> None:
 
 def load_or_write_folds(cfg: Config, table: Table) -> tuple[np.ndarray, str]:
     """The folds for training and the split file's hash: read the shared split file, writing it first
-    if there is none."""
+    if there is none (and removing it again if its checks refuse it)."""
     path = split_path(cfg)
+    wrote = None
     if not path.is_file():
-        write_split(cfg, table, path)
-    fold, split_hash = read_folds_hashed(cfg, table, path)
-    check_groups(table, fold, path)
-    check_duplicates(table, fold, cfg.split.fold)
+        wrote = write_split(cfg, table, path)
+    try:
+        fold, split_hash = read_folds_hashed(cfg, table, path)
+        check_groups(table, fold, path)
+        check_duplicates(table, fold, cfg.split.fold)
+    except DataError:
+        if wrote:
+            wrote.unlink(missing_ok=True)
+        raise
     return fold, split_hash
