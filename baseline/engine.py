@@ -82,7 +82,8 @@ def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict]
         if learner.mixup is not None:
             x, y = learner.mixup(x, y)
         last_micro = (i + 1) % ctx.accum_steps == 0 or i + 1 == n
-        loss = _forward_backward(learner, x, y, sync=last_micro)
+        group = min(ctx.accum_steps, n - i // ctx.accum_steps * ctx.accum_steps)  # the last one may be short
+        loss = _forward_backward(learner, x, y, sync=last_micro, group=group)
         loss_sum += loss
         window += loss
         window_n, n_batches, images = window_n + 1, n_batches + 1, images + x.shape[0]
@@ -102,14 +103,15 @@ def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict]
             "seconds": time.perf_counter() - t0, "step": step, "batches": n_batches, "interrupted": interrupted}
 
 
-def _forward_backward(learner: Learner, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
-    """One micro-batch; DDP all-reduces gradients only on the last one of an accumulation."""
+def _forward_backward(learner: Learner, x: torch.Tensor, y: torch.Tensor, sync: bool, group: int) -> torch.Tensor:
+    """One micro-batch of an accumulation group of `group` (its loss divided by the group's own size, so
+    every step averages its micro-batches); DDP all-reduces gradients only on the group's last one."""
     model, ctx, scaler = learner.train_view, learner.ctx, learner.scaler
     no_sync = contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
     with no_sync:
         with ctx.autocast():
             loss = learner.loss_fn(model(x), y)
-        (scaler.scale(loss) if scaler else loss).div(ctx.accum_steps).backward()
+        (scaler.scale(loss) if scaler else loss).div(group).backward()
     return loss.detach()
 
 

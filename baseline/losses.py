@@ -40,6 +40,28 @@ class SoftF1Loss(nn.Module):
         return 1 - f1.mean()
 
 
+class SoftTargetLoss(nn.Module):
+    """Cross-entropy, or focal loss (gamma > 0), on soft targets (mixup / cutmix mix the labels), with class
+    weights: on one-hot targets it equals the hard-label loss, so turning mixup on keeps focal and the weights."""
+
+    def __init__(self, gamma: float = 0.0, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = logits.float().log_softmax(1)
+        per = -target * logp
+        if self.gamma:
+            per = per * (1 - logp.exp()) ** self.gamma
+        if self.weight is None:
+            return per.sum(1).mean()
+        per = per * self.weight
+        if self.gamma:  # FocalLoss: a plain mean of the weighted terms
+            return per.sum(1).mean()
+        return per.sum() / (target * self.weight).sum()  # nn.CrossEntropyLoss's weighted mean
+
+
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """Inverse frequency, normalised to mean 1; absent classes get weight 0 (scikit-learn's
     compute_class_weight refuses a class with no examples, which a small fold can have)."""
@@ -48,7 +70,11 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
 
 
-def create(name: str, num_classes: int, label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> nn.Module:
+def create(name: str, num_classes: int, label_smoothing: float = 0.0, weight: torch.Tensor | None = None,
+           soft: bool = False) -> nn.Module:
+    """The loss `name`; `soft`: for mixup / cutmix's soft targets (label smoothing is then in the targets)."""
+    if soft and name != "f1":
+        return SoftTargetLoss(gamma=2.0 if name == "focal" else 0.0, weight=weight)
     if name == "ce":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
     if name == "focal":

@@ -81,7 +81,8 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     """Everything that happens inside the locked run folder: build, (restore), fit, summary."""
     if env.is_main:
         write_data_record(run_dir, table)
-    learner = build_learner(cfg, env, table, stop, initial_weights=saved is None)
+    learner = build_learner(cfg, env, table, stop, initial_weights=saved is None,
+                            train_labels=table.df["label"].to_numpy()[fold != cfg.split.fold])
     if env.rank:  # after the model is built (identical on every rank): each rank its own mixup, dropout, ...
         seed_everything(rank_seed(cfg.seed, env.rank))
     train_ds, val_ds = build_datasets(cfg, table, fold, cache)
@@ -262,7 +263,8 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
-def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weights: bool = True) -> engine.Learner:
+def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weights: bool = True,
+                  train_labels: np.ndarray | None = None) -> engine.Learner:
     """Model, freezer (in its first phase), step context, loss, mixup, EMA and scaler; enter_phase
     adds the optimizer, scheduler and training view. A resume loads no initial weights (a run folder
     copied from a teammate need not find their model.pretrained file)."""
@@ -280,8 +282,9 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
                          cfg.train.channels_last, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval,
                          stop=stop, on_train=freezer.frozen_bn_eval)
     return engine.Learner(
-        model, ctx, build_loss(cfg, table, env.device), freezer, mixup=build_mixup(cfg, n_cls),
-        ema=timm.utils.ModelEmaV3(model, decay=cfg.train.ema) if cfg.train.ema > 0 else None,
+        model, ctx, build_loss(cfg, table.df["label"].to_numpy() if train_labels is None else train_labels, n_cls,
+                                  env.device), freezer, mixup=build_mixup(cfg, n_cls),
+        ema=timm.utils.ModelEmaV3(model, decay=cfg.train.ema, use_warmup=True) if cfg.train.ema > 0 else None,
         scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None)
 
 
@@ -292,13 +295,11 @@ def build_mixup(cfg: Config, n_cls: int):
                            label_smoothing=cfg.train.label_smoothing, num_classes=n_cls)
 
 
-def build_loss(cfg: Config, table: Table, device: torch.device) -> torch.nn.Module:
-    n_cls = len(table.classes)
-    if cfg.train.mixup > 0 or cfg.train.cutmix > 0:  # soft targets
-        loss = timm.loss.SoftTargetCrossEntropy() if cfg.train.loss != "f1" else losses.create("f1", n_cls)
-        return loss.to(device)
-    weight = losses.class_weights(table.df["label"].to_numpy(), n_cls).to(device) if cfg.train.class_weights else None
-    return losses.create(cfg.train.loss, n_cls, cfg.train.label_smoothing, weight).to(device)
+def build_loss(cfg: Config, train_labels: np.ndarray, n_cls: int, device: torch.device) -> torch.nn.Module:
+    """The configured loss; class weights from the training fold's labels alone (not the validation fold's)."""
+    weight = losses.class_weights(train_labels, n_cls).to(device) if cfg.train.class_weights else None
+    soft = cfg.train.mixup > 0 or cfg.train.cutmix > 0
+    return losses.create(cfg.train.loss, n_cls, cfg.train.label_smoothing, weight, soft=soft).to(device)
 
 
 def enter_phase(cfg: Config, learner: engine.Learner, epoch: int, steps_per_epoch: int, step: int = 0,

@@ -188,6 +188,12 @@ def test_recipes_train(synth_root, tmp_path, extra):
         assert not torch.equal(saved["model_ema"]["conv1.0.weight"], saved["model"]["conv1.0.weight"])
     if "sched.name" in extra and extra["sched.name"] == "step":
         assert m.lr.iloc[-1] < 0.005
+    if "train.accum_steps" in extra:  # 140 images / batch 16 = 8 batches: 4 optimizer steps, not 8
+        assert m.step.tolist() == [4] and saved["config"]["train"]["clip_grad"] == 1.0
+    if extra.get("train.early_stop"):  # patience 1: the run stops the epoch after one without progress
+        best = m.val_f1.cummax()
+        stalled = [e for e in range(1, len(m)) if m.val_f1.iloc[e] <= best.iloc[e - 1]]
+        assert len(m) == (stalled[0] + 1 if stalled else 3), m
 
 
 def test_oom_message_says_what_to_try():
@@ -204,3 +210,71 @@ def test_gpu_check_runs_in_tiny_mode_on_the_cpu(synth_root, capsys):
     for row in ("train img/s, eager", "inference img/s, eager", "batch_size=auto", "forced OOM", "peak memory"):
         assert row in out
     assert "n/a (needs a GPU)" in out and "kit " in out
+
+
+def sgd_learner(accum: int) -> engine.Learner:
+    """A 12-weight linear model under plain SGD: its update is -lr times the gradient, nothing else."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    ctx = engine.StepCtx(dist.Env(), torch.zeros(3), torch.ones(3), accum_steps=accum)
+    learner = engine.Learner(model, ctx, torch.nn.CrossEntropyLoss(), freezer=None,
+                             optimizer=torch.optim.SGD(model.parameters(), lr=1e-4))
+    learner.train_view = model
+    return learner
+
+
+def test_a_short_last_accumulation_group_is_averaged_over_its_own_batches():
+    x, y = torch.randint(0, 255, (4, 3, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    learner = sgd_learner(accum=2)
+    w = [learner.model[1].weight.detach().clone()]
+    steps = []
+
+    def record(_):
+        w.append(learner.model[1].weight.detach().clone())
+
+    # 3 identical batches at accum 2: one step over two, then one over the last alone
+    orig = engine._optimizer_step
+    try:
+        engine._optimizer_step = lambda lr, st: (orig(lr, st), record(None), steps.append(st))[0]
+        engine.train_one_epoch(learner, [(x, y)] * 3, 0)
+    finally:
+        engine._optimizer_step = orig
+    first, last = w[1] - w[0], w[2] - w[1]
+    assert len(steps) == 2
+    # the same gradient (lr is tiny): the short group's step is as large, not half as large
+    torch.testing.assert_close(last, first, rtol=0.02, atol=1e-9)
+
+
+def test_ema_warms_up_so_the_random_start_does_not_stay_in_the_evaluated_weights(synth_root):
+    from baseline.data.layouts import Table
+
+    cfg = load_config(None, [f"data.root={synth_root}", "model.name=test_resnet", "train.ema=0.999",
+                             "model.pretrained=false"])
+    table = Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"])
+    learner = train.build_learner(cfg, dist.Env(), table, stop=lambda step: False)
+    start = {k: v.clone() for k, v in learner.ema.module.state_dict().items()}
+    for step in range(1, 201):  # the model moves away from its start; the EMA should follow
+        with torch.no_grad():
+            for p in learner.model.parameters():
+                p.add_(0.01)
+        learner.ema.update(learner.model, step=step)
+    k = "fc.weight" if "fc.weight" in start else next(n for n in start if n.endswith("weight"))
+    moved = (learner.ema.module.state_dict()[k] - start[k]).mean().item()
+    # 200 steps of +0.01: the model moved 2.0; at a fixed 0.999 the EMA moves ~0.2, warmed up most of the way
+    assert moved > 1.5, moved
+
+
+def test_mixup_keeps_focal_loss_and_class_weights(synth_root):
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    for loss in ("ce", "focal"):
+        over = [f"data.root={synth_root}", f"train.loss={loss}", "train.class_weights=true", "train.label_smoothing=0"]
+        hard = train.build_loss(load_config(None, over), labels, 3, torch.device("cpu"))
+        soft = train.build_loss(load_config(None, [*over, "train.mixup=0.2"]), labels, 3, torch.device("cpu"))
+        logits, y = torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 1, 2, 2, 1])
+        torch.testing.assert_close(soft(logits, torch.nn.functional.one_hot(y, 3).float()), hard(logits, y))
+
+
+def test_class_weights_come_from_the_training_fold_alone(synth_root):
+    cfg = load_config(None, [f"data.root={synth_root}", "train.class_weights=true"])
+    loss = train.build_loss(cfg, np.array([0, 0, 0, 1]), 2, torch.device("cpu"))
+    torch.testing.assert_close(loss.weight, torch.tensor([0.5, 1.5]))  # 1/3 and 1/1, normalised to mean 1
