@@ -37,9 +37,12 @@ def auto_batch(over: list[str]) -> int:
 
 
 def forced_oom(over: list[str], run_dir: str) -> str:
-    """`baseline train` at a batch no device holds: the exit code and its last stderr line."""
-    r = subprocess.run([sys.executable, "-m", "baseline", "train", *over, "train.batch_size=65536", "train.epochs=1",
-                        f"run.dir={run_dir}", "run.name=forced-oom"], capture_output=True, text=True)
+    """`baseline train` at a step no device holds: the exit code and its last stderr line. The images are
+    made huge (2048 px), not the batch: training refuses a batch larger than the data set (bad input,
+    exit 2) before it meets the device."""
+    r = subprocess.run([sys.executable, "-m", "baseline", "train", *over, "data.img_size=2048", "train.batch_size=64",
+                        "data.cache=off", "train.epochs=1", f"run.dir={run_dir}", "run.name=forced-oom"],
+                       capture_output=True, text=True)
     last = (r.stderr.strip().splitlines() or [""])[-1]
     return f"exit {r.returncode}: {last[:160]}"
 

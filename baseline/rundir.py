@@ -28,7 +28,8 @@ RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "train.epochs", "tra
              "train.log_every_s", "train.device", "train.keep_top_k", "data.num_workers", "data.cache",
              "data.cache_ram_gb",
              "data.root", "data.max_pixels", "split.file",
-             "model.pretrained")  # the checkpoint holds the weights; the initial file's path may differ per machine
+             "model.pretrained",
+             "train.amp")  # compared as resolved on this device (check_resume), not as written  # the checkpoint holds the weights; the initial file's path may differ per machine
 
 
 class RunLocked(ConfigError):
@@ -157,9 +158,13 @@ def config_diff(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     return refused, allowed
 
 
-def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, path: Path) -> None:
-    """Refuse a resume that would change what is learned, before anything is written."""
+def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, path: Path, amp: str = "") -> None:
+    """Refuse a resume that would change what is learned, before anything is written. `amp`: the precision
+    this device would train in (train.amp=auto is bf16 on a GPU and off on the CPU, so moving a run changes it)."""
     refused, allowed = config_diff(saved.get("config", {}), to_dict(cfg))
+    if amp and saved.get("amp") and saved["amp"] != amp:
+        refused.append(f"precision: the checkpoint trained with amp {saved['amp']}, this device would use {amp} "
+                       f"(set train.amp={saved['amp']} to keep it)")
     if saved.get("classes") != classes:
         refused.append(f"classes: {len(saved.get('classes') or [])} in the checkpoint, {len(classes)} in the data")
     if saved.get("split_hash") != split_hash:

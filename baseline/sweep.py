@@ -166,6 +166,9 @@ def plan_sweep(spec: dict, path: Path, epochs: int) -> Plan:
             constants[key] = kind[1]
     if not space:
         raise ConfigError(f"{where}: every parameter is a constant; nothing to search")
+    if "train.monitor" in space or constants.get("train.monitor", metric["name"]) != metric["name"]:
+        raise ConfigError(f"{where}: train.monitor is set by metric.name ({metric['name']}): a trial's best epoch, "
+                          "checkpoint and reported value are all by that metric; drop train.monitor from parameters")
     return Plan(name=str(spec.get("name") or Path(path).stem), method=method, metric=metric["name"],
                 goal=metric["goal"], space=space, constants=constants, cap=trial_cap(spec, space, where),
                 hyperband=hyperband(spec.get("early_terminate"), epochs, where), target=metric.get("target"))
@@ -399,7 +402,8 @@ class Worker:
 
     def launch(self, trial: optuna.Trial, name: str, params: dict) -> tuple[int, str]:
         """The trial's own run; its output goes to <sweep>/<trial>.log (kept when it fails)."""
-        args = [*self.trial_args, *[override(k, v) for k, v in {**self.plan.constants, **params}.items()],
+        # the run keeps its best epoch by the sweep's metric, so per-epoch and final reports agree
+        args = [*self.trial_args, f"train.monitor={self.plan.metric}", *[override(k, v) for k, v in {**self.plan.constants, **params}.items()],
                 f"run.dir={self.sweep_dir}", f"run.name={name}", "run.resume=auto", f"sweep.storage={self.url}",
                 f"sweep.study={self.plan.name}", f"sweep.trial={trial._trial_id}"]
         out = self.sweep_dir / f"{name}.log"

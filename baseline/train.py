@@ -60,7 +60,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
             resume_from = rundir.resume_point(cfg)
             saved = ckpt.load(resume_from) if resume_from else None
             if saved is not None:
-                rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from)
+                rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from, amp_mode(cfg, env.device))
             cache = decode_images(cfg, table, env)  # every image decoded before the run folder is touched
             run_dir = resume_from.parent.parent if resume_from else Path(cfg.run.dir) / dist.broadcast_object(
                 env, rundir.run_name(cfg))
@@ -256,11 +256,15 @@ def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> L
     )
 
 
+def amp_mode(cfg: Config, device: torch.device) -> str:
+    """train.amp as used on `device`: auto is bf16 on a GPU, off on the CPU."""
+    if cfg.train.amp == "auto":
+        return "bf16" if device.type == "cuda" else "off"
+    return cfg.train.amp
+
+
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    mode = cfg.train.amp
-    if mode == "auto":
-        mode = "bf16" if device.type == "cuda" else "off"
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_mode(cfg, device)]
 
 
 def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weights: bool = True,
@@ -388,7 +392,7 @@ def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState, rn
         "optimizer": learner.optimizer.state_dict(),
         "scheduler": learner.scheduler.state_dict() if learner.scheduler is not None else None,
         "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
-        "phase": phase_state(learner), "norm": learner.ctx.norm,
+        "phase": phase_state(learner), "norm": learner.ctx.norm, "amp": amp_mode(cfg, learner.ctx.env.device),
         **{k: getattr(state, k) for k in RESTORED}, "rng": rngs[0], "rng_ranks": rngs, "config": to_dict(cfg),
         "classes": state.classes, "split_hash": state.split_hash, **ckpt.provenance(),
     }

@@ -133,6 +133,8 @@ CASES = [
      "data.img_size: 32 -> 40"),
     ("resume: other model", "resume", lambda d, t, r: resume_args(r, "model.name=test_efficientnet"),
      "model.name: 'test_resnet' -> 'test_efficientnet'"),
+    ("resume: other precision", "resume", lambda d, t, r: resume_args(r, "train.amp=bf16"),
+     "precision: the checkpoint trained with amp off"),
     ("resume: other loss", "resume", lambda d, t, r: resume_args(r, "train.loss=focal"), "train.loss"),
     ("resume: missing file", "train", lambda d, t, r: [f"run.resume={t / 'nope.pt'}"], "is not a checkpoint file"),
     ("run folder locked", "resume", lambda d, t, r: locked_args(r), "is in use by pid"),

@@ -125,6 +125,8 @@ def test_metric_target_stops_the_sweep_once_reached(tmp_path):
     ({"metric": {"name": "val_auc", "goal": "maximize"}}, "metric.name 'val_auc'"),
     ({"metric": {"name": "val_f1", "goal": "maximize", "window": 3}}, "metric has unknown key"),
     ({"run_cap": 0}, "run_cap must be a positive integer"),
+    ({"parameters": {"optim.lr": {"values": [0.1, 0.2]}, "train.monitor": {"value": "val_loss"}}},
+     "train.monitor is set by metric.name"),
     ({"parameters": {"optim.lrr": {"values": [0.1]}}}, "unknown config key 'optim.lrr'"),
     ({"parameters": {"train.epochs": {"values": ["many"]}}}, "train.epochs"),
     ({"parameters": {"optim.lr": {"distribution": "gaussian_mix", "min": 0, "max": 1}}}, "unknown distribution"),
@@ -244,7 +246,7 @@ def test_grid_runs_every_point_once_and_a_rerun_runs_nothing(tiny, tmp_path):
     spec = {**BASE, "name": "g", "parameters": {"optim.lr": {"values": [0.001, 0.01]},
                                                 "train.label_smoothing": {"values": [0.1]}}}
     path = write(tmp_path, spec)
-    base = tiny()
+    base = tiny(**{"train.monitor": "val_loss"})  # the sweep's metric (val_f1) decides instead
     table = sweep.run(path, None, base)
     assert len(table) == 2 and (table.status == "complete").all() and table.val_f1.is_monotonic_decreasing
     assert sorted(table["optim.lr"]) == [0.001, 0.01]
@@ -252,6 +254,8 @@ def test_grid_runs_every_point_once_and_a_rerun_runs_nothing(tiny, tmp_path):
     assert len(pd.read_csv(sweep_dir / "results.csv")) == 2
     best = load_config(sweep_dir / "best.yaml")  # ready for --config
     assert best.run.name == "" and best.sweep.trial == -1 and best.optim.lr == table.iloc[0]["optim.lr"]
+    # each trial keeps its best epoch by the sweep's metric (BASE: val_f1), whatever the base config says
+    assert {load_config(p).train.monitor for p in sweep_dir.glob("*/config.yaml")} == {spec["metric"]["name"]}
 
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/summary.json")}
     again = sweep.run(path, None, base)
