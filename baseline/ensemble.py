@@ -148,12 +148,14 @@ def tune_offsets(labels: np.ndarray, probs: np.ndarray, sweeps: int = 2) -> np.n
 
 def halves(oof: pd.DataFrame) -> np.ndarray:
     """Two groups of rows for the held-out checks of weights and offsets: folds when the OOF spans
-    several, else a fixed hash of each image path."""
+    several, else a fixed hash of each image's group (its person: one person's seven photos in both
+    halves would make "held out" optimistic); of the image path in OOF files written before groups."""
     folds = oof["fold"].to_numpy()
     uniq = np.unique(folds)
     if len(uniq) > 1:
         return np.isin(folds, uniq[::2])
-    return np.array([zlib.crc32(str(p).encode()) % 2 == 0 for p in oof[image_key(oof)]])
+    key = oof["group"] if "group" in oof.columns else oof[image_key(oof)]
+    return np.array([zlib.crc32(str(g).encode()) % 2 == 0 for g in key])
 
 
 def both_ways(part: np.ndarray, gain) -> float:

@@ -167,6 +167,16 @@ def check_classes(paths: list[Path], classes: list[str], what: str) -> list[str]
     return classes
 
 
+def check_offsets_match_tta(cfg: Config, spec: dict | None) -> None:
+    """Offsets are tuned on out-of-fold predictions, made without TTA; averaged views give flatter
+    probabilities, on which the same offsets move decisions by more than they were tuned to."""
+    if spec and any(spec.get("offsets") or []) and (cfg.submit.tta or cfg.submit.tta_scales):
+        raise ConfigError(f"submit.ensemble '{cfg.submit.ensemble}' has per-class offsets tuned on out-of-fold "
+                          "predictions made without TTA; with submit.tta or submit.tta_scales they would be applied "
+                          "to other probabilities than they were tuned on. Submit with submit.tta=false "
+                          "submit.tta_scales=[], or refit the ensemble without --offsets")
+
+
 def writable_target(out: Path) -> None:
     """Fail before predicting if the submission cannot be written there: its folder is made and a probe
     file written and removed (permission bits alone say yes for root on /proc or a read-only mount)."""
@@ -185,6 +195,7 @@ def submit(cfg: Config) -> Path:
     env = dist.setup(cfg.train.device)
     try:
         spec = ensemble.read(cfg.submit.ensemble) if cfg.submit.ensemble else None
+        check_offsets_match_tta(cfg, spec)
         paths, weights = ensemble.checkpoints_and_weights(spec) if spec else (resolve_checkpoints(cfg), None)
         test = read_test_table(cfg)
         classes = check_classes(paths, class_names(cfg), f"the {cfg.data.format} data under '{cfg.data.root}'")

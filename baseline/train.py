@@ -88,6 +88,7 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     train_ds, val_ds = build_datasets(cfg, table, fold, cache)
     batch = settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = build_loaders(cfg, env, train_ds, val_ds, batch)
+    loaders.val_groups = table.df["group"].astype(str).to_numpy()[fold == cfg.split.fold].tolist()
     enter_phase(cfg, learner, 0, loaders.steps)
     saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
                        cfg.train.keep_top_k)
@@ -233,6 +234,7 @@ class Loaders:
     val_labels: np.ndarray
     val_paths: list[str]
     batch_size: int  # per process
+    val_groups: list[str] | None = None  # each validation image's group (person), for oof.csv
     steps: int = 0  # batches in a whole epoch (len(train) shrinks while a resumed epoch skips its first batches)
 
 
@@ -607,7 +609,7 @@ def write_oof(run_dir: Path, loaders: Loaders, logits: torch.Tensor, data_root: 
     probs = logits.softmax(1).numpy()
     images = [Path(os.path.relpath(p, data_root)).as_posix() for p in loaders.val_paths]
     df = pd.DataFrame({"path": loaders.val_paths, "image": images, "label": loaders.val_labels,
-                       "pred": probs.argmax(1)})
+                       "group": loaders.val_groups, "pred": probs.argmax(1)})
     df = pd.concat([df, pd.DataFrame(probs, columns=[f"p{i}" for i in range(probs.shape[1])])], axis=1)
     tmp = run_dir / ".oof.csv.tmp"
     df.to_csv(tmp, index=False)

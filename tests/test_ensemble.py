@@ -118,3 +118,24 @@ def test_experiment_folder_joins_its_folds_and_the_cli_writes_the_spec(tmp_path,
     assert [m["weight"] for m in spec["members"]] == [1.0, 0.0] and spec["oof_f1"] == 1.0
     assert len(spec["members"][0]["runs"]) == 2 and spec["oof_rows"] == 6
     assert "OOF macro-F1" in capsys.readouterr().out
+
+
+def test_a_single_fold_members_halves_split_by_person_not_by_image():
+    oof = pd.DataFrame({"fold": 0, "image": [f"p{i // 7}/{i % 7}.jpg" for i in range(70)],
+                        "group": [f"p{i // 7}" for i in range(70)]})
+    part = ensemble.halves(oof)
+    per_person = pd.Series(part).groupby(oof["group"]).nunique()
+    assert (per_person == 1).all()  # all seven photos of a person on one side
+    assert 0 < part.sum() < 70
+
+
+def test_offsets_tuned_without_tta_are_refused_with_tta(tmp_path):
+    from baseline.config import load_config
+    from baseline.predict import check_offsets_match_tta
+
+    spec = {"offsets": [0.0, 0.4]}
+    check_offsets_match_tta(load_config(None, ["submit.tta=false"]), spec)
+    check_offsets_match_tta(load_config(None, ["submit.tta=true"]), {"offsets": [0.0, 0.0]})  # none to misapply
+    for over in (["submit.tta=true"], ["submit.tta_scales=[0.9,1.1]"]):
+        with pytest.raises(ConfigError, match="offsets tuned on out-of-fold predictions made without TTA"):
+            check_offsets_match_tta(load_config(None, over), spec)
