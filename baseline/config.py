@@ -168,7 +168,7 @@ class SubmitCfg:
     tta_scales: list[float] = field(default_factory=list)  # also predict at these multiples of the size: [0.9, 1.1]
     out: str = ""  # "" -> submissions/<name>.csv
     batch_size: int = 128
-    ledger: str = ""  # "" -> ledger.csv beside the submission (submissions/ledger.csv by default)
+    ledger: str = ""  # "" -> submissions/ledger.csv, whatever submit.out is (submit, lb and submissions agree)
     ensemble: str = ""  # ensembles/<name>.yaml from `baseline ensemble`: its members, weights and offsets
 
 
@@ -443,4 +443,6 @@ def img_hw(cfg: Config) -> tuple[int, int]:
 
 
 def save_yaml(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from .files import write_text  # the config module imports nothing of the kit at load time
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

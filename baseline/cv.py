@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from . import files
 from .config import Config
 from .dist import launch_command
 from .rundir import state
@@ -69,7 +70,7 @@ def summarize(exp_dir: Path, folds: int) -> dict:
     oof = pd.concat(frames, ignore_index=True)
     keys = ["path", "image"] if "image" in oof.columns else ["path"]
     cols = [*keys, "label", "fold", "pred"] + [c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]
-    oof[cols].to_csv(exp_dir / "oof.csv", index=False)
+    files.write_csv(exp_dir / "oof.csv", oof[cols])
     metric = np.array([r["best_metric"] for r in rows], dtype=float)
     out = {
         "experiment": exp_dir.name, "folds": rows, "metric_name": summary["metric_name"],
@@ -77,7 +78,7 @@ def summarize(exp_dir: Path, folds: int) -> dict:
         "oof_f1": float(f1_score(oof["label"], oof["pred"], average="macro", zero_division=0)),
         "oof_rows": int(len(oof)), "split_hashes": sorted({str(r["split_hash"]) for r in rows}),
     }
-    (exp_dir / "cv.json").write_text(json.dumps(out, indent=2))
+    files.write_json(exp_dir / "cv.json", out)
     log.info("cv %s: %s %.4f ± %.4f over %d folds, OOF macro-F1 %.4f on %d images -> %s", exp_dir.name,
              out["metric_name"], out["mean"], out["std"], folds, out["oof_f1"], len(oof), exp_dir / "cv.json")
     return out

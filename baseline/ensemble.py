@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 from sklearn.metrics import f1_score
 
+from . import files
 from .config import ConfigError
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)
@@ -226,7 +227,7 @@ def fit(folders: list[str], offsets: bool = False) -> dict:
 def write(spec: dict, name: str, root: Path = Path("ensembles")) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    files.write_text(path, yaml.safe_dump(spec, sort_keys=False))
     return path
 
 

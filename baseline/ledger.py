@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from . import files
 from .checkpoint import provenance
 from .config import ConfigError
 
@@ -109,11 +110,10 @@ def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, w
     return row
 
 
-def path(cfg, submission: Path | None = None) -> Path:
-    """submit.ledger, else ledger.csv beside the submission (submissions/ by default)."""
-    if cfg.submit.ledger:
-        return Path(cfg.submit.ledger)
-    return (Path(submission).parent if submission else Path("submissions")) / "ledger.csv"
+def path(cfg) -> Path:
+    """submit.ledger, else submissions/ledger.csv: one rule for `submit` (wherever submit.out puts the
+    file), `lb` and `submissions`, so a row written by one is found by the others."""
+    return Path(cfg.submit.ledger or "submissions/ledger.csv")
 
 
 def _ends_torn(ledger: Path) -> bool:
@@ -203,9 +203,7 @@ def record_lb(ledger: Path, file: str, score: float) -> pd.Series:
             with open(ledger.with_name(f"{ledger.name}.torn"), "a") as f:
                 f.writelines(text + "\n" for _, text in torn)
             log.warning("ledger %s: %d torn line(s) moved to %s.torn", ledger, len(torn), ledger.name)
-        tmp = ledger.with_name(f".{ledger.name}.tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, ledger)
+        files.write_csv(ledger, df)
         return df[hit].iloc[-1]
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, ensemble, ledger, models
+from . import defaults, dist, engine, ensemble, files, ledger, models
 from .config import Config, ConfigError, from_dict, img_hw
 from .data import dataset as ds
 from .data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
@@ -108,10 +108,8 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
         views.append(engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy())
     probs = np.mean(views, axis=0)
     if env.is_main:
-        cached.parent.mkdir(exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, probs)
-        os.replace(tmp, cached)
+        with files.atomic(cached, "wb") as f:
+            np.save(f, probs)
     log.info("predicted %d images with %s (%d view(s)%s)", len(probs), path, len(views),
              ", flip" if cfg.submit.tta else "")
     return probs, classes
@@ -209,13 +207,10 @@ def submit(cfg: Config) -> Path:
         sub = submission_frame(test, scores.argmax(1), classes, cfg.data.format)
         check_submission(sub, test, len(classes), cfg.data.format)
         if env.is_main:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp")
-            sub.to_csv(tmp, index=False)
-            os.replace(tmp, out)
+            files.write_csv(out, sub)
             log.info("wrote %s (%d rows, %d checkpoint(s)%s)", out, len(sub), len(paths),
                      ", TTA" if cfg.submit.tta else "")
-            book = ledger.path(cfg, out)
+            book = ledger.path(cfg)
             row = ledger.append(book, out, paths, cfg.submit.tta, weights, spec.get("oof_f1") if spec else None)
             log.info("ledger %s: members %s, CV %s", book, row["members"], row["cv_f1"] or row["member_val_f1"] or "?")
         return out

@@ -28,8 +28,8 @@ RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "train.epochs", "tra
              "train.log_every_s", "train.device", "train.keep_top_k", "data.num_workers", "data.cache",
              "data.cache_ram_gb",
              "data.root", "data.max_pixels", "split.file",
-             "model.pretrained",
-             "train.amp")  # compared as resolved on this device (check_resume), not as written  # the checkpoint holds the weights; the initial file's path may differ per machine
+             "model.pretrained",  # the checkpoint holds the weights; the initial file's path may differ per machine
+             "train.amp")  # compared as resolved on this device (check_resume), not as written
 
 
 class RunLocked(ConfigError):

@@ -27,6 +27,7 @@ import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from . import files
 from .config import Config, ConfigError, SweepCfg, load_config, to_dict
 from .dist import launch_command
 from .rundir import LOCK, read_json
@@ -403,7 +404,8 @@ class Worker:
     def launch(self, trial: optuna.Trial, name: str, params: dict) -> tuple[int, str]:
         """The trial's own run; its output goes to <sweep>/<trial>.log (kept when it fails)."""
         # the run keeps its best epoch by the sweep's metric, so per-epoch and final reports agree
-        args = [*self.trial_args, f"train.monitor={self.plan.metric}", *[override(k, v) for k, v in {**self.plan.constants, **params}.items()],
+        chosen = [override(k, v) for k, v in {**self.plan.constants, **params}.items()]
+        args = [*self.trial_args, f"train.monitor={self.plan.metric}", *chosen,
                 f"run.dir={self.sweep_dir}", f"run.name={name}", "run.resume=auto", f"sweep.storage={self.url}",
                 f"sweep.study={self.plan.name}", f"sweep.trial={trial._trial_id}"]
         out = self.sweep_dir / f"{name}.log"
@@ -490,7 +492,7 @@ STATUS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialSta
 def write_results(study: optuna.Study, plan: Plan, sweep_dir: Path, config_file: str | None,
                   base_overrides: list[str]) -> pd.DataFrame:
     table = results(study, plan.metric, plan.goal, list(plan.space))
-    table.to_csv(sweep_dir / "results.csv", index=False)
+    files.write_csv(sweep_dir / "results.csv", table)
     if (table.status == "complete").any():
         best = study.best_trial
         params = [override(k, v) for k, v in {**plan.constants, **best.params}.items()]
@@ -505,4 +507,4 @@ def write_best_config(run_config: Path, out: Path, rebuild) -> None:
     cfg = load_config(run_config) if run_config.is_file() else rebuild()
     cfg = replace(cfg, run=replace(cfg.run, name="", dir="runs", resume=""), sweep=SweepCfg())
     cfg.log.wandb.group = ""
-    out.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    files.write_text(out, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from . import files
 from .config import WandbCfg
 
 log = logging.getLogger(__name__)
@@ -122,12 +123,10 @@ class Tracker(NullTracker):
             with open(self.metrics_path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=fields).writerow(row)
         else:
-            tmp = self.metrics_path.with_suffix(".tmp")
-            with open(tmp, "w", newline="") as f:
+            with files.atomic(self.metrics_path, newline="") as f:
                 w = csv.DictWriter(f, fieldnames=fields)
                 w.writeheader()
                 w.writerows(rows + [row])
-            tmp.replace(self.metrics_path)
         self.log(row, step=row.get("step"))
 
     def summary(self, values: dict) -> None:
@@ -186,12 +185,10 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
         rows = list(csv.DictReader(f))
     keep = [r for r in rows if int(r["epoch"]) <= epochs_done]
     if len(keep) < len(rows):
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
+        with files.atomic(path, newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(keep)
-        tmp.replace(path)
 
 
 def _run_row(run_dir: Path, runs_dir: Path, team_split: str | None) -> dict:

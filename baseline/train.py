@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ import timm.utils
 import torch
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, freeze, losses, memory, models, plots, progress, rundir, trial
+from . import defaults, dist, engine, files, freeze, losses, memory, models, plots, progress, rundir, trial
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data import store
@@ -164,7 +163,7 @@ def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray,
 
 def write_data_record(run_dir: Path, table: Table) -> None:
     """The class list (index -> name) and any label corrections applied, next to the run."""
-    (run_dir / "classes.json").write_text(json.dumps(table.classes, indent=1))
+    files.write_json(run_dir / "classes.json", table.classes, indent=1)
     fixes = table.df.attrs.get("corrections")
     if fixes:
         pd.DataFrame(fixes).to_csv(run_dir / "corrections_applied.csv", index=False)
@@ -611,9 +610,7 @@ def write_oof(run_dir: Path, loaders: Loaders, logits: torch.Tensor, data_root: 
     df = pd.DataFrame({"path": loaders.val_paths, "image": images, "label": loaders.val_labels,
                        "group": loaders.val_groups, "pred": probs.argmax(1)})
     df = pd.concat([df, pd.DataFrame(probs, columns=[f"p{i}" for i in range(probs.shape[1])])], axis=1)
-    tmp = run_dir / ".oof.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(run_dir / "oof.csv")
+    files.write_csv(run_dir / "oof.csv", df)
 
 
 def write_figures(run_dir: Path, classes: list[str], oof: pd.DataFrame | None) -> None:
@@ -640,7 +637,7 @@ def write_summary(run: Run) -> dict:
         "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if run.env.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        files.write_json(run_dir / "summary.json", summary)
         run.tracker.summary({k: v for k, v in summary.items() if v is not None})
         oof = pd.read_csv(run_dir / "oof.csv") if (run_dir / "oof.csv").is_file() else None
         if cfg.log.figures:

@@ -42,12 +42,12 @@ def test_cv_trains_every_fold_resumes_and_feeds_submit(synth_root, tmp_path, mon
     assert main(["ensemble", str(exp), "--name", "one"]) == 0
     out = tmp_path / "cv.csv"
     assert main(["submit", *over, f"submit.checkpoints=[{exp}]", f"submit.out={out}"]) == 0
-    row = pd.read_csv(tmp_path / "ledger.csv", dtype=str).iloc[-1]
+    row = pd.read_csv(tmp_path / "submissions" / "ledger.csv", dtype=str).iloc[-1]
     assert row.members == "exp/fold0;exp/fold1"
     assert float(row.cv_f1) == pytest.approx(json.loads((exp / "cv.json").read_text())["oof_f1"], abs=1e-4)
 
     # on the built-in data, `lb FILE` without a score reads it off eval/truth.csv, the data's "site"
     truth = pd.read_csv(synth_root / "eval" / "truth.csv").merge(pd.read_csv(out), on="ImageID")
-    assert main(["lb", "cv.csv", *over, f"submit.ledger={tmp_path / 'ledger.csv'}"]) == 0
-    lb = float(pd.read_csv(tmp_path / "ledger.csv", dtype=str).iloc[-1].lb)
+    assert main(["lb", "cv.csv", *over]) == 0  # the same ledger, by the one rule
+    lb = float(pd.read_csv(tmp_path / "submissions" / "ledger.csv", dtype=str).iloc[-1].lb)
     assert lb == pytest.approx(f1_score(truth.ans_x, truth.ans_y, average="macro"), abs=1e-5)

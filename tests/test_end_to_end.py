@@ -17,7 +17,8 @@ from tests.conftest import tiny_overrides
 
 
 @pytest.mark.slow
-def test_train_then_submit(synth_root, tmp_path, caplog):
+def test_train_then_submit(synth_root, tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # submissions/ledger.csv is relative
     runs = tmp_path / "runs"
     over = tiny_overrides(synth_root, runs, **{"run.name": "e2e", "train.epochs": 2})
     assert main(["train", *over]) == 0
@@ -46,11 +47,11 @@ def test_train_then_submit(synth_root, tmp_path, caplog):
     assert list(sub.columns) == ["ImageID", "ans"]
     assert sub.ImageID.tolist() == info.ImageID.tolist()
     assert sub.ans.between(0, 17).all() and sub.ans.dtype.kind == "i"
-    score = f1_score(truth.ans, sub.ans, average="macro")
-    assert 0 <= score <= 1
+    assert truth.ImageID.tolist() == sub.ImageID.tolist()
     # the member's test probabilities are kept: the same submit again predicts nothing, a new view does
     cached = list((run / "test_probs").glob("best-*.npy"))
     assert len(cached) == 1
+    assert (np.load(cached[0]).argmax(1) == sub.ans.to_numpy()).all()  # the model's answers, in ImageID order
     again = tmp_path / "again.csv"
     caplog.clear()
     assert main(["submit", *over, f"submit.out={again}", "submit.tta=true"]) == 0
@@ -58,14 +59,19 @@ def test_train_then_submit(synth_root, tmp_path, caplog):
     assert "predicted 49 images with" not in caplog.text
     assert main(["submit", *over, f"submit.out={tmp_path / 'scales.csv'}", "submit.tta_scales=[0.75,1.25]"]) == 0
     assert len(list((run / "test_probs").glob("best-*.npy"))) == 2
-    book = pd.read_csv(tmp_path / "ledger.csv")  # beside the submission
+    book = pd.read_csv(tmp_path / "submissions" / "ledger.csv")  # one ledger, wherever submit.out wrote
     assert book["file"].tolist()[0] == str(out) and book["members"].tolist() == ["e2e"] * 3
+    # lb finds the submission in that same ledger by its path (was: "is not in submissions/ledger.csv")
+    assert main(["lb", str(out), *over]) == 0
+    scored = pd.read_csv(tmp_path / "submissions" / "ledger.csv")
+    assert scored["lb"].iloc[0] == pytest.approx(f1_score(truth.ans, sub.ans, average="macro"), abs=1e-5)
     assert book["cv_f1"].iloc[0] == pytest.approx(f1_score(oof.label, oof.pred, average="macro"), abs=1e-4)
     assert book["tta"].tolist() == [True, True, False]
 
 
 @pytest.mark.slow
 def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
     for name in ("a", "b"):
         assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": name})]) == 0
@@ -76,11 +82,10 @@ def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path, m
     assert main(["submit", *over, f"submit.out={ens}", f"submit.checkpoints=[{runs / 'a'},{runs / 'b'}]"]) == 0
     assert len(pd.read_csv(out)) == len(pd.read_csv(ens)) == 140  # 20 test people (2/3 of 30) x 7
     # weights fitted on the two runs' OOF (same split and fold), then used by submit
-    monkeypatch.chdir(tmp_path)
     assert main(["ensemble", str(runs / "a"), str(runs / "b"), "--name", "ab"]) == 0
     fitted = tmp_path / "fitted.csv"
     assert main(["submit", *over, f"submit.out={fitted}", f"submit.ensemble={tmp_path / 'ensembles' / 'ab.yaml'}"]) == 0
-    book = pd.read_csv(tmp_path / "ledger.csv", dtype=str)
+    book = pd.read_csv(tmp_path / "submissions" / "ledger.csv", dtype=str)
     row = book[book.file == str(fitted)].iloc[0]
     weights = [float(w) for w in row.weights.split(";")]
     spec = yaml.safe_load((tmp_path / "ensembles" / "ab.yaml").read_text())
@@ -95,9 +100,15 @@ def run_cli(*args, cwd=None):
 
 
 @pytest.mark.slow
-def test_python_dash_m_and_console_script_agree():
-    r = run_cli("--help")
-    assert r.returncode == 0 and "train" in r.stdout and "submit" in r.stdout and "data" in r.stdout
+def test_python_dash_m_and_console_script_agree(tmp_path):
+    script = Path(sys.executable).with_name("baseline")  # what `pip install` put beside this interpreter
+    assert script.is_file(), f"the console script is not installed at {script}"
+    for cmd in ([sys.executable, "-m", "baseline"], [str(script)]):
+        r = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and all(c in r.stdout for c in ("train", "submit", "data", "sweep", "lb")), r
+        bad = subprocess.run([*cmd, "train", "optim.lr=-1", f"run.dir={tmp_path}"], capture_output=True, text=True,
+                             timeout=120)
+        assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and "Traceback" not in bad.stderr, bad
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .. import files
 from .layouts import DataError
 
 log = logging.getLogger(__name__)
@@ -139,16 +140,11 @@ def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Pat
         if cached is not None:
             return cached
         log.warning("decode cache '%s' is damaged or not this data's: rebuilding it", file)
-    tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")  # its own: another machine may build it on a shared disk
-    try:
+    with files.replacing(file) as tmp:  # a broken image, a full disk, Ctrl-C: no half-written cache left
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         decode_all(paths, hw, arr, workers, max_pixels, interpolation)
         arr.flush()
         del arr
-        os.replace(tmp, file)
-    except BaseException:  # a broken image, a full disk, Ctrl-C: no half-written cache left behind
-        tmp.unlink(missing_ok=True)
-        raise
     return np.load(file, mmap_mode="r")
 
 

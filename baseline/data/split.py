@@ -6,7 +6,6 @@ reads it and never re-draws it, so every teammate and every fold run sees the sa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from .. import files
 from ..config import Config
 from . import store
 from .competition import age_bucket
@@ -90,14 +90,9 @@ def write_split(cfg: Config, table: Table, path: Path | None = None) -> Path:
         "group": table.df["group"].to_numpy(),
         "fold": fold,
     })
-    tmp = path.with_suffix(".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        out.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        files.write_csv(path, out)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise DataError(f"cannot write the split file '{path}' ({e.strerror or e}); on a read-only data disk set "
                         "split.file=/a/writable/folds.csv (and share that file with the team)") from None
     return path
