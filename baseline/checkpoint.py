@@ -1,4 +1,6 @@
-"""Checkpoints: atomic writes, best / last / top-k, RNG state for exact resume."""
+"""Checkpoints: atomic writes, best / last / top-k, RNG state for exact resume, and what a checkpoint
+holds (its schema, below: train.checkpoint_state writes it; train.restore, the resume guard in rundir
+and predict read it through the accessors here)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,28 @@ import torch
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what was asked."""
+
+
+# The keys of a checkpoint, in groups:
+#   weights:  model, model_ema (None without EMA)
+#   update:   optimizer, scheduler, scaler (None where unused), phase {index, start_step}
+#   progress: epoch (the next to run), step, batches_done, loss_sum, best, best_epoch, best_row,
+#             bad_epochs, seconds, wandb_id, top (the Saver's top-k), rng (rank 0), rng_ranks (every rank)
+#   identity: config (resolved, as a dict), classes, split_hash, norm {mean, std}, amp (as resolved), and
+#             provenance(): versions, lock hash, git commit
+IDENTITY = ("config", "classes")  # what every use of a checkpoint needs
+
+
+def require_identity(saved: dict, path: Path) -> dict:
+    """`saved` if it is a baseline checkpoint (config and class list inside)."""
+    if any(k not in saved for k in IDENTITY):
+        raise CheckpointError(f"'{path}' is not a baseline checkpoint (no {'/'.join(IDENTITY)} inside)")
+    return saved
+
+
+def inference_weights(saved: dict) -> dict:
+    """The weights that were evaluated, kept as best and are submitted: the EMA's where there is one."""
+    return saved["model_ema"] if saved.get("model_ema") is not None else saved["model"]
 
 
 def save_atomic(obj: dict, path: Path, *copies: Path) -> None:

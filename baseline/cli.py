@@ -11,7 +11,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, load_config
 from .data.layouts import DataError
-from .dist import LOST_PEER, LostPeer
+from .dist import LOST_PEER, LostPeer, report_lost_peer
 from .memory import OutOfMemory
 from .models import ModelError
 from .tracking import TrackingError
@@ -269,17 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     _setup_logging()
     try:
+        cfg = load_config(args.config, args.overrides)  # a bad key is one line before any process starts
         if getattr(args, "nproc", 1) > 1 and args.command == "train" and "WORLD_SIZE" not in os.environ:
             return relaunch_under_torchrun(args.nproc, argv if argv is not None else sys.argv[1:])
-        return dispatch(args, load_config(args.config, args.overrides))
+        return dispatch(args, cfg)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # bad input is the same on every rank: one says it
+            print(f"error: {e}", file=sys.stderr)
         return 2
-    except OutOfMemory as e:
+    except OutOfMemory as e:  # one rank's own: that rank says it
         print(f"error: {e}", file=sys.stderr)
         return 3
     except LostPeer as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # every survivor knows; one says it
+        if int(os.environ.get("RANK", "0")) == 0 and not report_lost_peer(str(e)):  # else our launcher says it
             print(f"error: {e}", file=sys.stderr)
         return LOST_PEER
-

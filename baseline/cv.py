@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from . import files
+from . import oof as oofs
 from .config import Config
 from .dist import launch_command
 from .rundir import state
@@ -67,10 +68,8 @@ def summarize(exp_dir: Path, folds: int) -> dict:
         rows.append({"fold": k, "best_metric": summary["best_metric"], "best_epoch": summary["best_epoch"],
                      "val_f1": summary["val_f1"], "split_hash": summary.get("split_hash")})
         frames.append(pd.read_csv(run / "oof.csv").assign(fold=k))
-    oof = pd.concat(frames, ignore_index=True)
-    keys = ["path", "image"] if "image" in oof.columns else ["path"]
-    cols = [*keys, "label", "fold", "pred"] + [c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]
-    files.write_csv(exp_dir / "oof.csv", oof[cols])
+    oof = oofs.joined(frames)
+    files.write_csv(exp_dir / "oof.csv", oof)
     metric = np.array([r["best_metric"] for r in rows], dtype=float)
     out = {
         "experiment": exp_dir.name, "folds": rows, "metric_name": summary["metric_name"],

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -140,6 +142,8 @@ def gather_objects(env: Env, obj) -> list:
 
 
 # ---------------------------------------------------------------- a lost peer
+log = logging.getLogger("baseline")
+
 LOST_PEER = 4  # the exit code when a process of a multi-process run died or could not be reached
 
 _PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket Timeout",
@@ -148,6 +152,23 @@ _PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken p
 
 class LostPeer(Exception):
     """Another process of this run died or stopped answering; the message says how to resume."""
+
+
+# launch() -> its processes: the file where rank 0 leaves its lost-peer line (where the run stood, how to
+# resume), so the launcher says it in one line with what it knows (which rank died, by what signal).
+REPORT_ENV = "BASELINE_LOST_PEER_REPORT"
+
+
+def report_lost_peer(message: str) -> bool:
+    """Hand `message` to our launcher; False when there is none (plain torchrun: print it yourself)."""
+    path = os.environ.get(REPORT_ENV)
+    if not path:
+        return False
+    try:
+        Path(path).write_text(message)
+    except OSError:
+        return False
+    return True
 
 
 def is_lost_peer(env: Env, e: BaseException) -> bool:
@@ -175,32 +196,52 @@ def launch(nproc: int, args: list[str]) -> int:
     ns = torchrun.parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "baseline", *args])
     ns.rdzv_backend, ns.rdzv_endpoint, ns.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())  # --standalone
     ns.master_port = ns.master_port or 29500
+    # CPU threads shared among the processes (torchrun would give each one thread, and say so at length)
+    threads = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    log.info("%d processes, %s CPU threads each (OMP_NUM_THREADS)", nproc, threads)
+    quiet = logging.getLogger("torch.distributed")
+    level, quiet.level = quiet.level, logging.CRITICAL  # its banner, warnings and report: we say what matters
     config, cmd, cmd_args = torchrun.config_from_args(ns)
-    quiet = logging.getLogger("torch.distributed.elastic")
-    level, quiet.level = quiet.level, logging.CRITICAL  # its warnings and report repeat what we say below
-    try:
-        elastic_launch(config, cmd)(*cmd_args)
-        return 0
-    except SignalException as e:  # Ctrl-C / SIGTERM on this launcher: the processes got it too
-        return 128 + int(e.sigval)
-    except ChildFailedError as e:
-        rank, failure = first_failure(e)
-        if failure.exitcode > 0:
-            return failure.exitcode
+    with tempfile.TemporaryDirectory(prefix="baseline-launch-") as tmp:
+        report = Path(tmp) / "lost_peer.txt"
+        os.environ[REPORT_ENV] = str(report)  # the processes inherit it
+        try:
+            elastic_launch(config, cmd)(*cmd_args)
+            return 0
+        except SignalException as e:  # Ctrl-C / SIGTERM on this launcher: the processes got it too
+            return 128 + int(e.sigval)
+        except ChildFailedError as e:
+            return say_failure(e, nproc, report.read_text() if report.is_file() else "")
+        finally:
+            os.environ.pop(REPORT_ENV, None)
+            quiet.setLevel(level)
+
+
+def say_failure(e, nproc: int, survivor: str) -> int:
+    """One line for a failed multi-process run, and its exit code. A process that exited with its own
+    code has said why (2 bad input, 3 out of memory, 130/143 a signal, 1 a crash); one killed by a signal
+    could not, so this says which, with the survivor's word on where the run stood and how to resume."""
+    rank, failure = first_failure(e)
+    if failure.exitcode > 0 and failure.exitcode != LOST_PEER:
+        if survivor:  # e.g. one rank crashed (its traceback is above): how to go on
+            print(f"error: {survivor}", file=sys.stderr)
+        return failure.exitcode
+    if failure.exitcode < 0:
         oom = (" (the out-of-memory killer uses SIGKILL: see dmesg; a smaller train.batch_size or fewer "
                "data.num_workers need less memory)") if failure.exitcode == -9 else ""
-        print(f"error: process rank {rank} of {nproc} (pid {failure.pid}) was killed by {failure.signal_name()}{oom}; "
-              f"the others stopped (exit code {LOST_PEER})", file=sys.stderr)
-        return LOST_PEER
-    finally:
-        quiet.setLevel(level)
+        what = f"process rank {rank} of {nproc} (pid {failure.pid}) was killed by {failure.signal_name()}{oom}"
+    else:
+        what = f"process rank {rank} of {nproc} lost contact with the others"
+    print(f"error: {what}; {survivor or 'the others stopped'}", file=sys.stderr)
+    return LOST_PEER
 
 
 def first_failure(e) -> tuple[int, object]:
     """The process that failed first: one killed by a signal other than the launcher's own SIGTERM, or
     else one that exited with a code, or else the first failure torchrun saw."""
     failures = sorted(e.failures.items())
-    for pred in (lambda f: f.exitcode < 0 and f.exitcode != -15, lambda f: f.exitcode > 0, lambda f: True):
+    for pred in (lambda f: f.exitcode < 0 and f.exitcode != -15, lambda f: f.exitcode > 0 and f.exitcode != LOST_PEER,
+                 lambda f: True):
         for rank, f in failures:
             if pred(f):
                 return rank, f

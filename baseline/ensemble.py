@@ -29,6 +29,7 @@ import yaml
 from sklearn.metrics import f1_score
 
 from . import files
+from . import oof as oofs
 from .config import ConfigError
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)
@@ -95,7 +96,7 @@ def image_key(oof: pd.DataFrame) -> str:
 
 
 def probs_of(oof: pd.DataFrame) -> np.ndarray:
-    return oof[[c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
+    return oofs.probs(oof)
 
 
 def check_members(members: list[Member]) -> None:

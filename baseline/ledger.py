@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from . import files
+from . import files, oof
 from .checkpoint import provenance
 from .config import ConfigError
 
@@ -71,12 +71,11 @@ def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
     frames = [_run_folder(c) / "oof.csv" for c in checkpoints]
     if not all(f.is_file() for f in frames):
         return None
-    oofs = [pd.read_csv(f).sort_values("path", kind="stable").reset_index(drop=True) for f in frames]
-    if any(not o["path"].equals(oofs[0]["path"]) for o in oofs[1:]):
+    runs = [pd.read_csv(f).sort_values("path", kind="stable").reset_index(drop=True) for f in frames]
+    if any(not o["path"].equals(runs[0]["path"]) for o in runs[1:]):
         return None
-    cols = [c for c in oofs[0].columns if c.startswith("p") and c[1:].isdigit()]
-    probs = np.mean([o[cols].to_numpy() for o in oofs], axis=0)
-    return float(f1_score(oofs[0]["label"], probs.argmax(1), average="macro", zero_division=0))
+    probs = np.mean([oof.probs(o) for o in runs], axis=0)
+    return float(f1_score(runs[0]["label"], probs.argmax(1), average="macro", zero_division=0))
 
 
 def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, weights: list[float] | None = None,

@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
+from . import oof as oofs  # noqa: E402
+
 
 def learning_curves(metrics_csv: Path, out: Path) -> None:
     m = pd.read_csv(metrics_csv)
@@ -99,7 +101,7 @@ def _palette(png: Path) -> None:
 
 def worst_order(oof: pd.DataFrame) -> np.ndarray:
     """Row order of the validation images by their loss (-log p of the true class), highest first."""
-    probs = oof[[c for c in oof.columns if c.startswith("p") and c[1:].isdigit()]].to_numpy()
+    probs = oofs.probs(oof)
     p_true = probs[np.arange(len(oof)), oof["label"].to_numpy()]
     return np.argsort(p_true, kind="stable")  # the loss falls as p rises
 
@@ -107,7 +109,7 @@ def worst_order(oof: pd.DataFrame) -> np.ndarray:
 def worst_predictions(oof: pd.DataFrame, classes: list[str], out: Path, n: int = 18) -> list[str]:
     """The validation images the best epoch got most wrong; returns their paths in drawn order."""
     order = worst_order(oof)[:n]
-    probs = oof[[f"p{i}" for i in range(len(classes))]].to_numpy()
+    probs = oofs.probs(oof)
     items = []
     for i in order:
         y, p = int(oof["label"].iloc[i]), int(oof["pred"].iloc[i])

@@ -53,13 +53,10 @@ def resolve_checkpoints(cfg: Config) -> list[Path]:
 
 
 def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Config, list[str]]:
-    saved = ckpt.load(path)
-    if "config" not in saved or "classes" not in saved:
-        raise ckpt.CheckpointError(f"'{path}' is not a baseline checkpoint (no config/classes inside)")
+    saved = ckpt.require_identity(ckpt.load(path), path)
     cfg = from_dict(saved["config"])
     model = models.create(replace(cfg.model, pretrained=False), len(saved["classes"]))  # its head too
-    weights = saved["model_ema"] if saved.get("model_ema") is not None else saved["model"]
-    model.load_state_dict(weights)
+    model.load_state_dict(ckpt.inference_weights(saved))
     return model.to(device).eval(), cfg, saved["classes"]
 
 
@@ -155,9 +152,7 @@ def check_submission(sub: pd.DataFrame, test: TestTable, num_classes: int, fmt: 
 def check_classes(paths: list[Path], classes: list[str], what: str) -> list[str]:
     """Every checkpoint must predict exactly the data's classes, by name and order; returns them."""
     for path in paths:
-        got = ckpt.load(path, mmap=True).get("classes")  # the weights are read once, by predict_probs
-        if got is None:
-            raise ckpt.CheckpointError(f"'{path}' is not a baseline checkpoint (no class list inside)")
+        got = ckpt.require_identity(ckpt.load(path, mmap=True), path)["classes"]  # mmap: weights not read here
         if got != classes:
             extra = f", e.g. it has '{next(iter(set(got) - set(classes)))}'" if set(got) - set(classes) else ""
             raise ckpt.CheckpointError(f"checkpoint '{path}' predicts {len(got)} classes, {what} has "

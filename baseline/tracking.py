@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from . import files
+from . import oof as oofs
 from .config import WandbCfg
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class Tracker(NullTracker):
         y, pred = oof["label"].to_numpy(), oof["pred"].to_numpy()
         self.run.log({"confusion_matrix": wandb.plot.confusion_matrix(y_true=y.tolist(), preds=pred.tolist(),
                                                                        class_names=classes)})
-        p_true = oof[[f"p{i}" for i in range(len(classes))]].to_numpy()[range(len(oof)), y]
+        p_true = oofs.probs(oof)[range(len(oof)), y]
         table = wandb.Table(columns=["image", "path", "true", "pred", "p_true"])
         for i in p_true.argsort()[:worst]:
             table.add_data(wandb.Image(oof["path"].iloc[i]), oof["path"].iloc[i], classes[y[i]], classes[pred[i]],

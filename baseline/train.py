@@ -27,6 +27,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import defaults, dist, engine, files, freeze, losses, memory, models, plots, progress, rundir, trial
+from . import oof as oofs
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data import store
@@ -605,12 +606,9 @@ def epoch_progress(run: Run):
 def write_oof(run_dir: Path, loaders: Loaders, logits: torch.Tensor, data_root: str) -> None:
     """Out-of-fold predictions of the best epoch: for error analysis and stacking. `image` is the path
     inside the data set, so a teammate's run (data elsewhere) lines up with yours in an ensemble."""
-    probs = logits.softmax(1).numpy()
     images = [Path(os.path.relpath(p, data_root)).as_posix() for p in loaders.val_paths]
-    df = pd.DataFrame({"path": loaders.val_paths, "image": images, "label": loaders.val_labels,
-                       "group": loaders.val_groups, "pred": probs.argmax(1)})
-    df = pd.concat([df, pd.DataFrame(probs, columns=[f"p{i}" for i in range(probs.shape[1])])], axis=1)
-    files.write_csv(run_dir / "oof.csv", df)
+    files.write_csv(run_dir / "oof.csv", oofs.frame(loaders.val_paths, images, loaders.val_labels, loaders.val_groups,
+                                                   logits.softmax(1).numpy()))
 
 
 def write_figures(run_dir: Path, classes: list[str], oof: pd.DataFrame | None) -> None:

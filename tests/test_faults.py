@@ -116,8 +116,8 @@ def test_a_killed_ddp_rank_is_one_line_with_exit_4_and_the_run_resumes(tiny, tmp
     assert proc.returncode == 4, err[-3000:]
     assert "Traceback" not in err and "ChildFailedError" not in err and "pair.cc" not in err, err[-3000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert any("rank 1 of 2" in ln and "SIGKILL" in ln for ln in lines), err[-3000:]
-    assert any("run.resume=auto run.name=dead" in ln for ln in lines), err[-3000:]
+    assert len(lines) == 1, err[-3000:]  # who died, by what, where the run stood and how to go on: one line
+    assert "rank 1 of 2" in lines[0] and "SIGKILL" in lines[0] and "run.resume=auto run.name=dead" in lines[0]
     assert (tmp_path / "runs" / "dead" / "error.txt").read_text().startswith("LostPeer: lost another process")
     done = len(pd.read_csv(metrics))
     assert done < DDP["train.epochs"]
@@ -129,6 +129,17 @@ def test_a_killed_ddp_rank_is_one_line_with_exit_4_and_the_run_resumes(tiny, tmp
                         f"train.epochs={done + 1}"], env=clean_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert pd.read_csv(metrics).epoch.tolist() == list(range(1, done + 2))
+
+
+@pytest.mark.slow
+def test_bad_input_under_ddp_is_one_line_from_one_process(tiny, tmp_path):
+    from tests.test_engine import clean_env
+
+    for bad in ("optim.lr=-1", f"data.root={tmp_path / 'nowhere'}"):  # refused by the launcher; by rank 0 for all
+        r = subprocess.run([sys.executable, "-m", "baseline", "train", "--nproc", "2", *tiny(), bad], env=clean_env(),
+                           capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
 
 
 @pytest.mark.slow

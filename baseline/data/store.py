@@ -18,7 +18,8 @@ log = logging.getLogger("baseline")
 def beside_data(cfg: Config, name: str) -> Path:
     """`<data.root>/<name>`, or its stand-in under run.dir when the data root cannot be written."""
     root = Path(cfg.data.root)
-    if writable(root) or (root / name).exists():  # one already there (a teammate wrote it) is used as it is
+    # one already there (a teammate wrote it) is used as it is; a missing root is refused by the layout reader
+    if not root.is_dir() or writable(root) or (root / name).exists():
         return root / name
     return stand_in(cfg, name)
 
