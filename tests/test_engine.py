@@ -278,3 +278,25 @@ def test_class_weights_come_from_the_training_fold_alone(synth_root):
     cfg = load_config(None, [f"data.root={synth_root}", "train.class_weights=true"])
     loss = train.build_loss(cfg, np.array([0, 0, 0, 1]), 2, torch.device("cpu"))
     torch.testing.assert_close(loss.weight, torch.tensor([0.5, 1.5]))  # 1/3 and 1/1, normalised to mean 1
+
+
+def test_clipping_bounds_the_update_and_channels_last_reaches_weights_and_batches(synth_root):
+    x, y = torch.randint(0, 255, (4, 3, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    learner = sgd_learner(accum=1)
+    learner.ctx.clip_grad = 1e-3
+    learner.optimizer.param_groups[0]["lr"] = 1.0
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    engine.train_one_epoch(learner, [(x, y)], 0)
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(learner.model.parameters(), before)))
+    assert 0.9e-3 < moved <= 1e-3 * 1.001  # lr x clip: the gradient norm was cut to 1e-3
+
+    from baseline.data.layouts import Table
+
+    cfg = load_config(None, [f"data.root={synth_root}", "model.name=test_resnet", "train.channels_last=true",
+                             "model.pretrained=false"])
+    learner = train.build_learner(cfg, dist.Env(), Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"]),
+                                  stop=lambda step: False)
+    conv = next(p for p in learner.model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    xb, _ = learner.ctx.batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2))
+    assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()

@@ -160,3 +160,17 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_one_step_and_writes_last(ti
     # the disk cache: rank 0 wrote it once, whole; the other rank opened that file (no temporary left)
     cache = [p.name for p in (Path(saved["config"]["data"]["root"]) / ".cache").iterdir()]
     assert len(cache) == 1 and cache[0].endswith(".npy") and ".tmp" not in cache[0], cache
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_with_130_and_last_pt(tiny, tmp_path):
+    from tests.test_engine import train_until_first_epoch
+
+    over = tiny(**{"run.name": "int", "train.epochs": 40, "train.batch_size": 8})
+    proc = train_until_first_epoch(over, tmp_path / "runs" / "int" / "metrics.csv", stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]  # 128 + SIGINT, as shells expect
+    assert "stopped by SIGINT" in err and "run.resume=auto run.name=int" in err and "Traceback" not in err
+    assert (tmp_path / "runs" / "int" / "checkpoints" / "last.pt").is_file()
