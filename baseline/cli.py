@@ -21,7 +21,8 @@ COMMANDS = {
     "train": "train one model (one fold) and write runs/<name>/",
     "cv": "train every fold of the split file as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv",
     "submit": "predict the test images with checkpoints/runs and write submissions/<name>.csv",
-    "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report)",
+    "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report) | "
+            "audit EXPERIMENT (labels the out-of-fold predictions contradict: label_issues.csv, --corrections FILE)",
     "sweep": "run a W&B-format sweep file (grid | random | bayes | PATH) with Optuna, one run per trial; "
              "several workers may share one study (sweep.storage)",
     "sweep-report": "a sweep's trials, parameter importances and pictures (optimization history, parallel coordinates)",
@@ -51,7 +52,10 @@ def parser() -> argparse.ArgumentParser:
     for name, help_ in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         if name == "data":
-            sp.add_argument("action", choices=["synth", "split", "check"])
+            sp.add_argument("action", choices=["synth", "split", "check", "audit"])
+            sp.add_argument("source", nargs="?", help="audit: the experiment (or run) folder whose oof.csv to audit")
+            sp.add_argument("--corrections", metavar="FILE",
+                            help="audit: also write the gender/age suggestions as a data.corrections file to review")
         if name == "bench":
             sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe", "gpu"])
         if name == "sweep":
@@ -80,9 +84,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def data_command(action: str, cfg: Config) -> int:
+def data_command(action: str, cfg: Config, args=None) -> int:
     from .data import check, layouts, split, synth
 
+    if action == "audit":
+        return audit_command(cfg, getattr(args, "source", None), getattr(args, "corrections", None))
     if action == "synth":
         root = synth.write_synth(cfg.data.root, people=cfg.data.synth_people, seed=cfg.seed, scale=cfg.data.synth_scale)
         print(f"wrote the built-in dataset to {root}")
@@ -98,6 +104,22 @@ def data_command(action: str, cfg: Config) -> int:
     errors = check.check(cfg)
     print(f"{errors} error(s)")
     return 1 if errors else 0
+
+
+def audit_command(cfg: Config, source: str | None, corrections: str | None) -> int:
+    from . import audit
+
+    if not source:
+        raise ConfigError("baseline data audit EXPERIMENT: name the experiment folder `baseline cv` wrote "
+                          "(e.g. runs/<name>), whose oof.csv holds every training image's out-of-fold prediction")
+    found, out = audit.run(cfg, source, corrections)
+    shown = found.drop(columns=["path"]).head(20)
+    print(shown.to_string(index=False) if len(found) else "no label issues found")
+    fields = found["field"].value_counts().to_dict() if "field" in found.columns else {"images": len(found)}
+    print(f"{len(found)} suspected label issue(s) {fields}: {out} (and label_issues.png)")
+    if corrections:
+        print(f"wrote {corrections}: review it, then train with data.corrections={corrections}")
+    return 0
 
 
 def runs_command(cfg: Config, compare: list[str] | None, dirs: list[str] | None = None) -> int:
@@ -200,6 +222,8 @@ def parse(argv: list[str] | None):
     args, rest = p.parse_known_args(argv)
     if getattr(args, "score", None) and "=" in args.score:  # `lb FILE key=value`: no SCORE, an override
         rest, args.score = [args.score, *rest], None
+    if getattr(args, "source", None) and "=" in args.source:  # `data check key=value`: an override
+        rest, args.source = [args.source, *rest], None
     for many in ("compare", "members"):  # nargs="+" also swallows key=value overrides after the names
         if getattr(args, many, None):
             rest += [a for a in getattr(args, many) if "=" in a]
@@ -238,7 +262,7 @@ def dispatch(args, cfg: Config) -> int:
     if args.command == "bench":
         return bench_command(args.what, cfg, args.overrides)
     if args.command == "data":
-        return data_command(args.action, cfg)
+        return data_command(args.action, cfg, args)
     if args.command == "train":
         from .train import run
 

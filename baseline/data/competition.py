@@ -8,6 +8,7 @@ STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"
 MASK_NAMES = ["wear", "incorrect", "not_worn"]
 GENDERS = ["male", "female"]
 AGE_NAMES = ["<30", "30-59", ">=60"]
+AGE_RANGES_OFFICIAL = [(0, 29), (30, 59), (60, 120)]  # the ages of each bucket (120: the readers' upper bound)
 CLASSES = [f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDERS for a in AGE_NAMES]  # index = label
 
 

@@ -15,9 +15,10 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw
 
-from .competition import STEMS, mask_of
+from .competition import STEMS, age_bucket, mask_of
 
 W, H = 96, 128  # portrait, like the competition's 384x512
 RACES = ["Asian", "Black", "White"]
@@ -127,3 +128,31 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
+
+
+def inject_label_errors(root: str | Path, share: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """Write wrong labels into a competition-layout data set, as the real one had: for `share` of the
+    people, train.csv and the folder name state the other gender, or an age in a neighbouring bucket
+    (the photos keep showing the truth). Returns what was changed: id, field, true, written."""
+    root = Path(root)
+    listed = root / "train" / "train.csv"
+    df = pd.read_csv(listed, dtype=str)
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(df), size=max(1, round(share * len(df))), replace=False)
+    changed = []
+    for i in picked:
+        row = df.loc[i]
+        if rng.random() < 0.5:
+            field, true = "gender", row.gender
+            df.loc[i, "gender"] = written = "male" if true == "female" else "female"
+        else:
+            field, true = "age", row.age
+            bucket = age_bucket(int(true))
+            to = bucket + (1 if bucket < 2 and (bucket == 0 or rng.random() < 0.5) else -1)
+            df.loc[i, "age"] = written = str(int(rng.integers(*AGE_RANGES[to], endpoint=True)))
+        folder = f"{row.id}_{df.loc[i, 'gender']}_{row.race}_{df.loc[i, 'age']}"
+        (root / "train" / "images" / row.path).rename(root / "train" / "images" / folder)
+        df.loc[i, "path"] = folder
+        changed.append({"id": row.id, "field": field, "true": true, "written": written})
+    df.to_csv(listed, index=False)
+    return pd.DataFrame(changed)

@@ -1,0 +1,154 @@
+"""`baseline data audit EXPERIMENT`: the training labels that the out-of-fold predictions contradict with
+confidence (cleanlab's confident learning, `cleanlab.filter.find_label_issues`), for a person to review.
+
+On the competition layout the unit is the person and the field: a person's seven photos share gender and
+age, so their out-of-fold probabilities are summed into each field's marginal (gender 2-way, age bucket
+3-way) and averaged over the photos before cleanlab sees them; the mask state is per photo. Elsewhere
+the unit is the image. Nothing is changed: `--corrections FILE` writes the suggestions in the
+`data.corrections` format, which training uses only when the user passes it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from cleanlab.filter import find_label_issues
+
+from . import files
+from . import oof as oofs
+from .config import Config, ConfigError
+from .data.competition import AGE_NAMES, AGE_RANGES_OFFICIAL, GENDERS, MASK_NAMES
+from .data.layouts import read_table
+
+log = logging.getLogger("baseline")
+
+FIELDS = {"gender": GENDERS, "age": AGE_NAMES, "mask": MASK_NAMES}
+
+
+def field_of(labels: np.ndarray, field: str) -> np.ndarray:
+    """The 18-class label's part: mask * 6 + gender * 3 + age bucket."""
+    return {"mask": labels // 6, "gender": labels // 3 % 2, "age": labels % 3}[field]
+
+
+def marginal(probs: np.ndarray, field: str) -> np.ndarray:
+    """(rows, values of `field`) probabilities: the 18 classes summed over the other two fields."""
+    cube = probs.reshape(-1, 3, 2, 3)  # mask, gender, age
+    axes = {"mask": (2, 3), "gender": (1, 3), "age": (1, 2)}[field]
+    return cube.sum(axis=axes)
+
+
+def read_oof(source: Path) -> pd.DataFrame:
+    """An experiment's joined oof.csv (every training image once), or one run's (its fold only)."""
+    path = source / "oof.csv"
+    if not path.is_file():
+        raise ConfigError(f"data audit: no oof.csv in '{source}' (run `baseline cv` first; its experiment folder "
+                          "holds the out-of-fold predictions of every training image)")
+    oof = pd.read_csv(path)
+    if "fold" in oof.columns and oof["fold"].nunique() < 2:
+        log.warning("data audit: '%s' covers one fold only (%d images); an experiment from `baseline cv` audits "
+                    "every image", source, len(oof))
+    return oof
+
+
+def issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows cleanlab calls label issues (confident learning, pruned by noise rate)."""
+    if len(labels) < probs.shape[1] or len(np.unique(labels)) < 2:
+        return np.zeros(len(labels), bool)
+    present = np.unique(labels)  # cleanlab needs an example of every class it is shown
+    keep = probs[:, present]
+    keep = keep / np.clip(keep.sum(1, keepdims=True), 1e-12, None)
+    relabel = np.searchsorted(present, labels)
+    return find_label_issues(relabel, keep, filter_by="prune_by_noise_rate")
+
+
+def audit_people(oof: pd.DataFrame, table) -> pd.DataFrame:
+    """Mask layout: one row per suspected (person, field): id, field, given, suggested, score (the mean
+    out-of-fold probability of the suggested value), images."""
+    by_path = table.df.set_index("path")
+    missing = ~oof["path"].isin(by_path.index)
+    if missing.any():
+        raise ConfigError(f"data audit: {int(missing.sum())} image(s) of the OOF are not in the data under "
+                          f"data.root, e.g. '{oof['path'][missing].iloc[0]}' (another data root or data set?)")
+    probs, labels = oofs.probs(oof), oof["label"].to_numpy()
+    person = by_path.loc[oof["path"], "group"].astype(str).to_numpy()
+    rows = []
+    for field in ("gender", "age"):
+        m = pd.DataFrame(marginal(probs, field)).groupby(person).mean()
+        given = pd.Series(field_of(labels, field)).groupby(person).agg(lambda s: s.mode().iloc[0])
+        given = given.loc[m.index].to_numpy()
+        flagged = issues(given, m.to_numpy())
+        first = pd.Series(oof["path"].to_numpy()).groupby(person).first()  # the picture shows one photo
+        for pid, g, p in zip(m.index[flagged], given[flagged], m.to_numpy()[flagged]):
+            s = int(p.argmax())
+            rows.append({"id": pid, "field": field, "given": FIELDS[field][g], "suggested": FIELDS[field][s],
+                         "score": round(float(p[s]), 4), "path": first[pid]})
+    mask_p, mask_y = marginal(probs, "mask"), field_of(labels, "mask")
+    flagged = issues(mask_y, mask_p)
+    for i in np.flatnonzero(flagged):
+        s = int(mask_p[i].argmax())
+        rows.append({"id": person[i], "field": "mask", "given": MASK_NAMES[mask_y[i]], "suggested": MASK_NAMES[s],
+                     "score": round(float(mask_p[i, s]), 4), "path": oof["path"].iloc[i]})
+    out = pd.DataFrame(rows, columns=["id", "field", "given", "suggested", "score", "path"])
+    return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def audit_images(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """CSV / folder layouts: one row per suspected image."""
+    probs, labels = oofs.probs(oof), oof["label"].to_numpy()
+    flagged = issues(labels, probs)
+    rows = [{"image": oof["image"].iloc[i] if "image" in oof.columns else oof["path"].iloc[i],
+             "given": classes[labels[i]], "suggested": classes[int(probs[i].argmax())],
+             "score": round(float(probs[i].max()), 4), "path": oof["path"].iloc[i]} for i in np.flatnonzero(flagged)]
+    out = pd.DataFrame(rows, columns=["image", "given", "suggested", "score", "path"])
+    return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def corrections(found: pd.DataFrame, table) -> pd.DataFrame:
+    """The gender and age suggestions in the data.corrections format (id, field, value). An age moves
+    to the nearest age of the suggested bucket (58 suggested >=60 becomes 60): the smallest change that
+    makes the label what the predictions say. Mask states come from file names, so they are not here."""
+    ages = table.df.drop_duplicates("group").set_index("group")["age"]
+    out = []
+    for r in found[found["field"].isin(["gender", "age"])].itertuples():
+        if r.field == "gender":
+            value = r.suggested
+        else:
+            lo, hi = AGE_RANGES_OFFICIAL[AGE_NAMES.index(r.suggested)]
+            value = int(np.clip(int(ages[str(r.id)]), lo, hi))
+        out.append({"id": r.id, "field": r.field, "value": value})
+    return pd.DataFrame(out, columns=["id", "field", "value"])
+
+
+def run(cfg: Config, source: str, corrections_out: str | None = None) -> tuple[pd.DataFrame, Path]:
+    """Audit `source` (an experiment or run folder): writes label_issues.csv (and .png) there, and
+    the corrections file if asked; returns the issues and the csv path."""
+    folder = Path(source)
+    oof = read_oof(folder)
+    table = read_table(cfg)
+    found = audit_people(oof, table) if cfg.data.format == "mask" else audit_images(oof, table.classes)
+    out = folder / "label_issues.csv"
+    files.write_csv(out, found)
+    picture(found, folder / "label_issues.png")
+    if corrections_out:
+        if cfg.data.format != "mask":
+            raise ConfigError("data audit --corrections: data.corrections is for the mask layout (people with a "
+                              "gender and an age); for csv/folder data fix the labels the audit lists in the CSV")
+        files.write_csv(Path(corrections_out), corrections(found, table))
+    return found, out
+
+
+def picture(found: pd.DataFrame, out: Path, n: int = 24) -> Path | None:
+    """The suspects' images with the given and the suggested label, most confident first."""
+    if not len(found):
+        return None
+    from .plots import image_grid
+
+    def title(r) -> str:
+        who = f"{r.id} {r.field}: " if "id" in found.columns else ""
+        return f"{who}{r.given}\n-> {r.suggested} ({r.score:.2f})"
+
+    image_grid([(r.path, title(r)) for r in found.head(n).itertuples()], out,
+               "suspected label issues (out-of-fold predictions)", side=120)
+    return out
