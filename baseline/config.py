@@ -43,6 +43,11 @@ class DataCfg:
     group_col: str = ""  # csv layout: rows with one group never share folds (e.g. a person id)
     allow_outside_root: bool = False  # csv layout: accept image paths that leave data.root (../x.jpg, /abs)
     corrections: str = ""  # mask layout: CSV of `id,field,value` applied before labelling
+    # mask layout, training labels only: the ages where the <30 / 30-59 / >=60 buckets start (e.g. [30, 58]:
+    # 58-59 look like 60), and ages left out of training (e.g. [27, 28, 29, 57, 58, 59]). Validation, OOF,
+    # metrics and the submission keep the official buckets, so CV stays comparable.
+    age_edges: list[int] = field(default_factory=lambda: [30, 60])
+    drop_ages: list[int] = field(default_factory=list)
     img_size: int | list[int] | Literal["auto"] = "auto"  # int (square), [h, w], or auto: the data's aspect ratio
     num_workers: int | Literal["auto"] = "auto"  # loader processes; auto: 0 on the CPU, up to 8 on a GPU
     cache: Literal["auto", "ram", "disk", "off"] = "auto"  # decode each image once, at img_size
@@ -136,6 +141,8 @@ class TrainCfg:
     mixup: float = 0.0  # mixup alpha (timm); 0 = off
     cutmix: float = 0.0  # cutmix alpha (timm); 0 = off
     class_weights: bool = False  # inverse-frequency weights in the loss
+    sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: draw images by 1 / class count ** sampler_power
+    sampler_power: float = 1.0  # 1: every class equally often; 0.5: softened; 0: as shuffle, with replacement
     monitor: Literal["val_f1", "val_acc", "val_loss"] = "val_f1"
     keep_top_k: int = 1
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
@@ -359,6 +366,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(cfg: Config) -> None:
     """Cross-field rules that types alone cannot say."""
+    edges, drop = cfg.data.age_edges, cfg.data.drop_ages
+    if len(edges) != 2 or not 0 < edges[0] < edges[1] <= 120:
+        raise ConfigError(f"config key 'data.age_edges': expected two ages [a, b] with 0 < a < b <= 120 (where the "
+                          f"middle and the oldest bucket start; official [30, 60]), got {edges!r}")
+    if (edges != [30, 60] or drop) and cfg.data.format != "mask":
+        raise ConfigError("config keys 'data.age_edges' / 'data.drop_ages' are for the mask layout (people with an "
+                          f"age); data.format={cfg.data.format} has none")
+    if any(not 0 <= a <= 120 for a in drop):
+        raise ConfigError(f"config key 'data.drop_ages': expected ages in 0..120, got {drop!r}")
     size = cfg.data.img_size
     if isinstance(size, list) and len(size) != 2:
         raise ConfigError(f"config key 'data.img_size': expected an int or [h, w], got {size!r}")
@@ -409,6 +425,7 @@ RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.batch_size", 1, None, "at least 1, 'data' or 'auto'"), ("train.max_batch_size", 2, None, "at least 2"),
     ("train.cpu_mem_gb", _POS, None, "more than 0"), ("train.clip_grad", 0, None, "0 (off) or more"),
     ("train.ema", 0, 0.99999, "0 (off) or a decay below 1"), ("train.label_smoothing", 0, 0.99, "0..0.99"),
+    ("train.sampler_power", 0, 1, "in 0..1"),
     ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
     ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
     ("data.cache_ram_gb", 0, None, "0 or more"), ("data.max_pixels", 1, None, "at least 1"),

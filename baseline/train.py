@@ -31,6 +31,8 @@ from . import oof as oofs
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data import store
+from .data.competition import OFFICIAL_EDGES
+from .data.competition import label as age_label
 from .data.layouts import Table, read_table
 from .data.split import load_or_write_folds, read_folds_hashed, split_path
 from .data.transforms import train_transform
@@ -82,10 +84,15 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     if env.is_main:
         write_data_record(run_dir, table)
     learner = build_learner(cfg, env, table, stop, initial_weights=saved is None,
-                            train_labels=table.df["label"].to_numpy()[fold != cfg.split.fold])
+                            train_labels=training_part(cfg, table, fold)[1])
     if env.rank:  # after the model is built (identical on every rank): each rank its own mixup, dropout, ...
         seed_everything(rank_seed(cfg.seed, env.rank))
     train_ds, val_ds = build_datasets(cfg, table, fold, cache)
+    if env.is_main and (tuple(cfg.data.age_edges) != OFFICIAL_EDGES or cfg.data.drop_ages):
+        n_out = int((fold != cfg.split.fold).sum()) - len(train_ds)
+        log.info("training labels: age buckets start at %s (official %s); %d training image(s) of ages %s left out; "
+                 "validation keeps the official labels", cfg.data.age_edges, list(OFFICIAL_EDGES), n_out,
+                 cfg.data.drop_ages)
     batch = settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = build_loaders(cfg, env, train_ds, val_ds, batch)
     loaders.val_groups = table.df["group"].astype(str).to_numpy()[fold == cfg.split.fold].tolist()
@@ -213,14 +220,30 @@ def decode_images(cfg: Config, table: Table, env: dist.Env | None = None) -> np.
     return cache if env.is_main else build()
 
 
+def training_part(cfg: Config, table: Table, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows (table indices) and the labels they train with: the table's own, or on the
+    competition layout those of data.age_edges, without the ages in data.drop_ages. The validation fold
+    keeps the official labels (build_datasets), so metrics, OOF and the submission stay comparable."""
+    tr = np.flatnonzero(fold != cfg.split.fold)
+    labels = table.df["label"].to_numpy()
+    edges, drop = tuple(cfg.data.age_edges), cfg.data.drop_ages
+    if edges == OFFICIAL_EDGES and not drop:
+        return tr, labels[tr]
+    part = table.df.iloc[tr]
+    keep = ~part["age"].isin(drop).to_numpy()
+    tr, part = tr[keep], part[keep]
+    y = np.array([age_label(m, g, a, edges) for m, g, a in zip(part["mask"], part["gender"], part["age"])])
+    return tr, y
+
+
 def build_datasets(cfg: Config, table: Table, fold: np.ndarray, cache: np.ndarray | None):
     """(train, val) datasets of the configured fold, served from the decode-once cache."""
     hw = img_hw(cfg)
     df, labels = table.df, table.df["label"].to_numpy()
-    is_val = fold == cfg.split.fold
-    tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    tr, train_labels = training_part(cfg, table, fold)
+    va = np.flatnonzero(fold == cfg.split.fold)
     sub = (lambda idx: cache[idx]) if cache is not None else (lambda idx: None)
-    train_ds = ds.ImageDataset(df["path"].iloc[tr], labels[tr].tolist(), hw, train_transform(cfg.aug, hw), sub(tr),
+    train_ds = ds.ImageDataset(df["path"].iloc[tr], train_labels.tolist(), hw, train_transform(cfg.aug, hw), sub(tr),
                                cfg.data.max_pixels, filter_of(cfg))
     val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, sub(va), cfg.data.max_pixels,
                              filter_of(cfg))
@@ -250,7 +273,8 @@ def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls
 
 
 def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> Loaders:
-    train = ds.train_loader(train_ds, batch, cfg.data.num_workers, cfg.seed, env.rank, env.world_size)
+    power = cfg.train.sampler_power if cfg.train.sampler == "balanced" else None
+    train = ds.train_loader(train_ds, batch, cfg.data.num_workers, cfg.seed, env.rank, env.world_size, power)
     return Loaders(
         train=train, steps=len(train),
         val=ds.eval_loader(val_ds, max(batch, 64) * 2, cfg.data.num_workers, env.rank, env.world_size),

@@ -199,3 +199,66 @@ def test_a_folder_named_in_nfd_is_found_from_a_csv_in_nfc(synth_copy):
     table = read_table(cfg_for(synth_copy))
     first = table.df[table.df["group"] == df.loc[0, "id"]]
     assert len(first) == 7 and all(Path(p).is_file() for p in first["path"])
+
+
+def test_the_balanced_sampler_evens_the_classes_and_splits_one_draw_across_ranks():
+    labels = [0] * 160 + [1] * 32 + [2] * 8  # 80% / 16% / 4%
+    one = ds.BalancedSampler(labels, 1.0, 1, 0, seed=3)
+    one.set_epoch(2)
+    share = np.bincount(np.asarray(labels)[list(one)], minlength=3) / len(one)
+    assert len(one) == 200 and np.all(np.abs(share - 1 / 3) < 0.08), share
+    soft = ds.BalancedSampler(labels, 0.5, 1, 0, seed=3)
+    soft_share = np.bincount(np.asarray(labels)[list(soft)], minlength=3) / 200
+    assert soft_share[0] > share[0] + 0.1 and soft_share[2] < share[2]  # power 0.5: halfway to balanced
+
+    ranks = [ds.BalancedSampler(labels, 1.0, 2, r, seed=3) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(2)
+    a, b = list(ranks[0]), list(ranks[1])
+    assert len(a) == len(b) == 100
+    interleaved = [x for pair in zip(a, b) for x in pair]
+    assert interleaved == list(one)  # the two ranks' shares are one process's draw, position by position
+    ranks[0].skip = 40  # a resumed epoch goes on where it stopped
+    assert list(ranks[0]) == a[40:] and len(ranks[0]) == 60
+    other = ds.BalancedSampler(labels, 1.0, 1, 0, seed=3)
+    other.set_epoch(3)
+    assert list(other) != list(one)  # a new draw every epoch
+
+
+def test_age_edges_and_dropped_ages_change_training_labels_only(synth_root, tmp_path):
+    from baseline import train
+    from baseline.data.competition import label
+    from baseline.data.split import load_or_write_folds
+    from tests.conftest import cfg_for
+
+    over = {"split.folds": 3, "data.img_size": 32, "data.age_edges": "[30,40]", "data.drop_ages": "[25,26,27,28,29]"}
+    cfg = cfg_for(synth_root, **over)
+    table = read_table(cfg)
+    fold, _ = load_or_write_folds(cfg, table)
+    train_ds, val_ds = train.build_datasets(cfg, table, fold, None)
+    df = table.df.set_index("path")
+    tr = df.loc[list(train_ds.paths)]
+    assert not tr["age"].isin(range(25, 30)).any()  # left out of training
+    expected = [label(m, g, a, (30, 40)) for m, g, a in zip(tr["mask"], tr["gender"], tr["age"])]
+    assert train_ds.labels == expected and (tr["age"].between(40, 59)).any()  # 40-59 train as the oldest bucket
+    va = df.loc[list(val_ds.paths)]
+    assert val_ds.labels == va["label"].tolist()  # validation: the official labels, every age kept
+    assert va["age"].isin(range(25, 30)).any() or not df["age"].isin(range(25, 30)).any()
+
+    # a whole run: OOF (and so CV, the ensemble, the audit) and the submission stay official
+    over_run = tiny_overrides(synth_root, tmp_path / "runs", **{"run.name": "edge", "data.age_edges": "[30,40]"})
+    assert main(["train", *over_run]) == 0
+    oof = pd.read_csv(tmp_path / "runs" / "edge" / "oof.csv")
+    assert oof["label"].tolist() == df.loc[oof["path"], "label"].tolist()
+    out = tmp_path / "sub.csv"
+    assert main(["submit", *over_run, f"submit.out={out}", f"submit.ledger={tmp_path / 'ledger.csv'}"]) == 0
+    assert pd.read_csv(out).ans.between(0, 17).all()
+
+
+def test_age_edges_are_refused_off_the_mask_layout(tmp_path):
+    from baseline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="for the mask layout"):
+        load_config(None, ["data.format=csv", "data.age_edges=[30,58]"])
+    with pytest.raises(ConfigError, match="0 < a < b"):
+        load_config(None, ["data.age_edges=[60,30]"])

@@ -176,6 +176,7 @@ def test_memory_does_not_grow_across_epochs(synth_root, tmp_path):
     {"sched.name": "step", "sched.step_epochs": 1, "optim.name": "sgd"},
     {"sched.name": "plateau", "train.early_stop": 1, "train.epochs": 3},
     {"train.channels_last": True},
+    {"train.sampler": "balanced", "train.sampler_power": 0.5},
 ])
 def test_recipes_train(synth_root, tmp_path, extra):
     runs = tmp_path / "runs"
@@ -188,6 +189,8 @@ def test_recipes_train(synth_root, tmp_path, extra):
         assert not torch.equal(saved["model_ema"]["conv1.0.weight"], saved["model"]["conv1.0.weight"])
     if "sched.name" in extra and extra["sched.name"] == "step":
         assert m.lr.iloc[-1] < 0.005
+    if "train.sampler" in extra:  # the balanced draw has the shuffle's length: 140 images / 16 = 8 steps
+        assert m.step.tolist() == [8] and saved["config"]["train"]["sampler"] == "balanced"
     if "train.accum_steps" in extra:  # 140 images / batch 16 = 8 batches: 4 optimizer steps, not 8
         assert m.step.tolist() == [4] and saved["config"]["train"]["clip_grad"] == 1.0
     if extra.get("train.early_stop"):  # patience 1: the run stops the epoch after one without progress

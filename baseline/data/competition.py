@@ -17,10 +17,14 @@ def mask_of(stem: str) -> int:
     return 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
 
 
-def age_bucket(age: int) -> int:
-    return 0 if age < 30 else (1 if age < 60 else 2)
+OFFICIAL_EDGES = (30, 60)  # where the 30-59 and the >=60 buckets start
 
 
-def label(mask: int, gender: int, age: int) -> int:
-    """The competition's class: mask * 6 + gender * 3 + age bucket (gender 0 male, 1 female)."""
-    return mask * 6 + gender * 3 + age_bucket(age)
+def age_bucket(age: int, edges=OFFICIAL_EDGES) -> int:
+    return 0 if age < edges[0] else (1 if age < edges[1] else 2)
+
+
+def label(mask: int, gender: int, age: int, edges=OFFICIAL_EDGES) -> int:
+    """The competition's class: mask * 6 + gender * 3 + age bucket (gender 0 male, 1 female). Other `edges`
+    make training labels only (data.age_edges)."""
+    return mask * 6 + gender * 3 + age_bucket(age, edges)

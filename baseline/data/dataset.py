@@ -209,6 +209,36 @@ class EpochSampler(DistributedSampler):
         return super().__len__() - self.skip
 
 
+class BalancedSampler(Sampler):
+    """Class-balanced sampling: each epoch one draw with replacement, an image's weight 1 / (its class's
+    count) ** power, seeded by (seed, epoch) alone, so every rank makes the same draw and takes its own
+    share (every world-th item: disjoint, and together exactly the one-process draw). Like EpochSampler,
+    it starts part-way into a resumed epoch (`skip`)."""
+
+    skip = 0
+
+    def __init__(self, labels: list[int], power: float, num_replicas: int, rank: int, seed: int):
+        labels = np.asarray(labels)
+        counts = np.bincount(labels)
+        self.weights = torch.as_tensor(counts[labels].astype(np.float64) ** -power)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = len(labels) // num_replicas  # as DistributedSampler with drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draw(self) -> list[int]:
+        """The whole epoch's draw, every rank's share interleaved."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.multinomial(self.weights, self.num_samples * self.num_replicas, True, generator=g).tolist()
+
+    def __iter__(self):
+        return iter(self.draw()[self.rank::self.num_replicas][self.skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
 class ShardSampler(Sampler):
     """Rank r takes items r, r+world, ...: every item exactly once across ranks, no padding."""
 
@@ -222,10 +252,13 @@ class ShardSampler(Sampler):
         return len(self.idx)
 
 
-def train_loader(ds: ImageDataset, batch_size: int, workers: int, seed: int, rank: int, world: int) -> DataLoader:
+def train_loader(ds: ImageDataset, batch_size: int, workers: int, seed: int, rank: int, world: int,
+                 balanced_power: float | None = None) -> DataLoader:
+    """Shuffled (or class-balanced, `balanced_power`) batches; a function of (seed, epoch) alone."""
     # DistributedSampler even for one process: its shuffle depends only on (seed, epoch), which
     # is what makes a resumed run see the same batches as an uninterrupted one.
-    sampler = EpochSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = (EpochSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+               if balanced_power is None else BalancedSampler(ds.labels, balanced_power, world, rank, seed))
     # Its own generator, so starting workers does not draw from the global torch RNG.
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                       generator=torch.Generator(), persistent_workers=False, pin_memory=torch.cuda.is_available())
