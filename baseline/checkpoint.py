@@ -135,6 +135,19 @@ def provenance() -> dict:
     return {"versions": versions, "lock_sha256": lock, "git_commit": commit}
 
 
+def average_weights(paths: list[Path]) -> dict:
+    """The element-wise mean of the checkpoints' inference weights (what timm's avg_checkpoints.py does);
+    integer buffers (BatchNorm's step counter) are the first checkpoint's."""
+    states = [inference_weights(load(p)) for p in paths]
+    out = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            out[k] = (sum(s[k].double() for s in states) / len(states)).to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
 class Saver:
     """Keeps `last.pt`, `best.pt` and the top-k epochs by the monitored metric."""
 

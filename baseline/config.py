@@ -145,6 +145,9 @@ class TrainCfg:
     sampler_power: float = 1.0  # 1: every class equally often; 0.5: softened; 0: as shuffle, with replacement
     monitor: Literal["val_f1", "val_acc", "val_loss"] = "val_f1"
     keep_top_k: int = 1
+    # after the last epoch: the mean of the best N epochs' weights (N <= keep_top_k), evaluated like an epoch,
+    # saved as checkpoints/averaged.pt, and best.pt (and oof.csv) if it beats the best epoch; 0 = off
+    avg_top_k: int = 0
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
     log_interval: int = 20  # steps between host syncs for the train loss
     log_every_s: float = 30.0  # off a terminal (no progress bar): a progress line at most this often
@@ -366,6 +369,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(cfg: Config) -> None:
     """Cross-field rules that types alone cannot say."""
+    if cfg.train.avg_top_k and not 2 <= cfg.train.avg_top_k <= cfg.train.keep_top_k:
+        raise ConfigError("config key 'train.avg_top_k': averages of the best N epochs need 2 <= N <= "
+                          f"train.keep_top_k (the epochs kept on disk), got {cfg.train.avg_top_k} with "
+                          f"train.keep_top_k={cfg.train.keep_top_k}; e.g. train.keep_top_k=3 train.avg_top_k=3")
     edges, drop = cfg.data.age_edges, cfg.data.drop_ages
     if len(edges) != 2 or not 0 < edges[0] < edges[1] <= 120:
         raise ConfigError(f"config key 'data.age_edges': expected two ages [a, b] with 0 < a < b <= 120 (where the "

@@ -82,6 +82,13 @@ def sync_buffers(env: Env, module: torch.nn.Module) -> None:
             dist.broadcast(b, src=0)
 
 
+def broadcast_module(env: Env, module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank."""
+    if env.distributed:
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
 def all_min(env: Env, value: int) -> int:
     return _all_reduce_int(env, value, dist.ReduceOp.MIN)
 

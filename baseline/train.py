@@ -403,6 +403,7 @@ class TrainState:
     loss_sum: float = 0.0  # train loss summed over those batches, so a resumed epoch reports the whole epoch's mean
     batch_sizes: dict | None = None  # world size, per-process and global batch (auto may pick the batch)
     pruned_epoch: int = 0  # a sweep's pruner stopped the run after this epoch
+    averaged: dict | None = None  # train.avg_top_k: the averaged weights' epochs, metrics and whether they won
 
 
 RESTORED = ("epoch", "step", "best", "best_epoch", "best_row", "wandb_id", "bad_epochs", "seconds", "batches_done",
@@ -512,7 +513,36 @@ def fit(run: Run) -> None:
         row = record_epoch(run, result, logits, m)
         if should_stop(run, row):
             break
+    if run.cfg.train.avg_top_k and not run.state.pruned_epoch:
+        average_best(run)
 
+
+def average_best(run: Run) -> None:
+    """The mean of the best train.avg_top_k epochs' weights, evaluated like an epoch: averaged.pt, and
+    best.pt and oof.csv if it beats the best epoch (the run's summary says which won)."""
+    cfg, state, learner = run.cfg, run.state, run.learner
+    names = [n for _, n in run.saver.top[: cfg.train.avg_top_k]]
+    if len(names) < 2:
+        return
+    target = learner.ema.module if learner.ema is not None else learner.model
+    if run.env.is_main:
+        target.load_state_dict(ckpt.average_weights([run.saver.dir / n for n in names]))
+    dist.broadcast_module(run.env, target)
+    logits, m = evaluate(run)
+    epochs = sorted(int(n[5:8]) for n in names)
+    better = run.saver.better(m[cfg.train.monitor], state.best)
+    state.averaged = {"epochs": epochs, **m, "best": better}
+    rngs = dist.gather_objects(run.env, ckpt.rng_state())
+    if not run.env.is_main:
+        return
+    saved = checkpoint_state(cfg, learner, state, rngs)
+    saved["averaged_epochs"] = epochs
+    ckpt.save_atomic(saved, run.saver.dir / "averaged.pt", *([run.saver.dir / "best.pt"] if better else []))
+    if better:
+        state.best, state.best_row = m[cfg.train.monitor], {**(state.best_row or {}), **m}
+        write_oof(run.dir, run.loaders, logits, cfg.data.root)
+    log.info("averaged epochs %s: val_loss %.4f  val_acc %.4f  val_f1 %.4f%s", epochs, m["val_loss"], m["val_acc"],
+             m["val_f1"], "  *best* (best.pt, oof.csv)" if better else f"  (best epoch {state.best_epoch} stays)")
 
 def log_start(run: Run) -> None:
     if run.env.is_main:
@@ -655,7 +685,7 @@ def write_summary(run: Run) -> dict:
         "best_epoch": state.best_epoch, "val_f1": best.get("val_f1"), "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"), "epochs_done": state.epoch, "train_seconds": round(state.seconds, 1),
         "model": cfg.model.name, "img_size": list(img_hw(cfg)), "fold": cfg.split.fold, "split_hash": state.split_hash,
-        **(state.batch_sizes or {}), "wandb_id": state.wandb_id, "owner": getpass.getuser(),
+        **(state.batch_sizes or {}), "averaged": state.averaged, "wandb_id": state.wandb_id, "owner": getpass.getuser(),
         "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if run.env.is_main:

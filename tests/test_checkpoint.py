@@ -1,5 +1,6 @@
 """Saver: one serialization per epoch, best/top-k as links to it, top-k order and eviction."""
 
+import pytest
 import torch
 
 from baseline import checkpoint as ckpt
@@ -37,3 +38,28 @@ def test_a_kill_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypat
         pass
     assert ckpt.load(tmp_path / "last.pt")["w"].item() == 1.0
     assert ckpt.load(tmp_path / "best.pt")["w"].item() == 1.0
+
+
+@pytest.mark.slow
+def test_averaged_weights_are_the_mean_of_the_top_k_checkpoints_and_evaluated(tiny, tmp_path):
+    import json
+
+    from baseline.cli import main
+
+    over = tiny(**{"run.name": "avg", "train.epochs": 4, "train.keep_top_k": 3, "train.avg_top_k": 3,
+                   "train.monitor": "val_loss"})
+    assert main(["train", *over]) == 0
+    ck = tmp_path / "runs" / "avg" / "checkpoints"
+    tops = sorted(ck.glob("epoch*.pt"))
+    assert len(tops) == 3
+    states = [torch.load(p, weights_only=True)["model"] for p in tops]
+    avg = torch.load(ck / "averaged.pt", weights_only=True)
+    for k, v in avg["model"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, sum(s[k] for s in states) / 3, rtol=1e-5, atol=1e-6)
+    assert avg["averaged_epochs"] == sorted(int(p.name[5:8]) for p in tops)
+    summary = json.loads((tmp_path / "runs" / "avg" / "summary.json").read_text())
+    assert summary["averaged"]["epochs"] == avg["averaged_epochs"] and 0 < summary["averaged"]["val_loss"]
+    best = torch.load(ck / "best.pt", weights_only=True)
+    # best.pt is the average exactly when it won on the monitored metric
+    assert ("averaged_epochs" in best) == summary["averaged"]["best"]
