@@ -31,6 +31,8 @@ COMMANDS = {
     "lb": "record the public leaderboard score of a submission in the ledger: baseline lb FILE SCORE "
           "(without SCORE: scored against <data.root>/eval/truth.csv, which the built-in data has)",
     "submissions": "the submission ledger: CV next to LB, their rank correlation, submissions/cv_vs_lb.png",
+    "lr-find": "an LR range test on this config (data, model, first freeze phase): <run.dir>/lr-find/<name>/ "
+               "lr_find.png and a suggested optim.lr; no run folder or checkpoint is touched",
     "bench": "speed: images/s three ways (limit | kit | naive); recipe: kit defaults vs a reference loop; "
              "gpu: the GPU check (make gpu-check)",
 }
@@ -263,6 +265,13 @@ def dispatch(args, cfg: Config) -> int:
         return bench_command(args.what, cfg, args.overrides)
     if args.command == "data":
         return data_command(args.action, cfg, args)
+    if args.command == "lr-find":
+        from . import lr_find
+
+        r = lr_find.run(cfg)
+        print(f"suggested optim.lr={r['suggested']:.2e} (lowest loss at {r['min_lr']:.2e}, steepest descent at "
+              f"{r['steepest']:.2e}); picture {r['dir']}/lr_find.png")
+        return 0
     if args.command == "train":
         from .train import run
 

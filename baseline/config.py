@@ -148,6 +148,7 @@ class TrainCfg:
     # after the last epoch: the mean of the best N epochs' weights (N <= keep_top_k), evaluated like an epoch,
     # saved as checkpoints/averaged.pt, and best.pt (and oof.csv) if it beats the best epoch; 0 = off
     avg_top_k: int = 0
+    grad_checkpointing: bool = False  # recompute activations in the backward pass (timm): less memory, ~30% slower
     early_stop: int = 0  # stop after this many epochs without improvement; 0 = off
     log_interval: int = 20  # steps between host syncs for the train loss
     log_every_s: float = 30.0  # off a terminal (no progress bar): a progress line at most this often
@@ -185,6 +186,13 @@ class SubmitCfg:
 @dataclass
 class CheckCfg:
     out: str = ""  # folder for the `data check` pictures; "" -> <data.root>/report
+
+
+@dataclass
+class LRFindCfg:
+    start: float = 1e-7  # `baseline lr-find`: the LR range, raised exponentially over at most `steps` steps
+    end: float = 10.0
+    steps: int = 100
 
 
 @dataclass
@@ -227,6 +235,7 @@ class Config:
     submit: SubmitCfg = field(default_factory=SubmitCfg)
     check: CheckCfg = field(default_factory=CheckCfg)
     bench: BenchCfg = field(default_factory=BenchCfg)
+    lrfind: LRFindCfg = field(default_factory=LRFindCfg)
     sweep: SweepCfg = field(default_factory=SweepCfg)
 
 
@@ -369,6 +378,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(cfg: Config) -> None:
     """Cross-field rules that types alone cannot say."""
+    if not 0 < cfg.lrfind.start < cfg.lrfind.end or cfg.lrfind.steps < 5:
+        raise ConfigError(f"config keys 'lrfind.*': expected 0 < start < end and steps >= 5, got start="
+                          f"{cfg.lrfind.start} end={cfg.lrfind.end} steps={cfg.lrfind.steps}")
     if cfg.train.avg_top_k and not 2 <= cfg.train.avg_top_k <= cfg.train.keep_top_k:
         raise ConfigError("config key 'train.avg_top_k': averages of the best N epochs need 2 <= N <= "
                           f"train.keep_top_k (the epochs kept on disk), got {cfg.train.avg_top_k} with "

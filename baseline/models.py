@@ -428,6 +428,15 @@ def factorize(model: torch.nn.Module, name: str) -> torch.nn.Module:
     return model
 
 
+def set_grad_checkpointing(model: torch.nn.Module, name: str) -> None:
+    """timm's gradient checkpointing (activations recomputed in the backward pass), or a clear refusal."""
+    try:
+        model.set_grad_checkpointing(True)
+    except (AttributeError, NotImplementedError, AssertionError) as e:
+        raise ModelError(f"train.grad_checkpointing=true: model '{name}' does not support it ({e}); "
+                         "use train.batch_size=auto, train.accum_steps or train.amp=bf16 to save memory") from None
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model under DDP and torch.compile, so state dicts carry no prefixes."""
     model = getattr(model, "module", model)

@@ -303,6 +303,8 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
     model = models.create(model_cfg, n_cls).to(env.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.train.grad_checkpointing:
+        models.set_grad_checkpointing(model, cfg.model.name)
     freezer = freeze.Freezer(cfg, model)
     freezer.freeze_for(0)
     mean, std = models.data_stats(model)  # unless resolved (defaults.resolve) or given

@@ -303,3 +303,36 @@ def test_clipping_bounds_the_update_and_channels_last_reaches_weights_and_batche
     assert conv.is_contiguous(memory_format=torch.channels_last)
     xb, _ = learner.ctx.batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2))
     assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
+
+
+@pytest.mark.slow
+def test_lr_find_suggests_an_lr_and_leaves_the_run_folder_alone(synth_root, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    over = tiny_overrides(synth_root, runs, **{"run.name": "x"})
+    assert main(["train", *over]) == 0
+    before = {p: p.stat().st_mtime_ns for p in (runs / "x").rglob("*") if p.is_file()}
+    assert main(["lr-find", *over, "lrfind.steps=40", "lrfind.start=1e-5", "lrfind.end=10"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (runs / "x").rglob("*") if p.is_file()} == before
+    rows = pd.read_csv(runs / "lr-find" / "x" / "lr_find.csv")
+    assert (runs / "lr-find" / "x" / "lr_find.png").is_file()
+    assert rows.lr.is_monotonic_increasing and rows.lr.iloc[0] == pytest.approx(1e-5)
+    assert rows.smoothed.min() < rows.smoothed.iloc[0]  # the loss fell somewhere in the range
+    out = capsys.readouterr().out
+    lr = float(out.split("suggested optim.lr=")[1].split()[0])
+    assert 1e-6 <= lr <= 1.0
+
+
+def test_grad_checkpointing_reaches_the_model_and_still_trains(synth_root):
+    from baseline.data.layouts import Table
+
+    table = Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"])
+    cfg = load_config(None, [f"data.root={synth_root}", "model.name=test_resnet", "train.grad_checkpointing=true",
+                             "model.pretrained=false"])
+    learner = train.build_learner(cfg, dist.Env(), table, stop=lambda step: False)
+    assert learner.model.grad_checkpointing is True
+    learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)
+    learner.train_view = learner.model
+    x, y = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    w = next(learner.model.parameters()).detach().clone()
+    engine.train_one_epoch(learner, [(x, y)], 0)
+    assert not torch.equal(w, next(learner.model.parameters()))
