@@ -20,6 +20,8 @@ USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrackingErro
 COMMANDS = {
     "train": "train one model (one fold) and write runs/<name>/",
     "cv": "train every fold of the split file as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv",
+    "refit": "after `baseline cv`: train on every fold together for the epochs the folds chose: "
+             "<experiment>/refit/, an ensemble member and a submission source like any run",
     "submit": "predict the test images with checkpoints/runs and write submissions/<name>.csv",
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report) | "
             "audit EXPERIMENT (labels the out-of-fold predictions contradict: label_issues.csv, --corrections FILE)",
@@ -64,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("sweep", help="grid | random | bayes | path to a sweep YAML in W&B's format")
         if name == "sweep-report":
             sp.add_argument("name", help="the sweep's name (its folder under <run.dir>/sweeps/)")
+        if name == "refit":
+            sp.add_argument("experiment", help="the experiment folder `baseline cv` wrote (runs/<name>)")
         if name == "ensemble":
             sp.add_argument("members", nargs="+", metavar="MEMBER", help="run folders or experiment folders")
             sp.add_argument("--name", default="", help="ensembles/<name>.yaml (default: ens-<time>)")
@@ -79,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "runs":
             sp.add_argument("--compare", nargs="+", metavar="RUN",
                             help="runs (names under run.dir, or folders) whose per-class F1 to draw in one picture")
-        if name in ("train", "sweep", "cv"):
+        if name in ("train", "sweep", "cv", "refit"):
             sp.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun) when > 1")
         sp.add_argument("--config", "-c", help="YAML file with config keys (defaults < file < overrides)")
         sp.epilog = "Any further key=value arguments override config keys, e.g. train.epochs=3 model.name=resnet18."
@@ -259,6 +263,11 @@ def dispatch(args, cfg: Config) -> int:
         return 0
     if args.command == "ensemble":
         return ensemble_command(cfg, args)
+    if args.command == "refit":
+        from . import cv
+
+        print(f"refit: {cv.refit(Path(args.experiment), args.overrides, args.nproc)}")
+        return 0
     if args.command in ("lb", "submissions"):
         return ledger_command(cfg, args)
     if args.command == "bench":

@@ -409,8 +409,12 @@ def validate(cfg: Config) -> None:
                               f"{', each > 0' if key == 'std' else ''}, got {v!r}")
     if cfg.split.folds < 2:
         raise ConfigError(f"config key 'split.folds': expected at least 2, got {cfg.split.folds}")
-    if not 0 <= cfg.split.fold < cfg.split.folds:
-        raise ConfigError(f"config key 'split.fold': expected 0..{cfg.split.folds - 1}, got {cfg.split.fold}")
+    if not -1 <= cfg.split.fold < cfg.split.folds:
+        raise ConfigError(f"config key 'split.fold': expected 0..{cfg.split.folds - 1} (or -1: train on every fold, "
+                          f"no validation, as `baseline refit` does), got {cfg.split.fold}")
+    if cfg.split.fold == -1 and (cfg.sched.name == "plateau" or cfg.train.early_stop or cfg.train.avg_top_k):
+        raise ConfigError("split.fold=-1 (a refit on every fold) has no validation to steer sched.name=plateau, "
+                          "train.early_stop or train.avg_top_k; use a fixed schedule and epoch count")
     if cfg.optim.layer_decay > 0 and cfg.sched.name == "none":
         raise ConfigError("config key 'optim.layer_decay' needs a scheduler (timm's schedulers apply the "
                           "per-layer scales); set sched.name=cosine|step|plateau")

@@ -21,9 +21,9 @@ from sklearn.metrics import f1_score
 
 from . import files
 from . import oof as oofs
-from .config import Config
+from .config import Config, ConfigError
 from .dist import launch_command
-from .rundir import state
+from .rundir import read_json, state
 from .train import preflight
 
 log = logging.getLogger("baseline")
@@ -81,3 +81,33 @@ def summarize(exp_dir: Path, folds: int) -> dict:
     log.info("cv %s: %s %.4f ± %.4f over %d folds, OOF macro-F1 %.4f on %d images -> %s", exp_dir.name,
              out["metric_name"], out["mean"], out["std"], folds, out["oof_f1"], len(oof), exp_dir / "cv.json")
     return out
+
+
+REFIT = "refit"  # the refit's run folder inside its experiment
+
+
+def refit_epochs(exp_dir: Path) -> int:
+    """The epoch count the folds chose: the mean of their best epochs, rounded (at least 1)."""
+    cv = read_json(exp_dir / "cv.json")
+    if not cv.get("folds"):
+        raise ConfigError(f"baseline refit: '{exp_dir}' has no cv.json; finish `baseline cv` first (the folds choose "
+                          "the epoch count)")
+    return max(1, round(float(np.mean([f["best_epoch"] for f in cv["folds"]]))))
+
+
+def refit(exp_dir: Path, overrides: list[str], nproc: int = 1) -> Path:
+    """Train on every fold together (split.fold=-1: no validation) with fold 0's resolved config for the
+    epochs the folds chose: `<experiment>/refit/`, an ensemble member that stands in with its experiment's
+    out-of-fold predictions (ensemble.load_member). Run again to resume it."""
+    exp_dir = Path(exp_dir)
+    epochs = refit_epochs(exp_dir)
+    config = exp_dir / "fold0" / "config.yaml"
+    keep = [o for o in overrides if not o.startswith(("split.fold=", "run.name=", "run.dir=", "run.resume="))]
+    log.info("refit %s: every fold together for %d epochs (the folds' mean best epoch)", exp_dir.name, epochs)
+    cmd = launch_command(nproc, ["train", "--config", str(config), f"train.epochs={epochs}", "train.early_stop=0",
+                                 "train.avg_top_k=0", *keep, "split.fold=-1", f"run.dir={exp_dir}",
+                                 f"run.name={REFIT}", "run.resume=auto"])
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise SystemExit(rc)
+    return exp_dir / REFIT

@@ -68,8 +68,22 @@ def find_member(name: str, roots: list[Path]) -> str:
     return str(found[0])
 
 
+def refit_of(folder: Path) -> Path | None:
+    """The experiment a refit run (split.fold=-1, no validation, so no OOF of its own) belongs to."""
+    summary = folder / "summary.json"
+    info = json.loads(summary.read_text()) if summary.is_file() else {}
+    return folder.parent if info.get("fold") == -1 and (folder.parent / "oof.csv").is_file() else None
+
+
 def load_member(folder: str | Path) -> Member:
+    """A run, an experiment (its folds), or a refit: the refit predicts, and its experiment's out-of-fold
+    predictions stand in for its own when weights are fitted (its predictions on the training images would be
+    in-sample); it is weighted as its folds would be."""
     folder = Path(folder)
+    exp = refit_of(folder)
+    if exp is not None:
+        stand_in = load_member(exp)
+        return Member(folder.name, folder, [folder], stand_in.split_hash, stand_in.oof)
     runs = _runs_in(folder)
     frames, hashes = [], set()
     for k, run in enumerate(runs):

@@ -66,7 +66,8 @@ def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
     (same split and fold); the experiment's OOF macro-F1 when they are the folds of one `baseline cv`
     experiment; None otherwise. One member: its own OOF macro-F1."""
     parents = {_run_folder(c).parent for c in checkpoints}
-    if len(checkpoints) > 1 and len(parents) == 1 and (cv := next(iter(parents)) / "cv.json").is_file():
+    refit = len(checkpoints) == 1 and _run_folder(checkpoints[0]).name == "refit"  # cv.REFIT: its experiment's CV
+    if (len(checkpoints) > 1 or refit) and len(parents) == 1 and (cv := next(iter(parents)) / "cv.json").is_file():
         return json.loads(cv.read_text()).get("oof_f1")
     frames = [_run_folder(c) / "oof.csv" for c in checkpoints]
     if not all(f.is_file() for f in frames):

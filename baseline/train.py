@@ -598,6 +598,8 @@ def evaluate(run: Run) -> tuple[torch.Tensor, dict]:
     dist.sync_buffers(run.env, learner.model)  # also what the checkpoint saves
     if eval_model is not learner.model:
         dist.sync_buffers(run.env, eval_model)
+    if not len(run.loaders.val_labels):  # a refit (split.fold=-1): every fold trains, nothing to validate on
+        return None, {"val_loss": math.nan, "val_acc": math.nan, "val_f1": math.nan}
     logits = engine.predict_logits(eval_model, run.loaders.val, learner.ctx)
     return logits, engine.val_metrics(logits, run.loaders.val_labels)
 
@@ -612,7 +614,7 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
            "lr": learner.optimizer.param_groups[0]["lr"], "trainable_params": learner.freezer.trainable_count(),
            "images_per_s": result["images"] / max(result["seconds"], 1e-9), "epoch_s": result["seconds"],
            **learner.freezer.group_lrs(learner.optimizer), **memory.report(run.env.device)}
-    is_best = run.saver.better(metric, state.best)
+    is_best = logits is None or run.saver.better(metric, state.best)  # a refit's best is its latest epoch
     if is_best:
         state.best, state.best_epoch, state.best_row, state.bad_epochs = metric, epoch, row, 0
     else:
@@ -620,11 +622,13 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
     state.epoch, state.batches_done, state.loss_sum = epoch, 0, 0.0
     rngs = dist.gather_objects(run.env, ckpt.rng_state())
     if run.env.is_main:
-        per_class = engine.per_class_f1(logits, run.loaders.val_labels, len(state.classes))
-        run.tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)}, step=state.step)
+        if logits is not None:
+            per_class = engine.per_class_f1(logits, run.loaders.val_labels, len(state.classes))
+            run.tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)},
+                            step=state.step)
         run.tracker.log_epoch(row)
         run.saver.save(checkpoint_state(cfg, learner, state, rngs), epoch, metric, is_best)
-        if is_best:
+        if is_best and logits is not None:
             write_oof(run.dir, run.loaders, logits, cfg.data.root)
         log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s)",
                  epoch, cfg.train.epochs, result["loss"], m["val_loss"], m["val_acc"], m["val_f1"],

@@ -176,7 +176,8 @@ def load_or_write_folds(cfg: Config, table: Table) -> tuple[np.ndarray, str]:
     try:
         fold, split_hash = read_folds_hashed(cfg, table, path)
         check_groups(table, fold, path)
-        check_duplicates(table, fold, cfg.split.fold)
+        if cfg.split.fold >= 0:  # a refit (-1) has no validation fold to leak into
+            check_duplicates(table, fold, cfg.split.fold)
     except DataError:
         if wrote:
             wrote.unlink(missing_ok=True)
