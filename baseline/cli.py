@@ -20,6 +20,8 @@ USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrackingErro
 COMMANDS = {
     "train": "train one model (one fold) and write runs/<name>/",
     "cv": "train every fold of the split file as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv",
+    "pseudo": "pseudo-labels: the test images an ensemble (submit.ensemble) or runs predict with probability >= "
+              "pseudo.threshold, as pseudo/<name>.csv for data.pseudo=",
     "refit": "after `baseline cv`: train on every fold together for the epochs the folds chose: "
              "<experiment>/refit/, an ensemble member and a submission source like any run",
     "submit": "predict the test images with checkpoints/runs and write submissions/<name>.csv",
@@ -263,6 +265,12 @@ def dispatch(args, cfg: Config) -> int:
         return 0
     if args.command == "ensemble":
         return ensemble_command(cfg, args)
+    if args.command == "pseudo":
+        from . import pseudo
+
+        out, rows = pseudo.write(cfg)
+        print(f"wrote {out}: {len(rows)} pseudo-labelled test images; train with data.pseudo={out}")
+        return 0
     if args.command == "refit":
         from . import cv
 

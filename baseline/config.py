@@ -48,6 +48,7 @@ class DataCfg:
     # metrics and the submission keep the official buckets, so CV stays comparable.
     age_edges: list[int] = field(default_factory=lambda: [30, 60])
     drop_ages: list[int] = field(default_factory=list)
+    pseudo: str = ""  # a `baseline pseudo` table: its rows join every fold's training part, never validation
     img_size: int | list[int] | Literal["auto"] = "auto"  # int (square), [h, w], or auto: the data's aspect ratio
     num_workers: int | Literal["auto"] = "auto"  # loader processes; auto: 0 on the CPU, up to 8 on a GPU
     cache: Literal["auto", "ram", "disk", "off"] = "auto"  # decode each image once, at img_size
@@ -189,6 +190,12 @@ class CheckCfg:
 
 
 @dataclass
+class PseudoCfg:
+    threshold: float = 0.9  # `baseline pseudo`: keep test predictions at least this confident
+    out: str = ""  # "" -> pseudo/<ensemble or run name>.csv
+
+
+@dataclass
 class LRFindCfg:
     start: float = 1e-7  # `baseline lr-find`: the LR range, raised exponentially over at most `steps` steps
     end: float = 10.0
@@ -236,6 +243,7 @@ class Config:
     check: CheckCfg = field(default_factory=CheckCfg)
     bench: BenchCfg = field(default_factory=BenchCfg)
     lrfind: LRFindCfg = field(default_factory=LRFindCfg)
+    pseudo: PseudoCfg = field(default_factory=PseudoCfg)
     sweep: SweepCfg = field(default_factory=SweepCfg)
 
 
@@ -448,7 +456,7 @@ RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.batch_size", 1, None, "at least 1, 'data' or 'auto'"), ("train.max_batch_size", 2, None, "at least 2"),
     ("train.cpu_mem_gb", _POS, None, "more than 0"), ("train.clip_grad", 0, None, "0 (off) or more"),
     ("train.ema", 0, 0.99999, "0 (off) or a decay below 1"), ("train.label_smoothing", 0, 0.99, "0..0.99"),
-    ("train.sampler_power", 0, 1, "in 0..1"),
+    ("train.sampler_power", 0, 1, "in 0..1"), ("pseudo.threshold", 0, 1, "a probability in 0..1"),
     ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
     ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
     ("data.cache_ram_gb", 0, None, "0 or more"), ("data.max_pixels", 1, None, "at least 1"),

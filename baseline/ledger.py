@@ -28,7 +28,7 @@ from .config import ConfigError
 log = logging.getLogger("baseline")
 
 COLUMNS = ["file", "sha256", "time", "user", "git_commit", "members", "weights", "member_val_f1", "cv_f1", "tta",
-           "lb"]
+           "lb", "pseudo"]
 
 
 class LedgerError(ConfigError):
@@ -54,6 +54,31 @@ def _run_folder(checkpoint: Path) -> Path:
 def member_f1(checkpoint: Path) -> float | None:
     summary = _run_folder(checkpoint) / "summary.json"
     return json.loads(summary.read_text()).get("val_f1") if summary.is_file() else None
+
+
+def member_pseudo(checkpoint: Path) -> str:
+    """The pseudo-label table (data.pseudo) the member trained with, "" if none."""
+    import yaml
+
+    config = _run_folder(checkpoint) / "config.yaml"
+    data = (yaml.safe_load(config.read_text()) or {}).get("data", {}) if config.is_file() else {}
+    return str(data.get("pseudo") or "")
+
+
+def upgrade(ledger: Path) -> None:
+    """A ledger written by an older kit (fewer columns) rewritten whole with today's columns, empty where it
+    had none, so the next row lines up (its torn lines set aside first, as record_lb does)."""
+    if not ledger.is_file() or ledger.stat().st_size == 0:
+        return
+    header, rows, torn = torn_rows(ledger)
+    if header == COLUMNS:
+        return
+    if torn:
+        with open(ledger.with_name(f"{ledger.name}.torn"), "a") as f:
+            f.writelines(text + "\n" for _, text in torn)
+    df = pd.DataFrame(rows, columns=header, dtype=str).reindex(columns=COLUMNS).fillna("")
+    files.write_csv(ledger, df)
+    log.info("ledger %s: upgraded to the columns %s", ledger, ", ".join(c for c in COLUMNS if c not in header))
 
 
 def member_name(checkpoint: Path) -> str:
@@ -93,9 +118,10 @@ def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, w
         "weights": ";".join(f"{w:.4f}" for w in weights) if weights else "equal",
         "member_val_f1": ";".join("" if f is None else f"{f:.4f}" for f in f1s),
         "cv_f1": "" if cv is None else f"{cv:.4f}", "tta": str(bool(tta)).lower(),
-        "lb": "",
+        "lb": "", "pseudo": ";".join(sorted({p for c in checkpoints if (p := member_pseudo(c))})),
     }
     with locked(ledger):
+        upgrade(ledger)
         new = not ledger.is_file() or ledger.stat().st_size == 0
         torn = not new and _ends_torn(ledger)
         with open(ledger, "a", newline="") as f:

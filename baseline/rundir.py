@@ -24,7 +24,7 @@ LOCK = ".lock"
 ERROR = "error.txt"
 # Keys a resume may change: they do not change what is learned (epochs extends a run; the data may
 # move to another folder, its split file is compared by hash).
-RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "lrfind.", "train.epochs", "train.early_stop",
+RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "lrfind.", "pseudo.", "train.epochs", "train.early_stop",
              "train.log_interval", "train.grad_checkpointing",
              "train.log_every_s", "train.device", "train.keep_top_k", "train.avg_top_k", "data.num_workers",
              "data.cache", "data.cache_ram_gb",

@@ -26,7 +26,7 @@ import timm.utils
 import torch
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, files, freeze, losses, memory, models, plots, progress, rundir, trial
+from . import defaults, dist, engine, files, freeze, losses, memory, models, plots, progress, pseudo, rundir, trial
 from . import oof as oofs
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
@@ -54,6 +54,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     preflight(cfg)
     new_split = None if split_path(cfg).is_file() else split_path(cfg)
     table, fold, split_hash = prepare_data(cfg, env)
+    table, fold = pseudo.with_pseudo(cfg, table, fold)  # after the split: its file and hash stay the same
     notes: list[str] = []
     with contextlib.ExitStack() as held:
         try:
@@ -232,7 +233,8 @@ def training_part(cfg: Config, table: Table, fold: np.ndarray) -> tuple[np.ndarr
     part = table.df.iloc[tr]
     keep = ~part["age"].isin(drop).to_numpy()
     tr, part = tr[keep], part[keep]
-    y = np.array([age_label(m, g, a, edges) for m, g, a in zip(part["mask"], part["gender"], part["age"])])
+    y = np.array([label if np.isnan(a) else age_label(int(m), int(g), a, edges)  # pseudo rows: no age, as labelled
+                  for label, m, g, a in zip(part["label"], part["mask"], part["gender"], part["age"].astype(float))])
     return tr, y
 
 
