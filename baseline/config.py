@@ -141,6 +141,9 @@ class TrainCfg:
     label_smoothing: float = 0.1
     mixup: float = 0.0  # mixup alpha (timm); 0 = off
     cutmix: float = 0.0  # cutmix alpha (timm); 0 = off
+    # the probability per batch of CutMix within one class: each image's right half from another image of
+    # its class in the batch (vertical halves: the label stays exact, hard targets); 0 = off
+    cutmix_same_class: float = 0.0
     class_weights: bool = False  # inverse-frequency weights in the loss
     sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: draw images by 1 / class count ** sampler_power
     sampler_power: float = 1.0  # 1: every class equally often; 0.5: softened; 0: as shuffle, with replacement
@@ -389,6 +392,9 @@ def validate(cfg: Config) -> None:
     if not 0 < cfg.lrfind.start < cfg.lrfind.end or cfg.lrfind.steps < 5:
         raise ConfigError(f"config keys 'lrfind.*': expected 0 < start < end and steps >= 5, got start="
                           f"{cfg.lrfind.start} end={cfg.lrfind.end} steps={cfg.lrfind.steps}")
+    if cfg.train.cutmix_same_class and (cfg.train.mixup or cfg.train.cutmix):
+        raise ConfigError("train.cutmix_same_class keeps labels exact; with train.mixup / train.cutmix (soft, mixed "
+                          "labels) the two would fight: choose one")
     if cfg.train.avg_top_k and not 2 <= cfg.train.avg_top_k <= cfg.train.keep_top_k:
         raise ConfigError("config key 'train.avg_top_k': averages of the best N epochs need 2 <= N <= "
                           f"train.keep_top_k (the epochs kept on disk), got {cfg.train.avg_top_k} with "
@@ -457,6 +463,7 @@ RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.cpu_mem_gb", _POS, None, "more than 0"), ("train.clip_grad", 0, None, "0 (off) or more"),
     ("train.ema", 0, 0.99999, "0 (off) or a decay below 1"), ("train.label_smoothing", 0, 0.99, "0..0.99"),
     ("train.sampler_power", 0, 1, "in 0..1"), ("pseudo.threshold", 0, 1, "a probability in 0..1"),
+    ("train.cutmix_same_class", 0, 1, "a probability in 0..1"),
     ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
     ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
     ("data.cache_ram_gb", 0, None, "0 or more"), ("data.max_pixels", 1, None, "at least 1"),

@@ -67,6 +67,39 @@ class Learner:
     phase_start: int = 0  # the optimizer step the current freeze phase began at (its LR schedule counts from it)
 
 
+class SameClassCutMix:
+    """With probability `p` per batch, each image's right half is replaced by the right half of another
+    image of the same class in the batch (a vertical cut: two halves of one class, so the label stays
+    exact). Images are paired within their class at random; one without a partner is left whole. No host
+    sync: the coin is the CPU generator's, the pairing is on the device."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.rand(()) >= self.p:
+            return x, y
+        partner = same_class_partners(y)
+        half = x.shape[-1] // 2
+        return torch.cat([x[..., :half], x[partner][..., half:]], dim=-1), y
+
+
+def same_class_partners(y: torch.Tensor) -> torch.Tensor:
+    """For each item, another item of its class (itself when it has none): a random order within each
+    class, each item taking the next one's half, the last the first's (a cycle per class)."""
+    n = y.shape[0]
+    order = torch.argsort(y.double() * 2 + torch.rand(n, device=y.device, dtype=torch.double))
+    ys, pos = y[order], torch.arange(n, device=y.device)
+    new_class = torch.ones(n, dtype=torch.bool, device=y.device)
+    new_class[1:] = ys[1:] != ys[:-1]
+    start = torch.where(new_class, pos, torch.zeros_like(pos)).cummax(0).values  # each class's first position
+    nxt = (pos + 1).clamp(max=n - 1)
+    mate = torch.where((pos + 1 < n) & (ys[nxt] == ys), nxt, start)
+    partner = torch.empty_like(order)
+    partner[order] = order[mate]
+    return partner
+
+
 def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict], None] | None = None) -> dict:
     """One pass over `loader`; returns mean loss, images seen, seconds, the global step, and
     whether a stop was requested. Host syncs happen only at log intervals."""

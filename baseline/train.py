@@ -323,6 +323,9 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
 
 
 def build_mixup(cfg: Config, n_cls: int):
+    """timm's Mixup/CutMix (soft targets), or CutMix within one class (hard targets), or None."""
+    if cfg.train.cutmix_same_class > 0:
+        return engine.SameClassCutMix(cfg.train.cutmix_same_class)
     if cfg.train.mixup <= 0 and cfg.train.cutmix <= 0:
         return None
     return timm.data.Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,

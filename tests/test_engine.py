@@ -177,6 +177,7 @@ def test_memory_does_not_grow_across_epochs(synth_root, tmp_path):
     {"sched.name": "plateau", "train.early_stop": 1, "train.epochs": 3},
     {"train.channels_last": True},
     {"train.sampler": "balanced", "train.sampler_power": 0.5},
+    {"train.cutmix_same_class": 0.5, "train.loss": "focal"},
 ])
 def test_recipes_train(synth_root, tmp_path, extra):
     runs = tmp_path / "runs"
@@ -336,3 +337,17 @@ def test_grad_checkpointing_reaches_the_model_and_still_trains(synth_root):
     w = next(learner.model.parameters()).detach().clone()
     engine.train_one_epoch(learner, [(x, y)], 0)
     assert not torch.equal(w, next(learner.model.parameters()))
+
+
+def test_cutmix_within_a_class_joins_halves_of_one_class_and_keeps_the_labels():
+    torch.manual_seed(0)
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 1, 1])
+    x = torch.arange(8).view(8, 1, 1, 1).float().expand(8, 3, 4, 6).clone()  # image i is filled with i
+    x2, y2 = engine.SameClassCutMix(1.0)(x, y)
+    assert torch.equal(y2, y) and torch.equal(x2[..., :3], x[..., :3])  # left halves and labels untouched
+    partner = x2[:, 0, 0, 3:].mean(1).long()  # whose right half each image now has
+    assert (y[partner] == y).all()  # always a right half of its own class
+    assert (partner != torch.arange(8))[y != 2].all()  # every image with a classmate got one's half
+    assert partner[3] == 3
+    same, _ = engine.SameClassCutMix(0.0)(x, y)
+    assert torch.equal(same, x)
