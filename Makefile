@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock data split check train cv submit sweep sweep-report sweep-agent bench bench-recipe bench-pretrained gpu-check runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
+.PHONY: help venv lock data split check train cv submit sweep sweep-report sweep-agent bench bench-recipe bench-pretrained bench-contest gpu-check runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ bench-recipe: $(STAMP) ## kit defaults vs a 60-line reference loop on 9 data set
 
 bench-pretrained: $(STAMP) ## kit pretrained defaults vs a minimal fine-tuning loop on real ImageNet weights, 4 sets, 3 seeds (~40 min on 2 cores)
 	$(BIN)/baseline bench recipe bench.pretrained=true $(CONFIG_ARG) $(ARGS)
+
+bench-contest: $(STAMP) ## each contest technique against a plain run on 3 contest-like sets (contest_c held out); ARGS="bench.seeds=1"
+	$(BIN)/baseline bench contest $(CONFIG_ARG) $(ARGS)
 
 gpu-check: $(STAMP) data ## one table for a lent GPU: train step vs limit (eager, compile), batch auto, forced OOM, inference (ARGS="bench.tiny=true" on a CPU)
 	$(BIN)/baseline bench gpu $(ARGS)

@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--corrections", metavar="FILE",
                             help="audit: also write the gender/age suggestions as a data.corrections file to review")
         if name == "bench":
-            sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe", "gpu"])
+            sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe", "gpu", "contest"])
         if name == "sweep":
             sp.add_argument("sweep", help="grid | random | bayes | path to a sweep YAML in W&B's format")
         if name == "sweep-report":
@@ -305,6 +305,10 @@ def bench_command(what: str, cfg: Config, overrides: list[str]) -> int:
         from . import gpucheck
 
         return gpucheck.main(cfg, overrides)
+    if what == "contest":
+        from . import contest_bench
+
+        return contest_bench.main(cfg, overrides)
     if what == "recipe":
         from . import recipe
 

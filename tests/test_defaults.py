@@ -163,3 +163,21 @@ def test_table_puts_the_held_out_set_last_and_checks_the_bar():
     assert t["data set"].tolist() == ["synth_60", "faces_c (held out)"]
     assert t.ok.tolist() == [True, False]  # 0.85 vs 0.855 in 1.5x; 0.05 below
     assert t.time_ratio.iloc[0] == pytest.approx(1.5)
+
+
+@pytest.mark.slow
+def test_contest_benchmark_tiny_mode_runs_every_switch_and_pipeline(tmp_path, capsys):
+    out = tmp_path / "bench"
+    from baseline import ledger
+
+    # one switch and one pipeline (the whole list is the same code, per name; make bench-contest runs it)
+    rc = main(["bench", "contest", "bench.tiny=true", "bench.seeds=1", f"bench.root={tmp_path / 'sets'}",
+               f"bench.out={out}", "bench.sets=[contest_a,balanced,refit]"])
+    assert rc == 0
+    rows = pd.read_csv(out / "contest" / "contest_runs.csv")
+    assert rows["switch"].tolist() == ["base", "balanced", "refit"] and (rows.seconds > 0).all()
+    truth = tmp_path / "sets" / "contest_a_30" / "eval" / "truth.csv"
+    for sw in ("base", "balanced", "refit"):  # each score is its submission's, against the clean eval set
+        sub = out / "contest" / "contest_a" / f"{sw}_s0.csv"
+        assert rows.set_index("switch").eval_f1[sw] == pytest.approx(ledger.truth_score(sub, truth))
+    assert "| contest_a | refit |" in capsys.readouterr().out

@@ -149,7 +149,10 @@ def inject_label_errors(root: str | Path, share: float = 0.05, seed: int = 0) ->
             field, true = "age", row.age
             bucket = age_bucket(int(true))
             to = bucket + (1 if bucket < 2 and (bucket == 0 or rng.random() < 0.5) else -1)
-            df.loc[i, "age"] = written = str(int(rng.integers(*AGE_RANGES[to], endpoint=True)))
+            lo, hi = AGE_RANGES[to]
+            # ages as the data has them: a set whose oldest are all 60 (the contest) gets 60, not 61-75
+            hi = min(hi, max(int(a) for a in df["age"])) if to == 2 else hi
+            df.loc[i, "age"] = written = str(int(rng.integers(lo, hi, endpoint=True)))
         folder = f"{row.id}_{df.loc[i, 'gender']}_{row.race}_{df.loc[i, 'age']}"
         (root / "train" / "images" / row.path).rename(root / "train" / "images" / folder)
         df.loc[i, "path"] = folder

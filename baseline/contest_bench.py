@@ -1,0 +1,130 @@
+"""`baseline bench contest` (make bench-contest): what each contest technique is worth on contest-like
+data (data/contest.py), as eval macro-F1 on each set's clean eval images against one plain run.
+
+Per set and seed: `base`, the kit's defaults trained on fold 0 of 3; one run per switch with the
+switch's keys added; three pipelines, each against `base` too: `pseudo` (base's confident test
+predictions join training), `audit` (3-fold cv, `data audit`, its corrections, fold 0 again), `refit`
+(the cv's refit on every fold). Every run is a subprocess of the real CLI; scores come from
+submissions scored against eval/truth.csv. contest_c is held out: nothing was tuned on it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import files, ledger
+from .config import Config
+from .data.contest import write_contest
+
+log = logging.getLogger("baseline")
+
+SETS = ["contest_a", "contest_b", "contest_c"]  # the last is held out
+SWITCHES = {
+    "balanced": ["train.sampler=balanced", "train.sampler_power=0.5"],
+    "age_edge_58": ["data.age_edges=[30,58]"],
+    "cutmix_same_class": ["train.cutmix_same_class=0.5"],
+    "avg_top_3": ["train.keep_top_k=3", "train.avg_top_k=3"],
+}
+PIPELINES = ["pseudo", "audit", "refit"]
+
+
+def cli(*args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "baseline", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"baseline {' '.join(args[:2])} failed ({r.returncode}): {r.stderr.strip()[-400:]}")
+
+
+def score(root: Path, runs: Path, source: str, out: Path) -> float:
+    """Submit `source` (a run or experiment folder) and score it against the set's truth."""
+    cli("submit", f"data.root={root}", f"run.dir={runs}", f"submit.checkpoints=[{source}]", f"submit.out={out}",
+        f"submit.ledger={out.parent / 'ledger.csv'}", "log.wandb.mode=disabled")
+    return ledger.truth_score(out, root / "eval" / "truth.csv")
+
+
+def seconds(folder: Path) -> float:
+    return float(json.loads((folder / "summary.json").read_text())["train_seconds"])
+
+
+def one_set(name: str, root: Path, work: Path, seed: int, base: list[str], only: list[str] | None) -> list[dict]:
+    runs = work / f"runs_s{seed}"
+    common = [f"data.root={root}", f"run.dir={runs}", f"seed={seed}", *base]
+    rows = []
+
+    def train(run: str, *extra: str) -> tuple[float, float]:
+        cli("train", *common, f"run.name={run}", *extra)
+        return score(root, runs, str(runs / run), work / f"{run}_s{seed}.csv"), seconds(runs / run)
+
+    f1, s = train("base")
+    rows.append({"set": name, "seed": seed, "switch": "base", "eval_f1": f1, "seconds": s})
+    for sw, keys in SWITCHES.items():
+        if only and sw not in only:
+            continue
+        f1, s = train(sw, *keys)
+        rows.append({"set": name, "seed": seed, "switch": sw, "eval_f1": f1, "seconds": s})
+    if not only or "pseudo" in only:
+        table = work / f"pseudo_s{seed}.csv"
+        cli("pseudo", *common, f"submit.checkpoints=[{runs / 'base'}]", "pseudo.threshold=0.9", f"pseudo.out={table}")
+        f1, s = train("pseudo", f"data.pseudo={table}")
+        rows.append({"set": name, "seed": seed, "switch": "pseudo", "eval_f1": f1,
+                     "seconds": s + seconds(runs / "base")})
+    if not only or {"audit", "refit"} & set(only):
+        cli("cv", *common, "run.name=cv")
+        cv_s = sum(seconds(runs / "cv" / f"fold{k}") for k in range(3))
+        if not only or "audit" in only:
+            fixes = work / f"fixes_s{seed}.csv"
+            cli("data", "audit", str(runs / "cv"), *common, "--corrections", str(fixes))
+            f1, s = train("audit", f"data.corrections={fixes}")
+            rows.append({"set": name, "seed": seed, "switch": "audit", "eval_f1": f1, "seconds": s + cv_s})
+        if not only or "refit" in only:
+            cli("refit", str(runs / "cv"), "log.wandb.mode=disabled")
+            f1 = score(root, runs, str(runs / "cv" / "refit"), work / f"refit_s{seed}.csv")
+            rows.append({"set": name, "seed": seed, "switch": "refit", "eval_f1": f1,
+                         "seconds": cv_s + seconds(runs / "cv" / "refit")})
+    return rows
+
+
+def table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per set and switch: eval macro-F1 mean (std over seeds), its gain over base, seconds."""
+    out = []
+    for (s, sw), g in rows.groupby(["set", "switch"], sort=False):
+        base = rows[(rows.set == s) & (rows.switch == "base")].set_index("seed")["eval_f1"]
+        gain = g.set_index("seed")["eval_f1"] - base.reindex(g["seed"]).to_numpy()
+        out.append({"set": s, "switch": sw, "eval_f1": f"{g.eval_f1.mean():.3f} ± {g.eval_f1.std(ddof=0):.3f}",
+                    "gain": f"{gain.mean():+.3f}", "seconds": round(float(g.seconds.mean()))})
+    return pd.DataFrame(out)
+
+
+def main(cfg: Config, overrides: list[str]) -> int:
+    b = cfg.bench
+    work = Path(b.out) / "contest"
+    people = 30 if b.tiny else 120
+    base = ["log.wandb.mode=disabled", "log.figures=false", "split.folds=3",
+            *(["model.name=test_resnet", "data.img_size=32", "train.epochs=2", "train.batch_size=16"] if b.tiny else
+              ["data.img_size=64", "train.epochs=5", "train.batch_size=32"]),
+            *[o for o in overrides if not o.startswith("bench.")]]
+    only = [s for s in (b.sets or []) if s in SWITCHES or s in PIPELINES] or None
+    sets = [s for s in (b.sets or []) if s in SETS] or SETS
+    rows = []
+    for name in sets:
+        root = Path(b.root) / f"{name}_{people}"
+        if not (root / "eval" / "truth.csv").is_file():
+            write_contest(root, name, people=people, seed=0)
+        for seed in range(b.seeds):
+            t0 = time.perf_counter()
+            rows += one_set(name, root, work / name, seed, base, only)
+            log.info("bench contest: %s seed %d in %.0f s", name, seed, time.perf_counter() - t0)
+            files.write_csv(work / "contest_runs.csv", pd.DataFrame(rows))
+    t = table(pd.DataFrame(rows))
+    md = "\n".join(["| set | switch | eval macro-F1 (mean ± std over seeds) | gain over base | train s |",
+                    "|---|---|---|---|---|"] +
+                   [f"| {r.set} | {r.switch} | {r.eval_f1} | {r.gain} | {r.seconds} |" for r in t.itertuples()])
+    files.write_text(work / "contest.md", md + "\n")
+    print(md)
+    return 0 if np.isfinite(pd.DataFrame(rows).eval_f1).all() else 1
