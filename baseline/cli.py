@@ -265,6 +265,27 @@ def dispatch(args, cfg: Config) -> int:
         return 0
     if args.command == "ensemble":
         return ensemble_command(cfg, args)
+    if args.command in ("pseudo", "refit", "lr-find"):
+        return contest_command(args, cfg)
+    if args.command in ("lb", "submissions"):
+        return ledger_command(cfg, args)
+    if args.command == "bench":
+        return bench_command(args.what, cfg, args.overrides)
+    if args.command == "data":
+        return data_command(args.action, cfg, args)
+    if args.command == "train":
+        from .train import run
+
+        run(cfg)
+        return 0
+    from .predict import submit
+
+    submit(cfg)
+    return 0
+
+
+def contest_command(args, cfg: Config) -> int:
+    """pseudo | refit | lr-find."""
     if args.command == "pseudo":
         from . import pseudo
 
@@ -276,27 +297,11 @@ def dispatch(args, cfg: Config) -> int:
 
         print(f"refit: {cv.refit(Path(args.experiment), args.overrides, args.nproc)}")
         return 0
-    if args.command in ("lb", "submissions"):
-        return ledger_command(cfg, args)
-    if args.command == "bench":
-        return bench_command(args.what, cfg, args.overrides)
-    if args.command == "data":
-        return data_command(args.action, cfg, args)
-    if args.command == "lr-find":
-        from . import lr_find
+    from . import lr_find
 
-        r = lr_find.run(cfg)
-        print(f"suggested optim.lr={r['suggested']:.2e} (lowest loss at {r['min_lr']:.2e}, steepest descent at "
-              f"{r['steepest']:.2e}); picture {r['dir']}/lr_find.png")
-        return 0
-    if args.command == "train":
-        from .train import run
-
-        run(cfg)
-        return 0
-    from .predict import submit
-
-    submit(cfg)
+    r = lr_find.run(cfg)
+    print(f"suggested optim.lr={r['suggested']:.2e} (lowest loss at {r['min_lr']:.2e}, steepest descent at "
+          f"{r['steepest']:.2e}); picture {r['dir']}/lr_find.png")
     return 0
 
 

@@ -387,8 +387,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field rules that types alone cannot say."""
+def _validate_recipe(cfg: Config) -> None:
+    """The contest switches: lr-find's range, same-class CutMix, weight averaging, age edges."""
     if not 0 < cfg.lrfind.start < cfg.lrfind.end or cfg.lrfind.steps < 5:
         raise ConfigError(f"config keys 'lrfind.*': expected 0 < start < end and steps >= 5, got start="
                           f"{cfg.lrfind.start} end={cfg.lrfind.end} steps={cfg.lrfind.steps}")
@@ -408,6 +408,11 @@ def validate(cfg: Config) -> None:
                           f"age); data.format={cfg.data.format} has none")
     if any(not 0 <= a <= 120 for a in drop):
         raise ConfigError(f"config key 'data.drop_ages': expected ages in 0..120, got {drop!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field rules that types alone cannot say."""
+    _validate_recipe(cfg)
     size = cfg.data.img_size
     if isinstance(size, list) and len(size) != 2:
         raise ConfigError(f"config key 'data.img_size': expected an int or [h, w], got {size!r}")

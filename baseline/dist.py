@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -48,6 +49,16 @@ def setup(device: str = "auto") -> Env:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Env(rank, world, dev)
+
+
+@contextlib.contextmanager
+def session(device: str = "auto"):
+    """setup() for the block, teardown() after it, also on errors."""
+    env = setup(device)
+    try:
+        yield env
+    finally:
+        teardown()
 
 
 def teardown() -> None:

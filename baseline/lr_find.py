@@ -21,11 +21,8 @@ log = logging.getLogger("baseline")
 
 
 def run(cfg: Config) -> dict:
-    env = dist.setup(cfg.train.device)
-    try:
+    with dist.session(cfg.train.device) as env:
         return _find(cfg, env)
-    finally:
-        dist.teardown()
 
 
 def _find(cfg: Config, env: dist.Env) -> dict:

@@ -42,11 +42,8 @@ log = logging.getLogger("baseline")
 
 
 def run(cfg: Config) -> dict:
-    env = dist.setup(cfg.train.device)
-    try:
+    with dist.session(cfg.train.device) as env:
         return _train(cfg, env)
-    finally:
-        dist.teardown()
 
 
 def _train(cfg: Config, env: dist.Env) -> dict:
