@@ -157,6 +157,9 @@ class TrainCfg:
     log_interval: int = 20  # steps between host syncs for the train loss
     log_every_s: float = 30.0  # off a terminal (no progress bar): a progress line at most this often
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch's CPU threads per process; auto: the usable cores (affinity, cgroup quota) less those other
+    # processes keep busy at the start, split among this machine's processes, less the loader's workers
+    threads: int | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -471,6 +474,7 @@ RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.cutmix_same_class", 0, 1, "a probability in 0..1"),
     ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
     ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
+    ("train.threads", 1, 1024, "1..1024 or 'auto'"),
     ("data.cache_ram_gb", 0, None, "0 or more"), ("data.max_pixels", 1, None, "at least 1"),
     ("data.synth_people", 5, None, "at least 5"), ("data.synth_scale", 1, 16, "1..16"),
     ("aug.hflip", 0, 1, "a probability 0..1"), ("aug.affine", 0, 1, "a probability 0..1"),

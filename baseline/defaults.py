@@ -52,10 +52,11 @@ def batch_for(n_train: int, world: int, device: torch.device) -> int:
     return int(min(max(bs, MIN_BATCH), MAX_BATCH["cuda" if device.type == "cuda" else "cpu"]))
 
 
-def workers_for(device: torch.device, cpus: int) -> int:
-    # On the CPU the loader's workers take cores from the model; images are decoded once and cached,
-    # so the main process can augment them. On a GPU the workers keep the device fed.
-    return 0 if device.type != "cuda" else max(1, min(8, cpus - 1))
+def workers_for(device: torch.device, cores: int) -> int:
+    """Loader workers per process from `cores`, this process's share of the machine (cores / local processes).
+    On the CPU the workers take cores from the model; images are decoded once and cached, so the main
+    process can augment them. On a GPU they keep the device fed, one core left to the main process."""
+    return 0 if device.type != "cuda" else max(1, min(8, cores - 1))
 
 
 def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
@@ -64,7 +65,7 @@ def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
     return [header_size(p) for p in picked]
 
 
-def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int, cpus: int,
+def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int, cores: int,
             logger: logging.Logger | None = log, notes: list[str] | None = None) -> Config:
     """A copy of `cfg` with every data-aware default made concrete; each choice told to `logger` and
     appended to `notes` (for the run's train.log, which does not exist yet)."""
@@ -104,8 +105,8 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
             "pretrained weights (one head-only epoch, then everything)" if cfg.freeze.preset == "fine_tune"
             else "from scratch" if not cfg.model.pretrained else "the module names no head"))
     if cfg.data.num_workers == "auto":
-        cfg.data.num_workers = workers_for(device, cpus)
-        reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type}")
+        cfg.data.num_workers = workers_for(device, cores)
+        reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type} ({cores} core(s) per process)")
     for r in reasons if logger else []:
         logger.info("default: %s", r)
     if notes is not None:

@@ -20,6 +20,12 @@ class Env:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    local_rank: int = 0  # on this machine
+    local_world: int = 1  # processes of the run on this machine
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0
 
     @property
     def is_main(self) -> bool:
@@ -39,16 +45,17 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 
 def setup(device: str = "auto") -> Env:
-    """Read torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK) and join the process group."""
+    """Read torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE) and join the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Env(rank, world, dev)
+    return Env(rank, world, dev, local_rank, local_world)
 
 
 @contextlib.contextmanager

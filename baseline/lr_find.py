@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import dist, engine, files, train
+from . import cpus, dist, engine, files, train
 from .config import Config
 
 log = logging.getLogger("baseline")
@@ -28,8 +28,10 @@ def run(cfg: Config) -> dict:
 def _find(cfg: Config, env: dist.Env) -> dict:
     train.seed_everything(cfg.seed)
     train.preflight(cfg)
+    share = train.watch_machine(env)
     table, fold, _ = train.prepare_data(cfg, env)
-    cfg = train.resolve_defaults(cfg, env, table, fold)
+    cfg = train.resolve_defaults(cfg, env, table, fold, share=share)
+    train.say(env, cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers))
     cache = train.decode_images(cfg, table, env)
     learner = train.build_learner(cfg, env, table, stop=lambda step: False,
                                   train_labels=train.training_part(cfg, table, fold)[1])

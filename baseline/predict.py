@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, ensemble, files, ledger, models
+from . import cpus, defaults, dist, engine, ensemble, files, ledger, models
 from .config import Config, ConfigError, from_dict, img_hw
 from .data import dataset as ds
 from .data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
@@ -93,8 +93,7 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
         return np.load(cached), classes
     mean, std, interp = norm_of(mcfg, model)
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device))
-    workers = cfg.data.num_workers
-    workers = defaults.workers_for(env.device, os.cpu_count() or 1) if workers == "auto" else workers
+    workers = predict_workers(cfg, env)
     views = []
     for size in [hw] + [scaled(hw, s) for s in scales]:
         if (size, interp) not in caches:  # decode the test images once per resolution and filter
@@ -110,6 +109,12 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
     log.info("predicted %d images with %s (%d view(s)%s)", len(probs), path, len(views),
              ", flip" if cfg.submit.tta else "")
     return probs, classes
+
+
+def predict_workers(cfg: Config, env: dist.Env) -> int:
+    share = cpus.Share(cpus.usable_cores(), 0.0, env.local_world)
+    return defaults.workers_for(env.device, share.per_process()) if cfg.data.num_workers == "auto" else \
+        cfg.data.num_workers
 
 
 def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env,
@@ -191,6 +196,9 @@ def submit(cfg: Config) -> Path:
         check_offsets_match_tta(cfg, spec)
         paths, weights = ensemble.checkpoints_and_weights(spec) if spec else (resolve_checkpoints(cfg), None)
         test = read_test_table(cfg)
+        line = cpus.set_threads(cfg.train.threads, cpus.watch(env.local_world), predict_workers(cfg, env))
+        if env.is_main:
+            log.info("%s", line)
         classes = check_classes(paths, class_names(cfg), f"the {cfg.data.format} data under '{cfg.data.root}'")
         check_test_labels(test, classes, cfg.data.test_csv or "test set")
         name = (Path(cfg.submit.ensemble).stem if spec else paths[0].parent.parent.name if len(paths) == 1

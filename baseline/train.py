@@ -26,7 +26,22 @@ import timm.utils
 import torch
 
 from . import checkpoint as ckpt
-from . import defaults, dist, engine, files, freeze, losses, memory, models, plots, progress, pseudo, rundir, trial
+from . import (
+    cpus,
+    defaults,
+    dist,
+    engine,
+    files,
+    freeze,
+    losses,
+    memory,
+    models,
+    plots,
+    progress,
+    pseudo,
+    rundir,
+    trial,
+)
 from . import oof as oofs
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
@@ -49,13 +64,15 @@ def run(cfg: Config) -> dict:
 def _train(cfg: Config, env: dist.Env) -> dict:
     seed_everything(cfg.seed)
     preflight(cfg)
+    share = watch_machine(env)
     new_split = None if split_path(cfg).is_file() else split_path(cfg)
     table, fold, split_hash = prepare_data(cfg, env)
     table, fold = pseudo.with_pseudo(cfg, table, fold)  # after the split: its file and hash stay the same
     notes: list[str] = []
     with contextlib.ExitStack() as held:
         try:
-            cfg = resolve_defaults(cfg, env, table, fold, notes)
+            cfg = resolve_defaults(cfg, env, table, fold, notes, share)
+            say(env, cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers), notes)
             state = TrainState(split_hash=split_hash, classes=table.classes)
             resume_from = rundir.resume_point(cfg)
             saved = ckpt.load(resume_from) if resume_from else None
@@ -158,13 +175,27 @@ def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, str]:
     return table, fold, split_hash
 
 
+def watch_machine(env: dist.Env) -> cpus.Share:
+    """This process's share of the machine's cores, every process watching at the same moment."""
+    dist.barrier(env)
+    return cpus.watch(env.local_world)
+
+
+def say(env: dist.Env, line: str, notes: list[str] | None = None) -> None:
+    """An info line on rank 0, also kept for the run's train.log (`notes`)."""
+    if env.is_main:
+        log.info("%s", line)
+        if notes is not None:
+            notes.append(line)
+
+
 def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray,
-                     notes: list[str] | None = None) -> Config:
+                     notes: list[str] | None = None, share: cpus.Share | None = None) -> Config:
     """img_size, batch size and workers from the data and the device (logged on rank 0)."""
     n_train = int((fold != cfg.split.fold).sum())
     logger = log if env.is_main else None
-    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, os.cpu_count() or 1,
-                            logger, notes)
+    cores = (share or cpus.Share(cpus.usable_cores(), 0.0, env.local_world)).per_process()
+    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, cores, logger, notes)
 
 
 def write_data_record(run_dir: Path, table: Table) -> None:

@@ -172,50 +172,60 @@ def reseed(compose, seed: int) -> None:
 
 
 class ImageDataset(Dataset):
-    """(uint8 CHW tensor, label) pairs; from the cache when there is one."""
+    """(uint8 CHW tensor, label) pairs; from the cache when there is one. An item is asked for by its
+    index, or by (index, augmentation seed) as the training samplers yield it."""
 
     def __init__(self, paths: list[str], labels: list[int] | None, hw: tuple[int, int], transform=None,
                  cache: np.ndarray | None = None, max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear"):
         self.paths, self.labels, self.hw, self.max_pixels = list(paths), labels, hw, max_pixels
         self.interpolation = interpolation
         self.transform, self.cache = transform, cache
-        self.epoch_seed: int | None = None  # set per epoch by `set_epoch`
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int | None]):
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw, self.max_pixels,
                                                                         self.interpolation)
         if self.transform is not None:
-            if self.epoch_seed is not None:
+            if seed is not None:
                 # Augmentation is a function of (seed, epoch, item) alone: the same whatever the worker
                 # count, and a run resumed mid-epoch sees what the uninterrupted run saw.
-                reseed(self.transform, (self.epoch_seed * 1_000_003 + i) % 2**32)
+                reseed(self.transform, (seed * 1_000_003 + i) % 2**32)
             img = self.transform(image=np.ascontiguousarray(img))["image"]
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # a copy: cache rows may be read-only memmaps
         return x, (self.labels[i] if self.labels is not None else -1)
 
 
-class EpochSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way, for resuming a preempted epoch."""
+class SeededSampler(Sampler):
+    """A training sampler's indices as (index, augmentation seed) pairs. Persistent workers keep their own
+    copy of the dataset for the whole run, so the epoch's seed (`set_epoch`) travels with each index."""
 
-    skip = 0  # items of this epoch already trained on
+    skip = 0  # items of this epoch already trained on (a resumed, preempted epoch starts part-way)
+    aug_seed: int | None = None
+
+    def indices(self) -> list[int]:
+        raise NotImplementedError
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.skip:])
+        return iter([(i, self.aug_seed) for i in self.indices()[self.skip:]])
 
     def __len__(self) -> int:
-        return super().__len__() - self.skip
+        return self.num_samples - self.skip
 
 
-class BalancedSampler(Sampler):
+class EpochSampler(SeededSampler, DistributedSampler):
+    """DistributedSampler (its shuffle a function of seed and epoch), as SeededSampler pairs."""
+
+    def indices(self) -> list[int]:
+        return list(DistributedSampler.__iter__(self))
+
+
+class BalancedSampler(SeededSampler):
     """Class-balanced sampling: each epoch one draw with replacement, an image's weight 1 / (its class's
     count) ** power, seeded by (seed, epoch) alone, so every rank makes the same draw and takes its own
-    share (every world-th item: disjoint, and together exactly the one-process draw). Like EpochSampler,
-    it starts part-way into a resumed epoch (`skip`)."""
-
-    skip = 0
+    share (every world-th item: disjoint, and together exactly the one-process draw)."""
 
     def __init__(self, labels: list[int], power: float, num_replicas: int, rank: int, seed: int):
         labels = np.asarray(labels)
@@ -232,11 +242,8 @@ class BalancedSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.multinomial(self.weights, self.num_samples * self.num_replicas, True, generator=g).tolist()
 
-    def __iter__(self):
-        return iter(self.draw()[self.rank::self.num_replicas][self.skip:])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.skip
+    def indices(self) -> list[int]:
+        return self.draw()[self.rank::self.num_replicas]
 
 
 class ShardSampler(Sampler):
@@ -259,22 +266,37 @@ def train_loader(ds: ImageDataset, batch_size: int, workers: int, seed: int, ran
     # is what makes a resumed run see the same batches as an uninterrupted one.
     sampler = (EpochSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
                if balanced_power is None else BalancedSampler(ds.labels, balanced_power, world, rank, seed))
-    # Its own generator, so starting workers does not draw from the global torch RNG.
+    # Its own generator (seeded once), so starting workers does not draw from the global torch RNG.
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                      generator=torch.Generator(), persistent_workers=False, pin_memory=torch.cuda.is_available())
+                      generator=torch.Generator().manual_seed(seed), **worker_options(workers))
+
+
+def worker_options(workers: int) -> dict:
+    """Workers started once for the run (forking 8 per epoch costs seconds a GPU waits for), each with
+    its own NumPy and Python seed; pinned memory when there is a GPU to copy to."""
+    if not workers:
+        return {"pin_memory": torch.cuda.is_available()}
+    return {"persistent_workers": True, "worker_init_fn": seed_worker, "pin_memory": torch.cuda.is_available(),
+            "prefetch_factor": 4}
+
+
+def seed_worker(worker_id: int) -> None:
+    """NumPy and `random` in a worker from torch's seed for it (the loader's generator + worker id): they
+    differ by worker and repeat with the run's seed. torch does its own; NumPy would inherit the parent's."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make epoch `epoch` of `loader` a pure function of (seed, epoch): shuffle and augmentation."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed(seed * 1000 + epoch)
-    loader.dataset.epoch_seed = seed * 1000 + epoch
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.aug_seed = seed * 1000 + epoch
 
 
 def eval_loader(ds: ImageDataset, batch_size: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), rank, world),
-                      num_workers=workers, pin_memory=torch.cuda.is_available())
+    return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), rank, world), num_workers=workers,
+                      **worker_options(workers))
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

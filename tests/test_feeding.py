@@ -1,0 +1,152 @@
+"""Feeding the model: persistent loader workers and their seeds, threads per process, workers per rank,
+one decode per machine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from baseline import cpus, defaults
+from baseline.cli import main
+from baseline.config import AugCfg, load_config
+from baseline.data import dataset as ds
+from baseline.data.layouts import read_table
+from baseline.data.transforms import train_transform
+
+
+def _epochs(root, workers: int, epochs=(3, 3, 4)):
+    paths = read_table(load_config(None, [f"data.root={root}"])).df.path.tolist()[:48]
+    d = ds.ImageDataset(paths, list(range(len(paths))), (16, 16), train_transform(AugCfg(), (16, 16)),
+                        ds.build_cache(paths, (16, 16), "ram", None, 1))
+    loader = ds.train_loader(d, 8, workers, seed=1, rank=0, world=1)
+    out = []
+    for e in epochs:
+        ds.set_epoch(loader, 1, e)
+        out.append([(x.clone(), y.clone()) for x, y in loader])
+    return loader, out
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b, strict=True))
+
+
+def test_persistent_workers_see_each_epochs_seed_and_match_the_main_process(synth_root):
+    loader, (a, b, c) = _epochs(synth_root, workers=2)
+    assert loader.persistent_workers and loader._iterator is not None  # the same two workers all along
+    assert _same(a, b)  # epoch 3 again: same order, same augmentation
+    assert not _same(a, c)  # epoch 4: another order and augmentation (the seed reached the workers)
+    _, (w0,) = _epochs(synth_root, workers=0, epochs=(3,))
+    assert _same(a, w0)  # what is learned does not depend on the worker count
+
+
+class _Draws(Dataset):
+    """What a worker's NumPy stream gives, with the worker's id."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        info = torch.utils.data.get_worker_info()
+        return torch.tensor([np.random.randint(1 << 30), info.id if info else -1])
+
+
+def _draws(seed: int) -> list[tuple[int, int]]:
+    loader = DataLoader(_Draws(), batch_size=1, num_workers=2, generator=torch.Generator().manual_seed(seed),
+                        **ds.worker_options(2))
+    first, second = [tuple(b[0].tolist()) for b in loader], [tuple(b[0].tolist()) for b in loader]
+    return first + second
+
+
+def test_worker_numpy_seeds_differ_by_worker_and_epoch_and_repeat_with_the_seed():
+    run = _draws(5)
+    by_worker = {w: [v for v, ww in run if ww == w] for w in (0, 1)}
+    assert set(by_worker[0]).isdisjoint(by_worker[1])  # two workers, two streams (not the parent's copy)
+    assert len(set(v for v, _ in run)) == len(run)  # the second epoch goes on, it does not repeat
+    assert _draws(5) == run and _draws(6) != run
+
+
+def test_two_runs_with_two_workers_give_the_same_metrics(tiny, tmp_path):
+    for name in ("a", "b"):
+        assert main(["train", *tiny(**{"data.num_workers": 2, "train.epochs": 2, "run.name": name})]) == 0
+    rows = [json.loads((tmp_path / "runs" / n / "summary.json").read_text()) for n in ("a", "b")]
+    assert rows[0]["val_loss"] == rows[1]["val_loss"] and rows[0]["val_f1"] == rows[1]["val_f1"]
+
+
+# ---------------------------------------------------------------- threads and workers per process
+def test_threads_are_the_free_cores_split_among_local_processes_less_workers():
+    assert cpus.Share(cores=16, busy=0.0, local_world=1).threads() == 16
+    assert cpus.Share(16, 0.0, 8).threads() == 2
+    assert cpus.Share(16, 0.0, 2).threads(workers=3) == 5
+    assert cpus.Share(2, 0.0, 2).threads() == 1  # NPROC=2 on 2 cores: one thread each, not two
+    assert cpus.Share(2, 1.0, 1).threads() == 1  # a second job on one of two cores
+    assert cpus.Share(2, 0.4, 1).threads() == 2  # a little background noise is not a job
+    assert cpus.Share(4, 9.0, 1).threads() == 1 and cpus.Share(8, 0.0, 2).threads(workers=7) == 1
+
+
+def test_set_threads_sets_torchs_thread_count_and_says_why():
+    before = torch.get_num_threads()
+    try:
+        line = cpus.set_threads("auto", cpus.Share(2, 1.0, 1), 0)
+        assert torch.get_num_threads() == 1 and line.startswith("threads: 1 per process")
+        assert "1.0 busy with other processes" in line
+        assert cpus.set_threads(3, cpus.Share(2, 1.0, 1), 0).startswith("threads: 3 per process (train.threads)")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpus.cgroup_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpus.cgroup_quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cpus.cgroup_quota(v1) == 2.0
+
+
+def test_busy_cores_sees_a_spinning_process():
+    import multiprocessing as mp
+
+    idle = cpus.busy_cores(0.5)
+    spinner = mp.get_context("spawn").Process(target=_spin, daemon=True)
+    spinner.start()
+    try:
+        import time
+
+        time.sleep(1.0)  # spawned and spinning
+        busy = cpus.busy_cores(0.5)
+    finally:
+        spinner.kill()
+    assert busy > idle + 0.6, (idle, busy)
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def test_workers_follow_the_local_world_size():
+    share = cpus.Share(cores=16, busy=0.0, local_world=8)
+    assert defaults.workers_for(torch.device("cuda", 0), share.per_process()) == 1  # 2 cores each: 1 worker
+    assert defaults.workers_for(torch.device("cuda", 0), cpus.Share(16, 0.0, 1).per_process()) == 8
+    assert defaults.workers_for(torch.device("cuda", 0), cpus.Share(16, 0.0, 2).per_process()) == 7
+    assert defaults.workers_for(torch.device("cpu"), share.per_process()) == 0
+
+
+def test_a_run_logs_its_threads(tiny, tmp_path):
+    assert main(["train", *tiny(**{"train.threads": 1, "run.name": "t"})]) == 0
+    log = (tmp_path / "runs" / "t" / "train.log").read_text()
+    assert "threads: 1 per process (train.threads)" in log
+
+
+@pytest.mark.parametrize("value", ["0", "x"])
+def test_bad_thread_counts_are_refused(value, tiny, capsys):
+    assert main(["train", *tiny(**{"train.threads": value})]) == 2
+    assert "train.threads" in capsys.readouterr().err
