@@ -140,6 +140,26 @@ def main_first(env: Env, fn):
     return result
 
 
+def local_first(env: Env, fn):
+    """`fn()` on each machine's local rank 0 (writing a file that machine's processes share), the others
+    waiting; every rank gets its own machine's result (small and picklable). If it failed anywhere, every
+    rank raises (its own machine's error first), so none is left waiting."""
+    if not env.distributed:
+        return fn()
+    result, error = None, None
+    if env.is_local_main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - handed to every rank, raised there
+            error = e
+    everyone = gather_objects(env, (result, error))
+    mine = everyone[env.rank - env.local_rank]  # torchrun numbers a machine's processes contiguously
+    errors = [mine[1]] + [e for _, e in everyone if e is not None]
+    if any(e is not None for e in errors):
+        raise next(e for e in errors if e is not None)
+    return mine[0]
+
+
 def broadcast_object(env: Env, obj):
     if not env.distributed:
         return obj

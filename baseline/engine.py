@@ -170,12 +170,14 @@ def _optimizer_step(learner: Learner, step: int) -> int:
 
 
 @torch.inference_mode()
-def predict_logits(model, loader, ctx: StepCtx, tta: bool = False) -> torch.Tensor:
+def predict_logits(model, loader, ctx: StepCtx, tta: bool = False, track=None) -> torch.Tensor:
     """Logits for every item of `loader`'s dataset, in dataset order, identical on every rank.
-    The loader must shard with `ShardSampler` so every item is seen exactly once."""
+    The loader must shard with `ShardSampler` so every item is seen exactly once. `track`: wraps the
+    batches (progress.track) for a long prediction."""
     model.eval()
     outs, idx = [], []
-    for (x, _), batch_idx in zip(loader, _batches(loader)):
+    batches = zip(loader, _batches(loader))
+    for (x, _), batch_idx in (track(batches) if track else batches):
         x, _ = ctx.batch(x, torch.zeros(0))
         with ctx.autocast():
             out = model(x).float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint as ckpt
-from . import cpus, defaults, dist, engine, ensemble, files, ledger, models
+from . import cpus, defaults, dist, engine, ensemble, files, ledger, models, progress
 from .config import Config, ConfigError, from_dict, img_hw
 from .data import dataset as ds
 from .data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
@@ -101,7 +102,9 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
                                                   interp)
         loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, size, None, caches[size, interp]),
                                 cfg.submit.batch_size, workers, env.rank, env.world_size)
-        views.append(engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta).softmax(1).numpy())
+        track = functools.partial(progress.track, desc=f"predict {member_name(path)} at {size[1]}x{size[0]}",
+                                  total=len(loader.sampler), show=env.is_main, per_item=cfg.submit.batch_size)
+        views.append(engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta, track=track).softmax(1).numpy())
     probs = np.mean(views, axis=0)
     if env.is_main:
         with files.atomic(cached, "wb") as f:
@@ -109,6 +112,11 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
     log.info("predicted %d images with %s (%d view(s)%s)", len(probs), path, len(views),
              ", flip" if cfg.submit.tta else "")
     return probs, classes
+
+
+def member_name(path: Path) -> str:
+    """A checkpoint as the log names it: its run folder (runs/<run>/checkpoints/best.pt)."""
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.name
 
 
 def predict_workers(cfg: Config, env: dist.Env) -> int:

@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from .data import store
 from .data.competition import OFFICIAL_EDGES
 from .data.competition import label as age_label
 from .data.layouts import Table, read_table
-from .data.split import load_or_write_folds, read_folds_hashed, split_path
+from .data.split import Hashes, hash_cache, load_or_write_folds, read_folds_hashed, split_path
 from .data.transforms import train_transform
 from .tracking import NullTracker, Tracker, resolve_mode, truncate_metrics
 
@@ -66,7 +67,8 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     preflight(cfg)
     share = watch_machine(env)
     new_split = None if split_path(cfg).is_file() else split_path(cfg)
-    table, fold, split_hash = prepare_data(cfg, env)
+    hashes = Hashes(hash_cache(cfg))
+    table, fold, split_hash = prepare_data(cfg, env, hashes)
     table, fold = pseudo.with_pseudo(cfg, table, fold)  # after the split: its file and hash stay the same
     notes: list[str] = []
     with contextlib.ExitStack() as held:
@@ -87,6 +89,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
                 new_split.unlink(missing_ok=True)
             raise
         if env.is_main:
+            hashes.save()  # an accepted run keeps the image hashes for the next one (a refused one, nothing)
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, run_dir / "config.yaml")
         with file_log(run_dir / "train.log", env, notes), Preemption(env, cfg.train.log_interval) as stop:
@@ -166,11 +169,13 @@ def preflight(cfg: Config) -> None:
     resolve_mode(cfg.log.wandb)
 
 
-def prepare_data(cfg: Config, env: dist.Env) -> tuple[Table, np.ndarray, str]:
+def prepare_data(cfg: Config, env: dist.Env, hashes: Hashes | None = None) -> tuple[Table, np.ndarray, str]:
     """Read the table; rank 0 writes the split file if there is none and runs the leakage checks
     (reading every image once), the others wait and read the folds. Also the split file's hash."""
+    if env.is_main:
+        log.info("reading the %s layout under %s", cfg.data.format, cfg.data.root)
     table = read_table(cfg)
-    folds = dist.main_first(env, lambda: load_or_write_folds(cfg, table))
+    folds = dist.main_first(env, lambda: load_or_write_folds(cfg, table, hashes))
     fold, split_hash = folds if env.is_main else read_folds_hashed(cfg, table, split_path(cfg))
     return table, fold, split_hash
 
@@ -234,19 +239,33 @@ def filter_of(cfg: Config) -> str:
 
 
 def decode_images(cfg: Config, table: Table, env: dist.Env | None = None) -> np.ndarray | None:
-    """The decode-once cache (None with data.cache=off); a broken image is a DataError here. A disk
-    cache is written by rank 0 alone; the other ranks open it once it is complete."""
+    """The decode-once cache (None with data.cache=off); a broken image is a DataError here. Several
+    processes on one machine decode once: its local rank 0 writes the cache (RAM: a file in shared memory,
+    removed once every process has mapped it; disk: the cache file), the others map it read-only."""
     env = env or dist.Env()
-    paths, hw = table.df["path"].tolist(), img_hw(cfg)
+    paths, hw, interp = table.df["path"].tolist(), img_hw(cfg), filter_of(cfg)
+    mode = ds.cache_mode(cfg.data.cache, len(paths), hw, cfg.data.cache_ram_gb)
+    disk = store.beside_data(cfg, ".cache")
+    if not env.distributed or mode == "off":
+        return ds.build_cache(paths, hw, mode, disk, cfg.data.cache_ram_gb, cfg.data.max_pixels, interp)
+    token = dist.broadcast_object(env, uuid.uuid4().hex[:8])
 
-    def build():
-        return ds.build_cache(paths, hw, cfg.data.cache, store.beside_data(cfg, ".cache"), cfg.data.cache_ram_gb,
-                              cfg.data.max_pixels, filter_of(cfg))
+    def write() -> tuple[str, bool]:
+        shared = ds.shared_cache_file(paths, hw, token, interp) if mode == "ram" else None
+        if mode == "ram" and shared is None:
+            log.warning("shared memory (%s) is too small for the decode cache: using a disk cache in %s "
+                        "(in Docker: --shm-size or --ipc=host)", ds.SHARED_DIR, disk)
+        file = shared or disk / f"{ds.cache_key(paths, hw, interp)}.npy"
+        return str(ds.write_cache_file(paths, hw, file, cfg.data.max_pixels, interp)), shared is not None
 
-    if not env.distributed or ds.cache_mode(cfg.data.cache, len(paths), hw, cfg.data.cache_ram_gb) != "disk":
-        return build()
-    cache = dist.main_first(env, build)
-    return cache if env.is_main else build()
+    file, temporary = dist.local_first(env, write)
+    try:
+        cache = np.load(file, mmap_mode="r")
+        dist.barrier(env)  # every process has mapped it: the memory is freed when the last one lets go
+    finally:
+        if temporary and env.is_local_main:
+            Path(file).unlink(missing_ok=True)
+    return cache
 
 
 def training_part(cfg: Config, table: Table, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -534,18 +553,24 @@ class Run:
     saver: ckpt.Saver
     dir: Path
     sweep_trial: trial.Reporter
+    epoch_started: float = 0.0  # perf_counter at the start of the current epoch
+    epoch_wall: float = 0.0  # seconds the last epoch took, evaluation and checkpoints included
+    epoch_extra: float = 0.0  # of those, outside the training steps
 
 
 def fit(run: Run) -> None:
     """Epochs until train.epochs, an early stop, the sweep's pruner, or a preemption signal."""
     log_start(run)
     while run.state.epoch < run.cfg.train.epochs:
+        run.epoch_started = time.perf_counter()
         enter_phase(run.cfg, run.learner, run.state.epoch, run.loaders.steps, run.state.step)
         result = train_epoch(run)
         if result["interrupted"]:
             stop_preempted(run)
         logits, m = evaluate(run)
         row = record_epoch(run, result, logits, m)
+        run.epoch_wall = time.perf_counter() - run.epoch_started
+        run.epoch_extra = max(run.epoch_wall - result["seconds"], 0.0)
         if should_stop(run, row):
             break
     if run.cfg.train.avg_top_k and not run.state.pruned_epoch:
@@ -663,9 +688,11 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
         run.saver.save(checkpoint_state(cfg, learner, state, rngs), epoch, metric, is_best)
         if is_best and logits is not None:
             write_oof(run.dir, run.loaders, logits, cfg.data.root)
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s)",
+        left = cfg.train.epochs - epoch
+        eta = f", run ETA {progress.run_eta(0, left, time.perf_counter() - run.epoch_started)}" if left else ""
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  val_f1 %.4f%s  (%.1fs, %.0f img/s%s)",
                  epoch, cfg.train.epochs, result["loss"], m["val_loss"], m["val_acc"], m["val_f1"],
-                 "  *best*" if is_best else "", result["seconds"], row["images_per_s"])
+                 "  *best*" if is_best else "", result["seconds"], row["images_per_s"], eta)
     return row
 
 
@@ -687,12 +714,14 @@ def should_stop(run: Run, row: dict) -> bool:
 def epoch_progress(run: Run):
     """The epoch's loader (a bar on a terminal) and its per-interval callback (tracker + progress lines)."""
     cfg, env, loaders, state = run.cfg, run.env, run.loaders, run.state
-    name = f"{state.epoch + 1}/{cfg.train.epochs}"
-    loader = progress.bar(loaders.train, f"epoch {name}", loaders.batch_size, env.is_main)
+    name, left = f"{state.epoch + 1}/{cfg.train.epochs}", cfg.train.epochs - state.epoch
+    known = f" (run ETA {progress.run_eta(0, left, run.epoch_wall)})" if run.epoch_wall else ""
+    loader = progress.bar(loaders.train, f"epoch {name}{known}", loaders.batch_size, env.is_main)
     lines = progress.Lines(lambda row: run.tracker.log(row, step=row["step"]), epoch=name, first_step=state.step,
                            steps=math.ceil((loaders.steps - state.batches_done) / cfg.train.accum_steps),
                            images_per_step=state.batch_sizes["global_batch_size"], every_s=cfg.train.log_every_s,
-                           show=env.is_main)
+                           show=env.is_main, epochs_after=left - 1,
+                           full_steps=math.ceil(loaders.steps / cfg.train.accum_steps), epoch_extra_s=run.epoch_extra)
     return loader, lines
 
 

@@ -109,7 +109,8 @@ def test_nproc_2_relaunches_under_torchrun_and_evaluates_exactly_like_one_proces
     # not a terminal: progress lines (rank 0 only), no progress bar's carriage returns anywhere
     assert "\r" not in r.stdout + r.stderr and "\r" not in (runs / "ddp" / "train.log").read_text()
     steps = [ln for ln in r.stdout.splitlines() if ln.startswith("epoch 1/1  step ")]
-    assert len(steps) == 4 and "img/s  ETA 0:00:" in steps[0], r.stdout  # 70 images per rank / 8: 9 steps, every 2nd
+    # 70 images per rank / 8: 9 steps, every 2nd; the ETA of the epoch and of the whole run
+    assert len(steps) == 4 and "img/s  ETA epoch 0:00:" in steps[0] and ", run 0:" in steps[0], r.stdout
     # rank 0 alone writes: one TensorBoard event file (a second writer would add its own), every picture
     assert len(list((runs / "ddp" / "tb").glob("events.out.tfevents.*"))) == 1
     for png in ("learning_curves", "confusion_matrix", "per_class_f1", "worst_predictions"):

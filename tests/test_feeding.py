@@ -150,3 +150,112 @@ def test_a_run_logs_its_threads(tiny, tmp_path):
 def test_bad_thread_counts_are_refused(value, tiny, capsys):
     assert main(["train", *tiny(**{"train.threads": value})]) == 2
     assert "train.threads" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- one decode per machine
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _decode_in_rank(rank: int, world: int, port: int, overrides: list[str], out) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from baseline import dist, train
+
+    real = ds._decode
+
+    def counted(*args, **kwargs):
+        with open(out / f"decodes{rank}.txt", "a") as f:
+            f.write("1\n")
+        return real(*args, **kwargs)
+
+    ds._decode = counted
+    with dist.session("cpu") as env:
+        cfg = load_config(None, overrides)
+        cache = train.decode_images(cfg, read_table(cfg), env)
+        np.save(out / f"cache{rank}.npy", np.asarray(cache))
+
+
+@pytest.mark.parametrize("mode", ["ram", "disk"])
+def test_the_processes_of_one_machine_decode_the_images_once(mode, synth_copy, tmp_path):
+    import torch.multiprocessing as tmp_mp
+
+    out = tmp_path / "out"
+    out.mkdir()
+    before = set(ds.SHARED_DIR.glob("baseline-*"))
+    overrides = [f"data.root={synth_copy}", f"data.cache={mode}", "data.img_size=24", "model.pretrained=false",
+                 "data.interpolation=bilinear"]
+    tmp_mp.spawn(_decode_in_rank, args=(2, _free_port(), overrides, out), nprocs=2)
+    n = len(read_table(load_config(None, overrides)).df)
+    decodes = {r: len((out / f"decodes{r}.txt").read_text().split()) if (out / f"decodes{r}.txt").is_file() else 0
+               for r in (0, 1)}
+    assert decodes == {0: n, 1: 0}  # local rank 0 decoded every image once; rank 1 decoded none
+    a, b = np.load(out / "cache0.npy"), np.load(out / "cache1.npy")
+    assert a.shape == (n, 24, 24, 3) and np.array_equal(a, b)
+    assert set(ds.SHARED_DIR.glob("baseline-*")) == before  # the shared-memory file is gone after the run
+    disk_files = list((synth_copy / ".cache").glob("*.npy")) if (synth_copy / ".cache").is_dir() else []
+    assert len(disk_files) == (1 if mode == "disk" else 0)
+
+
+# ---------------------------------------------------------------- progress
+def test_the_eta_is_the_whole_runs():
+    from baseline import progress
+
+    assert progress.run_eta(60, 9, 600) == "1:31:00"  # a minute left of this epoch, 9 more of 10 minutes
+
+
+def test_progress_lines_off_a_terminal_count_and_time(caplog):
+    import logging
+    import time
+
+    from baseline import progress
+
+    def slow():
+        for i in range(6):
+            time.sleep(0.02)
+            yield i
+
+    with caplog.at_level(logging.INFO, logger="baseline"):
+        assert list(progress.track(slow(), "predict", total=60, every_s=0.03, per_item=10)) == list(range(6))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("predict: ")]
+    assert lines and all(" img/s, ETA 0:00:" in ln for ln in lines) and "/60 img" in lines[0]
+
+
+def test_a_run_says_what_it_decodes_and_the_runs_eta(tiny, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        assert main(["train", *tiny(**{"train.epochs": 2, "run.name": "eta", "data.cache": "ram"})]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    decoding = next(i for i, m in enumerate(said) if m.startswith("decoding 210 images at 32x32 into memory"))
+    assert decoding < next(i for i, m in enumerate(said) if m.startswith("run eta:"))  # while it happens
+    log = (tmp_path / "runs" / "eta" / "train.log").read_text()
+    assert "epoch 1/2" in log and "run ETA 0:" in log.split("epoch 1/2")[1].splitlines()[0]
+
+
+def test_image_hashes_are_kept_between_runs_until_a_file_changes(synth_copy, tmp_path):
+    import hashlib
+
+    import pandas as pd
+
+    from baseline.data.split import content_hashes
+
+    paths = read_table(load_config(None, [f"data.root={synth_copy}"])).df.path.tolist()[:6]
+    cache = tmp_path / "sha1.csv"
+    first = content_hashes(paths, cache)
+    assert first == [hashlib.sha1(open(p, "rb").read()).hexdigest() for p in paths]
+    kept = pd.read_csv(cache)
+    kept.loc[kept["path"].str.endswith(paths[0].split("/")[-1]), "sha1"] = "from-the-cache"
+    kept.to_csv(cache, index=False)
+    with open(paths[1], "ab") as f:  # a changed file: new size and mtime, hashed again
+        f.write(b"\0")
+    again = content_hashes(paths, cache)
+    assert again[0] == "from-the-cache"  # not read again
+    assert again[1] == hashlib.sha1(open(paths[1], "rb").read()).hexdigest() != first[1]
+    assert again[2:] == first[2:]

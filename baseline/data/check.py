@@ -10,17 +10,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .. import progress
 from ..config import Config
 from . import report, store
 from .dataset import MIN_SIDE, header_size, to_rgb
 from .layouts import DataError, read_table
-from .split import check_groups, content_hashes, read_folds, split_path
+from .split import check_groups, content_hashes, hash_cache, read_folds, split_path
 
 
 def unreadable(paths: list[str]) -> list[tuple[str, str]]:
     """(path, why) for each image training would refuse: broken, or too small to be a picture."""
     bad = []
-    for p in paths:
+    for p in progress.track(paths, "data check: decoding", len(paths)):
         try:
             with Image.open(p) as im:
                 im.load()
@@ -88,7 +89,7 @@ def check(cfg: Config, out=print) -> int:
     sizes = image_sizes(df["path"].tolist())
     common = Counter(s for s in sizes if s is not None).most_common(5)
     out("image sizes (w x h): " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in common))
-    errors, flags, dup = check_images(df, out)
+    errors, flags, dup = check_images(df, out, hash_cache(cfg))
     clear = transparent(df["path"].tolist())
     if clear:
         out(f"WARNING {len(clear)} image(s) have transparent pixels (e.g. {clear[0]}): training composites them "
@@ -102,14 +103,15 @@ def check(cfg: Config, out=print) -> int:
     return errors + split_errors
 
 
-def check_images(df: pd.DataFrame, out) -> tuple[int, list[tuple[str, str]], pd.Series]:
+def check_images(df: pd.DataFrame, out,
+                 hashes_file: Path | None = None) -> tuple[int, list[tuple[str, str]], pd.Series]:
     """Unreadable files (errors) and identical content (warnings): the error count, every flagged
     (path, why), and the content hash of each duplicated image."""
     bad = unreadable(df["path"].tolist())
     for p, why in bad:
         out(f"ERROR unreadable image {p}: {why}")
     flags = [(p, "unreadable") for p, _ in bad]
-    hashes = pd.Series(content_hashes(df["path"].tolist()))
+    hashes = pd.Series(content_hashes(df["path"].tolist(), hashes_file))
     hashes = hashes[~df["path"].isin({p for p, _ in bad})]  # broken files are reported once, above
     dup = hashes[hashes.duplicated(keep=False)]
     for k, (_, same) in enumerate(df["path"].groupby(dup).groups.items() if len(dup) else []):

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def to_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
     return flat, True
 
 
-def _cache_key(paths: list[str], hw: tuple[int, int], interpolation: str = "bilinear") -> str:
+def cache_key(paths: list[str], hw: tuple[int, int], interpolation: str = "bilinear") -> str:
     h = hashlib.sha1(repr(hw if interpolation == "bilinear" else (hw, interpolation)).encode())
     for p in paths:
         st = os.stat(p)
@@ -129,23 +130,50 @@ def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Pat
     mode = cache_mode(mode, len(paths), hw, ram_gb)
     if mode == "off":
         return None
-    workers = min(8, os.cpu_count() or 1)
-    shape = (len(paths), *hw, 3)
     if mode == "ram":
-        return decode_all(paths, hw, np.empty(shape, np.uint8), workers, max_pixels, interpolation)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    file = cache_dir / f"{_cache_key(paths, hw, interpolation)}.npy"
+        log.info("decoding %d images at %dx%d into memory (once per run)", len(paths), hw[1], hw[0])
+        return decode_all(paths, hw, np.empty((len(paths), *hw, 3), np.uint8), DECODE_THREADS, max_pixels,
+                          interpolation)
+    file = cache_dir / f"{cache_key(paths, hw, interpolation)}.npy"
+    return np.load(write_cache_file(paths, hw, file, max_pixels, interpolation), mmap_mode="r")
+
+
+DECODE_THREADS = min(8, os.cpu_count() or 1)
+
+
+def write_cache_file(paths: list[str], hw: tuple[int, int], file: Path, max_pixels: int = MAX_PIXELS,
+                     interpolation: str = "bilinear") -> Path:
+    """`file`: the decoded images as a .npy file, written unless a whole one of this shape is there."""
+    shape = (len(paths), *hw, 3)
     if file.is_file():
-        cached = _open_cache(file, shape)
-        if cached is not None:
-            return cached
+        if _open_cache(file, shape) is not None:
+            return file
         log.warning("decode cache '%s' is damaged or not this data's: rebuilding it", file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    log.info("decoding %d images at %dx%d into %s (once)", len(paths), hw[1], hw[0], file)
     with files.replacing(file) as tmp:  # a broken image, a full disk, Ctrl-C: no half-written cache left
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        decode_all(paths, hw, arr, workers, max_pixels, interpolation)
+        decode_all(paths, hw, arr, DECODE_THREADS, max_pixels, interpolation)
         arr.flush()
         del arr
-    return np.load(file, mmap_mode="r")
+    return file
+
+
+SHARED_DIR = Path("/dev/shm")  # shared memory on Linux: what a machine's processes map without a disk
+
+
+def shared_cache_file(paths: list[str], hw: tuple[int, int], token: str, interpolation: str = "bilinear",
+                      shared: Path = SHARED_DIR) -> Path | None:
+    """Where one machine's processes can share a RAM cache (a file in shared memory), or None where
+    shared memory is missing or too small for it (Docker's default is 64 MB: --shm-size or --ipc=host)."""
+    need = len(paths) * hw[0] * hw[1] * 3
+    try:
+        free = shutil.disk_usage(shared).free
+    except OSError:
+        return None
+    if free < need * 1.1 + 64 * 2**20:
+        return None
+    return shared / f"baseline-{cache_key(paths, hw, interpolation)}-{token}.npy"
 
 
 def cache_mode(mode: str, n: int, hw: tuple[int, int], ram_gb: float) -> str:

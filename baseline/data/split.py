@@ -10,6 +10,7 @@ import hashlib
 import io
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +76,11 @@ def assign_folds(df: pd.DataFrame, folds: int, seed: int, groups: pd.Series | No
     return fold
 
 
-def write_split(cfg: Config, table: Table, path: Path | None = None) -> Path:
+def write_split(cfg: Config, table: Table, path: Path | None = None, hashes: Hashes | None = None) -> Path:
     """Draw the folds and write the split file atomically; returns its path."""
     path = path or split_path(cfg)
     root = Path(cfg.data.root)
-    groups = merged_groups(table.df["group"].astype(str), content_hashes(table.df["path"].tolist()))
+    groups = merged_groups(table.df["group"].astype(str), (hashes or Hashes()).of(table.df["path"].tolist()))
     joined = table.df["group"].nunique() - groups.nunique()
     if joined:
         log.warning("split: %d group(s) joined others because they share identical images; they stay in one fold",
@@ -148,13 +149,65 @@ def check_groups(table: Table, fold: np.ndarray, path: Path | str = "split") -> 
                         f"({len(bad)} such groups)")
 
 
-def content_hashes(paths: list[str]) -> list[str]:
-    return [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
+def hash_cache(cfg: Config) -> Path:
+    """Where the images' content hashes are kept between runs (beside the decode cache)."""
+    return store.beside_data(cfg, ".cache") / "sha1.csv"
 
 
-def check_duplicates(table: Table, fold: np.ndarray, val_fold: int) -> None:
+class Hashes:
+    """SHA1 of images' bytes, kept in `file` between runs while a file's size and mtime stay what they
+    were: every run checks for leakage, and reading 20,000 photos each time costs a minute the other
+    ranks wait for. New ones are written by save(), once the checks that needed them have passed."""
+
+    def __init__(self, file: Path | None = None):
+        self.file, self.known, self.added = file, _read_hashes(file) if file else {}, 0
+
+    def of(self, paths: list[str]) -> list[str]:
+        keys = [_stat_key(p) for p in paths]
+        todo = [i for i, k in enumerate(keys) if k not in self.known]
+        if len(todo) >= 500:
+            log.info("hashing %d images for the leakage checks", len(todo))
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:  # hashlib releases the GIL on large inputs
+            for i, h in zip(todo, ex.map(lambda i: hashlib.sha1(Path(paths[i]).read_bytes()).hexdigest(), todo)):
+                self.known[keys[i]] = h
+        self.added += len(todo)
+        return [self.known[k] for k in keys]
+
+    def save(self) -> None:
+        if not self.file or not self.added:
+            return
+        rows = pd.DataFrame([(*k, h) for k, h in self.known.items()], columns=["path", "size", "mtime_ns", "sha1"])
+        try:
+            files.write_csv(self.file, rows)
+        except OSError as e:
+            log.warning("could not keep the image hashes in '%s' (%s): they are computed again next run",
+                        self.file, e.strerror or e)
+
+
+def content_hashes(paths: list[str], cache: Path | None = None) -> list[str]:
+    """SHA1 of each file's bytes (through `cache`, a Hashes file, updated)."""
+    hashes = Hashes(cache)
+    out = hashes.of(paths)
+    hashes.save()
+    return out
+
+
+def _stat_key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+
+def _read_hashes(cache: Path) -> dict:
+    try:
+        df = pd.read_csv(cache, dtype={"path": str, "sha1": str})
+        return {(p, int(s), int(m)): h for p, s, m, h in zip(df["path"], df["size"], df["mtime_ns"], df["sha1"])}
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        return {}  # none yet, or damaged: hash again
+
+
+def check_duplicates(table: Table, fold: np.ndarray, val_fold: int, hashes: Hashes | None = None) -> None:
     """No identical file content in train and validation."""
-    h = pd.Series(content_hashes(table.df["path"].tolist()))
+    h = pd.Series((hashes or Hashes()).of(table.df["path"].tolist()))
     is_val = fold == val_fold
     both = set(h[is_val]) & set(h[~is_val])
     if both:
@@ -166,20 +219,23 @@ def check_duplicates(table: Table, fold: np.ndarray, val_fold: int) -> None:
         )
 
 
-def load_or_write_folds(cfg: Config, table: Table) -> tuple[np.ndarray, str]:
+def load_or_write_folds(cfg: Config, table: Table, hashes: Hashes | None = None) -> tuple[np.ndarray, str]:
     """The folds for training and the split file's hash: read the shared split file, writing it first
     if there is none (and removing it again if its checks refuse it)."""
-    path = split_path(cfg)
+    path, own = split_path(cfg), hashes is None  # given: the caller saves it once its run is accepted
+    hashes = Hashes(hash_cache(cfg)) if own else hashes
     wrote = None
     if not path.is_file():
-        wrote = write_split(cfg, table, path)
+        wrote = write_split(cfg, table, path, hashes)
     try:
         fold, split_hash = read_folds_hashed(cfg, table, path)
         check_groups(table, fold, path)
         if cfg.split.fold >= 0:  # a refit (-1) has no validation fold to leak into
-            check_duplicates(table, fold, cfg.split.fold)
+            check_duplicates(table, fold, cfg.split.fold, hashes)
     except DataError:
         if wrote:
             wrote.unlink(missing_ok=True)
         raise
+    if own:
+        hashes.save()
     return fold, split_hash
