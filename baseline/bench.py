@@ -11,6 +11,7 @@ Also the loaders alone (no model), and inference (kit vs naive). Quote ratios, n
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
 import numpy as np
@@ -161,4 +162,59 @@ def report(r: dict) -> str:
         f"kit/naive {r['infer_kit'] / r['infer_naive']:.2f}x",
         f"  (decode-once cache built in {r['cache_build_s']:.1f}s, paid once per run)",
     ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the feeding side alone
+GPU_GOAL = 3000  # img/s: resnet50 at 224 px, bf16, on an H100/H200 class GPU
+
+
+def loader_run(cfg: Config, hw: tuple[int, int] = (224, 224), batch: int = 64, images: int = 640,
+               workers: list[int] | None = None) -> dict:
+    """The training loader alone at `hw` with the configured augmentation (aug.*), from the decode-once
+    cache, for each worker count (0: the main process); and the same augmentation on whole batches
+    (aug.on_device) on this machine's CPU. images/s, best of two passes after a warm-up pass."""
+    from .data import dataset as ds
+    from .data.batch_aug import BatchAug
+    from .data.transforms import train_transform
+
+    table = read_table(cfg)
+    paths = (table.df["path"].tolist() * (images // len(table.df) + 1))[:images]
+    t0 = time.perf_counter()
+    cache = ds.build_cache(paths, hw, "ram", None, 0.0, cfg.data.max_pixels, "bilinear")
+    out = {"decode": len(paths) / (time.perf_counter() - t0), "cores": cpus.usable_cores(), "hw": hw,
+           "batch": batch, "workers": {}}
+    counts = workers or sorted({0, 1, 2, out["cores"]})
+    data = ds.ImageDataset(paths, [0] * len(paths), hw, train_transform(cfg.aug, hw), cache)
+    for w in counts:
+        loader = ds.train_loader(data, batch, w, cfg.seed, 0, 1)
+        rates = []
+        for epoch in range(3):  # the first pass starts the workers
+            ds.set_epoch(loader, cfg.seed, epoch)
+            rates.append(_time_loader(loader, len(loader)))
+        out["workers"][w] = max(rates[1:])
+        del loader
+    aug = BatchAug(cfg.aug, cfg.seed)
+    x = torch.from_numpy(np.ascontiguousarray(cache[:batch])).permute(0, 3, 1, 2).contiguous()
+    aug(x, 0)
+    t0, reps = time.perf_counter(), max(1, images // batch)
+    for k in range(reps):
+        aug(x, k + 1)
+    out["on_device_cpu"] = reps * batch / (time.perf_counter() - t0)
+    return out
+
+
+def loader_report(r: dict) -> str:
+    h, w = r["hw"]
+    one = r["workers"].get(1) or r["workers"][min(r["workers"])]
+    lines = [f"training loader at {w}x{h}, batch {r['batch']}, default augmentation, from the decode-once cache "
+             f"(images/s; {r['cores']} usable core(s) here)"]
+    for n, rate in r["workers"].items():
+        who = "main process" if n == 0 else f"{n} worker(s)"
+        lines.append(f"  {who:<16} {rate:8.0f}" + (f"   {rate / n:6.0f} per worker" if n else ""))
+    need = math.ceil(GPU_GOAL / one)
+    lines += [f"  a GPU at {GPU_GOAL} img/s needs about {need} worker(s) of this machine's speed "
+              f"({'has' if need <= r['cores'] else 'more than'} its {r['cores']} core(s))",
+              f"  the same augmentation on whole batches (aug.on_device) on this CPU: {r['on_device_cpu']:.0f}",
+              f"  decoding the images once: {r['decode']:.0f} img/s"]
     return "\n".join(lines)

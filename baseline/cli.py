@@ -37,7 +37,8 @@ COMMANDS = {
     "submissions": "the submission ledger: CV next to LB, their rank correlation, submissions/cv_vs_lb.png",
     "lr-find": "an LR range test on this config (data, model, first freeze phase): <run.dir>/lr-find/<name>/ "
                "lr_find.png and a suggested optim.lr; no run folder or checkpoint is touched",
-    "bench": "speed: images/s three ways (limit | kit | naive); recipe: kit defaults vs a reference loop; "
+    "bench": "speed: images/s three ways (limit | kit | naive); loader: the loader alone at 224 px per worker "
+             "count; recipe: kit defaults vs a reference loop; "
              "gpu: the GPU check (make gpu-check)",
 }
 
@@ -63,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--corrections", metavar="FILE",
                             help="audit: also write the gender/age suggestions as a data.corrections file to review")
         if name == "bench":
-            sp.add_argument("what", nargs="?", default="speed", choices=["speed", "recipe", "gpu", "contest"])
+            sp.add_argument("what", nargs="?", default="speed", choices=["speed", "loader", "recipe", "gpu", "contest"])
         if name == "sweep":
             sp.add_argument("sweep", help="grid | random | bayes | path to a sweep YAML in W&B's format")
         if name == "sweep-report":
@@ -320,7 +321,7 @@ def bench_command(what: str, cfg: Config, overrides: list[str]) -> int:
         return recipe.main(cfg, overrides)
     from . import bench
 
-    print(bench.report(bench.run(cfg)))
+    print(bench.loader_report(bench.loader_run(cfg)) if what == "loader" else bench.report(bench.run(cfg)))
     return 0
 
 

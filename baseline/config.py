@@ -71,6 +71,9 @@ class AugCfg:
     # faces_b and on 384x512 photos and helped only the shapes set; turn it on for colour-invariant classes.
     color: float = 0.0
     dropout: float = 0.0  # coarse dropout
+    # the same augmentation on whole uint8 batches on the training device (torch ops, no hue shift) instead of
+    # per item in the loader's workers: for a fast GPU the CPU cannot feed (`baseline bench loader`)
+    on_device: bool = False
 
 
 @dataclass

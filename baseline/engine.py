@@ -43,9 +43,12 @@ class StepCtx:
         dev = self.env.device.type
         return torch.autocast(dev, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, x: torch.Tensor, y: torch.Tensor, aug=None, key: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader's uint8 batch on the device, augmented there (`aug`: a BatchAug, seeded by `key`) and
+        normalised."""
         dev = self.env.device
-        x = normalize(x.to(dev, non_blocking=True), self.mean, self.std, self.channels_last)
+        x = x.to(dev, non_blocking=True)
+        x = normalize(aug(x, key) if aug is not None else x, self.mean, self.std, self.channels_last)
         return x, y.to(dev, non_blocking=True)
 
 
@@ -65,6 +68,7 @@ class Learner:
     scheduler: Any = None  # a timm scheduler, or None
     train_view: torch.nn.Module | None = None  # what trains: the model under DDP and/or torch.compile
     phase_start: int = 0  # the optimizer step the current freeze phase began at (its LR schedule counts from it)
+    batch_aug: Any = None  # aug.on_device: a batch_aug.BatchAug, else the loader augments per item
 
 
 class SameClassCutMix:
@@ -111,7 +115,7 @@ def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict]
     window, window_n = torch.zeros((), device=ctx.env.device), 0
     interrupted = False
     for i, (x, y) in enumerate(loader):
-        x, y = ctx.batch(x, y)
+        x, y = ctx.batch(x, y, learner.batch_aug, key=step * ctx.accum_steps + i % ctx.accum_steps)
         if learner.mixup is not None:
             x, y = learner.mixup(x, y)
         last_micro = (i + 1) % ctx.accum_steps == 0 or i + 1 == n

@@ -47,6 +47,7 @@ from . import oof as oofs
 from .config import Config, ConfigError, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data import store
+from .data.batch_aug import BatchAug
 from .data.competition import OFFICIAL_EDGES
 from .data.competition import label as age_label
 from .data.layouts import Table, read_table
@@ -292,7 +293,8 @@ def build_datasets(cfg: Config, table: Table, fold: np.ndarray, cache: np.ndarra
     tr, train_labels = training_part(cfg, table, fold)
     va = np.flatnonzero(fold == cfg.split.fold)
     sub = (lambda idx: cache[idx]) if cache is not None else (lambda idx: None)
-    train_ds = ds.ImageDataset(df["path"].iloc[tr], train_labels.tolist(), hw, train_transform(cfg.aug, hw), sub(tr),
+    per_item = None if cfg.aug.on_device else train_transform(cfg.aug, hw)  # else BatchAug in the step
+    train_ds = ds.ImageDataset(df["path"].iloc[tr], train_labels.tolist(), hw, per_item, sub(tr),
                                cfg.data.max_pixels, filter_of(cfg))
     val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, sub(va), cfg.data.max_pixels,
                              filter_of(cfg))
@@ -366,6 +368,7 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
         model, ctx, build_loss(cfg, table.df["label"].to_numpy() if train_labels is None else train_labels, n_cls,
                                   env.device), freezer, mixup=build_mixup(cfg, n_cls),
         ema=timm.utils.ModelEmaV3(model, decay=cfg.train.ema, use_warmup=True) if cfg.train.ema > 0 else None,
+        batch_aug=BatchAug(cfg.aug, rank_seed(cfg.seed, env.rank)) if cfg.aug.on_device else None,
         scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None)
 
 

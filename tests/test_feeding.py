@@ -259,3 +259,49 @@ def test_image_hashes_are_kept_between_runs_until_a_file_changes(synth_copy, tmp
     assert again[0] == "from-the-cache"  # not read again
     assert again[1] == hashlib.sha1(open(paths[1], "rb").read()).hexdigest() != first[1]
     assert again[2:] == first[2:]
+
+
+# ---------------------------------------------------------------- augmentation on the device
+def _batch(n=8, h=32, w=24):
+    return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_batch_aug_is_a_function_of_seed_and_step():
+    from baseline.data.batch_aug import BatchAug
+
+    aug = BatchAug(AugCfg(hflip=0.5, affine=0.5, color=0.5, dropout=0.5), seed=3)
+    x = _batch()
+    a, b, c = aug(x, 7), aug(x, 7), aug(x, 8)
+    assert a.dtype == torch.float32 and a.shape == x.shape and 0 <= a.min() and a.max() <= 255
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(BatchAug(AugCfg(), seed=4)(x, 7), BatchAug(AugCfg(), seed=3)(x, 7))
+
+
+def test_batch_aug_does_each_kind_as_configured():
+    from baseline.data.batch_aug import BatchAug
+
+    x = _batch()
+    off = AugCfg(hflip=0, affine=0, color=0, dropout=0)
+    assert torch.equal(BatchAug(off, 0)(x, 1), x.float())  # nothing asked, nothing changed
+    assert torch.equal(BatchAug(AugCfg(hflip=1, affine=0), 0)(x, 1), x.float().flip(3))
+    moved = BatchAug(AugCfg(hflip=0, affine=1), 0)(x, 1)
+    assert all(not torch.allclose(m, o) for m, o in zip(moved, x.float()))  # every image moved
+    holes = BatchAug(AugCfg(hflip=0, affine=0, dropout=1), 0)(x + 1, 1)  # +1: no black pixels before
+    zero_share = (holes == 0).all(1).float().mean((1, 2))
+    assert ((zero_share > 1 / 64 * 0.5) & (zero_share < 2 / 16 + 0.01)).all(), zero_share
+
+
+def test_a_run_can_augment_on_the_device(tiny, tmp_path):
+    assert main(["train", *tiny(**{"aug.on_device": "true", "train.epochs": 2, "run.name": "dev"})]) == 0
+    summary = json.loads((tmp_path / "runs" / "dev" / "summary.json").read_text())
+    assert summary["epochs_done"] == 2 and summary["val_loss"] == summary["val_loss"]  # not NaN
+
+
+def test_bench_loader_reports_each_worker_count(synth_root):
+    from baseline import bench
+
+    r = bench.loader_run(load_config(None, [f"data.root={synth_root}"]), hw=(64, 64), batch=16, images=64,
+                         workers=[0, 1])
+    assert set(r["workers"]) == {0, 1} and all(v > 0 for v in r["workers"].values()) and r["on_device_cpu"] > 0
+    text = bench.loader_report(r)
+    assert "1 worker(s)" in text and "per worker" in text and "a GPU at 3000 img/s needs about" in text
