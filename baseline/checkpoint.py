@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -148,19 +149,57 @@ def average_weights(paths: list[Path]) -> dict:
     return out
 
 
-class Saver:
-    """Keeps `last.pt`, `best.pt` and the top-k epochs by the monitored metric."""
+def snapshot(obj):
+    """`obj` with every tensor copied to the CPU: what a background write may serialize while training
+    goes on changing the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
 
-    def __init__(self, ckpt_dir: Path, mode: str, keep_top_k: int):
-        self.dir, self.mode, self.k = ckpt_dir, mode, keep_top_k
+
+class Saver:
+    """Keeps `last.pt`, `best.pt` and the top-k epochs by the monitored metric. With `background`, an
+    epoch's checkpoint is copied to the CPU and written by a thread while the next epoch trains (a
+    resnet50's model, optimizer and EMA are hundreds of MB: seconds a GPU would wait); wait() returns
+    once it is on disk, and raises its error, if it had one."""
+
+    def __init__(self, ckpt_dir: Path, mode: str, keep_top_k: int, background: bool = False):
+        self.dir, self.mode, self.k, self.background = ckpt_dir, mode, keep_top_k, background
         self.top: list[tuple[float, str]] = []  # (metric, file name), best first; saved in every checkpoint
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def wait(self) -> None:
+        """The background write, finished; its CheckpointError raised here."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _write(self, obj: dict, path: Path, copies: list[Path], evicted: list[str]) -> None:
+        save_atomic(obj, path, *copies)
+        for old in evicted:
+            (self.dir / old).unlink(missing_ok=True)
+
+    def _write_logged(self, *args) -> None:
+        try:
+            self._write(*args)
+        except BaseException as e:  # noqa: BLE001 - raised in the training thread by wait()
+            self._error = e
 
     def restore(self, top: list | None) -> None:
         """The top-k list of a checkpoint being resumed."""
         self.top = [tuple(t) for t in (top or [])]
 
     def save_last(self, state: dict) -> None:
-        """last.pt alone (a preempted epoch)."""
+        """last.pt alone (a preempted epoch), written before this returns."""
+        self.wait()
         save_atomic({**state, "top": [list(t) for t in self.top]}, self.dir / "last.pt")
 
     def better(self, a: float, b: float | None) -> bool:
@@ -175,7 +214,12 @@ class Saver:
             self.top.sort(key=lambda t: t[0], reverse=self.mode == "max")
             if name in [n for _, n in self.top[: self.k]]:
                 copies.append(self.dir / name)
+        self.wait()  # one write at a time, in epoch order
         evicted, self.top = self.top[self.k:], self.top[: self.k]
-        save_atomic({**state, "top": [list(t) for t in self.top]}, self.dir / "last.pt", *copies)
-        for _, old in evicted:
-            (self.dir / old).unlink(missing_ok=True)
+        args = ({**state, "top": [list(t) for t in self.top]}, self.dir / "last.pt", copies, [n for _, n in evicted])
+        if not self.background:
+            self._write(*args)
+            return
+        self._writer = threading.Thread(target=self._write_logged, args=(snapshot(args[0]), *args[1:]),
+                                        name="checkpoint-writer", daemon=False)
+        self._writer.start()

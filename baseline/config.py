@@ -136,8 +136,10 @@ class TrainCfg:
     cpu_mem_gb: float = 8.0  # memory budget for batch_size=auto on the CPU
     accum_steps: int = 1
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = "auto"  # NHWC memory layout; auto: on a GPU (its tensor cores want it)
     compile: bool = False
+    # write each epoch's checkpoint from a thread while the next epoch trains; auto: on a GPU
+    async_save: bool | Literal["auto"] = "auto"
     clip_grad: float = 0.0  # max grad norm; 0 = off
     ema: float = 0.0  # EMA decay of weights (e.g. 0.999); 0 = off
     loss: Literal["ce", "focal", "f1"] = "ce"

@@ -103,6 +103,13 @@ def find_batch_size(cfg, env, model, ctx, n_cls: int, n_train: int) -> int:
     return found
 
 
+def largest_fitting(model, ctx, n_cls: int, hw: tuple[int, int], batch: int) -> int:
+    """`batch`, halved until a few real steps at it fit (0 if not even 2 do)."""
+    while batch >= 2 and not _fits(model, ctx, n_cls, batch, hw):
+        batch //= 2
+    return batch if batch >= 2 else 0
+
+
 def _search(model, ctx, n_cls: int, hw: tuple[int, int], cap: int) -> int:
     lo, hi = 0, 2  # BatchNorm cannot train on a batch of 1
     while hi <= cap and _fits(model, ctx, n_cls, hi, hw):

@@ -27,7 +27,7 @@ ERROR = "error.txt"
 RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "lrfind.", "pseudo.", "train.epochs", "train.early_stop",
              "train.log_interval", "train.grad_checkpointing",
              "train.log_every_s", "train.device", "train.keep_top_k", "train.avg_top_k", "data.num_workers",
-             "train.threads",
+             "train.threads", "train.async_save", "train.channels_last",
              "data.cache", "data.cache_ram_gb",
              "data.root", "data.max_pixels", "split.file",
              "model.pretrained",  # the checkpoint holds the weights; the initial file's path may differ per machine

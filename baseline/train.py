@@ -74,11 +74,14 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     notes: list[str] = []
     with contextlib.ExitStack() as held:
         try:
+            batch_from_data = cfg.train.batch_size == "data"
             cfg = resolve_defaults(cfg, env, table, fold, notes, share)
             say(env, cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers), notes)
             state = TrainState(split_hash=split_hash, classes=table.classes)
             resume_from = rundir.resume_point(cfg)
             saved = ckpt.load(resume_from) if resume_from else None
+            if batch_from_data:
+                cfg = fit_data_batch(cfg, env, len(table.classes), saved, notes)
             if saved is not None:
                 rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from, amp_mode(cfg, env.device))
             cache = decode_images(cfg, table, env)  # every image decoded before the run folder is touched
@@ -117,7 +120,7 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     loaders.val_groups = table.df["group"].astype(str).to_numpy()[fold == cfg.split.fold].tolist()
     enter_phase(cfg, learner, 0, loaders.steps)
     saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
-                       cfg.train.keep_top_k)
+                       cfg.train.keep_top_k, background=on_cuda_or(cfg.train.async_save, env.device))
     if saved is not None:
         restore(cfg, learner, state, saver, saved, loaders.steps)
     if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale
@@ -312,6 +315,29 @@ class Loaders:
     steps: int = 0  # batches in a whole epoch (len(train) shrinks while a resumed epoch skips its first batches)
 
 
+def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, saved: dict | None, notes: list[str]) -> Config:
+    """train.batch_size=data on a GPU: halved until a probe step of this model fits in the GPU's memory
+    (the data's choice goes up to 256). A resume keeps the batch its checkpoint trained with."""
+    if saved is not None:
+        return replace(cfg, train=replace(cfg.train, batch_size=saved["config"]["train"]["batch_size"]))
+    if env.device.type != "cuda":
+        return cfg
+    probe = models.create(replace(cfg.model, pretrained=False), n_cls).to(env.device)
+    if on_cuda_or(cfg.train.channels_last, env.device):
+        probe = probe.to(memory_format=torch.channels_last)
+    ctx = engine.StepCtx(env, torch.zeros(3, device=env.device), torch.ones(3, device=env.device),
+                         amp_dtype(cfg, env.device), on_cuda_or(cfg.train.channels_last, env.device))
+    wanted = cfg.train.batch_size
+    fits = dist.all_min(env, memory.largest_fitting(probe, ctx, n_cls, img_hw(cfg), wanted))
+    del probe
+    torch.cuda.empty_cache()
+    if fits == 0:
+        raise memory.OutOfMemory(memory.oom_message(env.device, 2, "probing the batch size"))
+    if fits < wanted:
+        say(env, f"default: train.batch_size={fits}: the data's {wanted} does not fit in the GPU's memory", notes)
+    return replace(cfg, train=replace(cfg.train, batch_size=fits))
+
+
 def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls: int, n_train: int) -> int:
     """train.batch_size as a number: as given, or (auto) the largest that fits, found before any
     loader exists."""
@@ -333,6 +359,11 @@ def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> L
     )
 
 
+def on_cuda_or(value: bool | str, device: torch.device) -> bool:
+    """A bool key whose `auto` means: on a GPU (train.channels_last, train.async_save)."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
 def amp_mode(cfg: Config, device: torch.device) -> str:
     """train.amp as used on `device`: auto is bf16 on a GPU, off on the CPU."""
     if cfg.train.amp == "auto":
@@ -352,7 +383,11 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
     n_cls = len(table.classes)
     model_cfg = cfg.model if initial_weights else replace(cfg.model, pretrained=False)
     model = models.create(model_cfg, n_cls).to(env.device)
-    if cfg.train.channels_last:
+    if env.device.type == "cuda":  # the fastest kernels for this run's fixed shapes; TF32 where fp32 remains
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    channels_last = on_cuda_or(cfg.train.channels_last, env.device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.grad_checkpointing:
         models.set_grad_checkpointing(model, cfg.model.name)
@@ -362,7 +397,7 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
     mean, std = (mean if cfg.data.mean == "auto" else cfg.data.mean), (std if cfg.data.std == "auto" else cfg.data.std)
     dtype = amp_dtype(cfg, env.device)
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device), dtype,
-                         cfg.train.channels_last, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval,
+                         channels_last, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval,
                          stop=stop, on_train=freezer.frozen_bn_eval)
     return engine.Learner(
         model, ctx, build_loss(cfg, table.df["label"].to_numpy() if train_labels is None else train_labels, n_cls,
@@ -576,6 +611,7 @@ def fit(run: Run) -> None:
         run.epoch_extra = max(run.epoch_wall - result["seconds"], 0.0)
         if should_stop(run, row):
             break
+    run.saver.wait()  # every checkpoint on disk (and a failed write said) before anything reads them
     if run.cfg.train.avg_top_k and not run.state.pruned_epoch:
         average_best(run)
 

@@ -34,7 +34,8 @@ def test_img_size_follows_the_median_aspect_ratio(sizes, side, expected):
     (840, 1, "cuda", 32),
     (1920, 1, "cuda", 64),  # 30 steps at 64
     (1920, 1, "cpu", 32),  # on the CPU 64 is no faster per image: keep the steps
-    (11200, 1, "cuda", 64),  # the cap
+    (11200, 1, "cuda", 256),  # 43 steps at 256; memory may halve it (train.fit_data_batch)
+    (60000, 1, "cuda", 256),  # the cap
     (11200, 4, "cuda", 64),
     (1344, 2, "cpu", 32),  # per process under DDP: 672 images each
     (600, 2, "cpu", 16),  # 300 per process: tiny

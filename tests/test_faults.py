@@ -67,10 +67,11 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary(tiny, small_disk, capsys):
+@pytest.mark.parametrize("background", ["false", "true"])  # written by the loop, or by a thread (a GPU's default)
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary(background, tiny, small_disk, capsys):
     import torch
 
-    over = tiny(**{"run.dir": str(small_disk), "run.name": "full", "train.epochs": 2})
+    over = tiny(**{"run.dir": str(small_disk), "run.name": "full", "train.epochs": 2, "train.async_save": background})
     assert main(["train", *over]) == 2
     err = capsys.readouterr().err
     assert "no space left on device" in err and "run.resume=auto" in err and "Traceback" not in err, err

@@ -305,3 +305,26 @@ def test_bench_loader_reports_each_worker_count(synth_root):
     assert set(r["workers"]) == {0, 1} and all(v > 0 for v in r["workers"].values()) and r["on_device_cpu"] > 0
     text = bench.loader_report(r)
     assert "1 worker(s)" in text and "per worker" in text and "a GPU at 3000 img/s needs about" in text
+
+
+# ---------------------------------------------------------------- checkpoints that do not stall the loop
+def test_checkpoints_written_in_the_background_are_the_ones_written_in_the_loop(tiny, tmp_path):
+    for name, background in (("sync", "false"), ("async", "true")):
+        over = tiny(**{"run.name": name, "train.epochs": 3, "train.keep_top_k": 2, "train.async_save": background})
+        assert main(["train", *over]) == 0
+    a, b = (tmp_path / "runs" / n / "checkpoints" for n in ("sync", "async"))
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())  # top-k kept, evicted gone
+    for f in ("last.pt", "best.pt"):
+        x, y = (torch.load(d / f, weights_only=True) for d in (a, b))
+        assert x["epoch"] == y["epoch"] == (3 if f == "last.pt" else x["best_epoch"])
+        assert all(torch.equal(x["model"][k], y["model"][k]) for k in x["model"])
+        assert x["top"] == y["top"]
+
+
+def test_a_snapshot_does_not_follow_the_live_tensors():
+    from baseline.checkpoint import snapshot
+
+    w = torch.zeros(3)
+    snap = snapshot({"model": {"w": w}, "top": [[0.5, "epoch001.pt"]], "n": 1})
+    w.add_(1)
+    assert torch.equal(snap["model"]["w"], torch.zeros(3)) and snap["top"] == [[0.5, "epoch001.pt"]]
