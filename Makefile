@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock data split check train cv submit sweep sweep-report sweep-agent bench bench-loader bench-recipe bench-pretrained bench-contest gpu-check runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
+.PHONY: help venv lock data split check train cv submit sweep sweep-report sweep-agent bench bench-loader bench-recipe bench-pretrained bench-contest gpu-check gpu-test runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -82,6 +82,9 @@ bench-contest: $(STAMP) ## each contest technique against a plain run on 3 conte
 
 gpu-check: $(STAMP) data ## one table for a lent GPU: train step vs limit (eager, compile), batch auto, forced OOM, inference (ARGS="bench.tiny=true" on a CPU)
 	$(BIN)/baseline bench gpu $(ARGS)
+
+gpu-test: $(STAMP) ## the GPU tier (pytest -m gpu): bf16 + channels_last, compile, OOM = one line, NCCL, pinned loader
+	$(BIN)/pytest -q -m gpu $(ARGS)
 
 runs: $(STAMP) ## the local leaderboard: runs sorted by best macro-F1
 	$(BIN)/baseline runs $(ARGS)
