@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock data split check train cv submit sweep sweep-report sweep-agent bench bench-loader bench-recipe bench-pretrained bench-contest gpu-check gpu-test runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
+.PHONY: help venv lock data split check train cv submit sweep sweep-report sweep-dashboard sweep-agent bench bench-loader bench-recipe bench-pretrained bench-contest gpu-check gpu-test runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml $(LOCK)
 venv: $(STAMP) ## create .venv from requirements.lock (done by every target on first use)
 
 lock: $(STAMP) ## re-resolve requirements.lock after editing pyproject.toml (ARGS=--upgrade: newest of everything)
-	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --generate-hashes $(ARGS) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra ray --universal --generate-hashes $(ARGS) -o $(LOCK)
 
 $(DATA)/train/train.csv: | $(STAMP)
 	$(BIN)/baseline data synth data.root=$(DATA)
@@ -60,6 +60,9 @@ sweep: $(STAMP) data ## run a sweep with Optuna, one run per trial (SWEEP=grid|r
 
 sweep-report: $(STAMP) ## a sweep's trials, parameter importances and two pictures in its folder (SWEEP=name)
 	$(BIN)/baseline sweep-report $(SWEEP) $(CONFIG_ARG) $(ARGS)
+
+sweep-dashboard: $(STAMP) ## serve a sweep's study live on localhost with optuna-dashboard (SWEEP=name, PORT=8080)
+	$(BIN)/baseline sweep-dashboard $(SWEEP) --port $(or $(PORT),8080) $(CONFIG_ARG) $(ARGS)
 
 sweep-agent: $(STAMP) ## join a W&B sweep made with `wandb sweep FILE` (SWEEP_ID=entity/project/id)
 	@test -n "$(SWEEP_ID)" || { echo "usage: make sweep-agent SWEEP_ID=entity/project/id"; exit 2; }
@@ -99,8 +102,9 @@ pictures: $(STAMP) data ## redraw the README's pictures of the built-in data int
 	$(BIN)/baseline train run.name=docs-pictures train.epochs=3 log.wandb.mode=disabled
 	cp runs/docs-pictures/{learning_curves,confusion_matrix,per_class_f1,worst_predictions}.png $(PICTURES)/
 
-test: $(STAMP) ## run the whole test suite (slow end-to-end tests included; installs PostgreSQL for the sweep tests if it may)
+test: $(STAMP) ## run the whole test suite (slow end-to-end tests included; installs PostgreSQL and Chromium for the sweep tests if it may)
 	.ci/postgres
+	.ci/chromium
 	$(BIN)/pytest -q $(ARGS)
 
 test-fast: $(STAMP) ## the unit tests only (nothing trains), well under a minute

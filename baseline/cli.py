@@ -29,6 +29,7 @@ COMMANDS = {
             "audit EXPERIMENT (labels the out-of-fold predictions contradict: label_issues.csv, --corrections FILE)",
     "sweep": "run a W&B-format sweep file (grid | random | bayes | PATH) with Optuna, one run per trial; "
              "several workers may share one study (sweep.storage)",
+    "sweep-dashboard": "serve a sweep's study live with optuna-dashboard on localhost (--port; Ctrl-C stops it)",
     "sweep-report": "a sweep's trials, parameter importances and pictures (optimization history, parallel coordinates)",
     "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
     "ensemble": "fit ensemble weights (and per-class offsets) on out-of-fold predictions: ensembles/<name>.yaml",
@@ -40,6 +41,8 @@ COMMANDS = {
     "bench": "speed: images/s three ways (limit | kit | naive); loader: the loader alone at 224 px per worker "
              "count; recipe: kit defaults vs a reference loop; "
              "gpu: the GPU check (make gpu-check)",
+    "gpus": "one line per visible GPU: free and total memory, this process's allocated / reserved / peak, what "
+            "other processes hold (NVML, matched by UUID)",
 }
 
 
@@ -67,8 +70,10 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("what", nargs="?", default="speed", choices=["speed", "loader", "recipe", "gpu", "contest"])
         if name == "sweep":
             sp.add_argument("sweep", help="grid | random | bayes | path to a sweep YAML in W&B's format")
-        if name == "sweep-report":
+        if name in ("sweep-report", "sweep-dashboard"):
             sp.add_argument("name", help="the sweep's name (its folder under <run.dir>/sweeps/)")
+        if name == "sweep-dashboard":
+            sp.add_argument("--port", type=int, default=8080)
         if name == "refit":
             sp.add_argument("experiment", help="the experiment folder `baseline cv` wrote (runs/<name>)")
         if name == "ensemble":
@@ -252,6 +257,15 @@ def dispatch(args, cfg: Config) -> int:
         table = sweep.run(args.sweep, args.config, args.overrides, args.nproc)
         print(table.to_string(index=False))
         return 0 if (table.status == "complete").any() else 1
+    if args.command == "gpus":
+        from . import gpus
+
+        return gpus.main()
+    if args.command == "sweep-dashboard":
+        from .sweep_report import dashboard
+
+        dashboard(cfg, args.name, args.port)
+        return 0
     if args.command == "sweep-report":
         from .sweep_report import report
 

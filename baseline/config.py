@@ -232,6 +232,11 @@ class SweepCfg:
     grace_s: int = 300  # a trial silent this long is failed and retried by the next worker to start a trial
     max_retry: int = 2  # retries of a trial whose worker died
     startup_trials: int = 4  # bayes: random trials before TPE starts modelling
+    # optuna: this process runs the trials, workers share the study; ray: Ray Tune places them (baseline[ray])
+    executor: Literal["optuna", "ray"] = "optuna"
+    ray_address: str = ""  # a running Ray cluster (host:6379 or ray://...); "" -> $RAY_ADDRESS, else start one here
+    cpus_per_trial: float = 1.0  # ray: CPU cores Tune reserves for each trial
+    gpus_per_trial: float = 0.0  # ray: GPUs per trial; 2 or more run the trial under torchrun, one process per GPU
     study: str = ""  # set by the sweep runner for a trial's own run: the study it reports to
     trial: int = -1  # set by the sweep runner: the trial id (-1: not a sweep trial)
 
@@ -480,6 +485,7 @@ RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
     ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
     ("train.threads", 1, 1024, "1..1024 or 'auto'"),
+    ("sweep.cpus_per_trial", _POS, None, "more than 0"), ("sweep.gpus_per_trial", 0, None, "0 or more"),
     ("data.cache_ram_gb", 0, None, "0 or more"), ("data.max_pixels", 1, None, "at least 1"),
     ("data.synth_people", 5, None, "at least 5"), ("data.synth_scale", 1, 16, "1..16"),
     ("aug.hflip", 0, 1, "a probability 0..1"), ("aug.affine", 0, 1, "a probability 0..1"),

@@ -51,6 +51,10 @@ def setup(device: str = "auto") -> Env:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     dev = pick_device(device, local_rank)
+    if os.environ.get(REPORT_ENV):  # a process of our own launcher (launch): it goes when the launcher goes
+        from .trial import die_with_parent
+
+        die_with_parent()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

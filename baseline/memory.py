@@ -28,10 +28,16 @@ def rss_mb() -> float:
 
 
 def report(device: torch.device) -> dict:
+    """The per-epoch memory columns: this process's peak RSS; on a GPU the numbers `baseline gpus` prints."""
     out = {"mem_rss_mb": round(rss_mb(), 1)}
     if device.type == "cuda":
-        out["mem_alloc_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        out["mem_reserved_peak_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+        from .gpus import device_memory, others_by_uuid
+
+        g = device_memory(device.index or 0, others_by_uuid())
+        out.update(mem_alloc_peak_mb=round(g.peak_allocated_mb, 1), mem_reserved_peak_mb=round(g.peak_reserved_mb, 1),
+                   mem_free_mb=round(g.free_mb, 1))
+        if g.others_mb is not None:
+            out["mem_others_mb"] = round(g.others_mb, 1)
     return out
 
 
@@ -42,9 +48,12 @@ def is_oom(e: BaseException) -> bool:
 def oom_message(device: torch.device, batch_size: int | str, where: str) -> str:
     used = ""
     if device.type == "cuda":
-        used = (f"; {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB allocated, "
-                f"{torch.cuda.memory_reserved(device) / 2**30:.2f} GiB reserved of "
-                f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.1f} GiB")
+        from .gpus import device_memory, others_by_uuid
+
+        g = device_memory(device.index or 0, others_by_uuid())
+        others = "" if g.others_mb is None else f", {g.others_mb / 1024:.1f} GiB held by other processes"
+        used = (f"; {g.allocated_mb / 1024:.2f} GiB allocated, {g.reserved_mb / 1024:.2f} GiB reserved of "
+                f"{g.total_mb / 1024:.1f} GiB{others}")
     return (f"out of memory {where} with train.batch_size={batch_size}{used}. Try: a smaller train.batch_size "
             "(with train.accum_steps to keep the global batch), train.amp=bf16, train.batch_size=auto, "
             "train.channels_last=true, or a smaller data.img_size. The full traceback is in the run's train.log.")

@@ -455,6 +455,8 @@ def run(name_or_path: str, config_file: str | None, base_overrides: list[str], n
     study = open_study(plan, base, url)
     trial_args = [*(["--config", config_file] if config_file else []), *base_overrides,
                   f"log.wandb.group={base.log.wandb.group or plan.name}"]
+    if base.sweep.executor == "ray":
+        return run_on_ray(plan, base, sweep_dir, url, trial_args, nproc, config_file, base_overrides)
     worker = Worker(plan, study, sweep_dir, url, trial_args, nproc)
     if worker.room():
         log.info("sweep %s: %s, %d trials in all, study %s", plan.name, plan.method, plan.cap, url)
@@ -462,6 +464,23 @@ def run(name_or_path: str, config_file: str | None, base_overrides: list[str], n
     else:
         log.info("sweep %s: the study already holds its %d trials; nothing to run", plan.name, plan.cap)
     return write_results(study, plan, sweep_dir, config_file, base_overrides)
+
+
+def run_on_ray(plan: Plan, base: Config, sweep_dir: Path, url: str, trial_args: list[str], nproc: int,
+               config_file: str | None, base_overrides: list[str]) -> pd.DataFrame:
+    """sweep.executor=ray (ray_sweep.py); the same results.csv and best.yaml. Interrupted (Ctrl-C): the
+    results so far, and exit 130; the same command resumes it."""
+    from . import ray_sweep
+
+    log.info("sweep %s: %s, %d trials in all on Ray, study %s", plan.name, plan.method, plan.cap, url)
+    finished = ray_sweep.run(plan, base, sweep_dir, url, trial_args, nproc)
+    table = write_results(optuna.load_study(study_name=plan.name, storage=storage(url)), plan, sweep_dir, config_file,
+                          base_overrides)
+    if not finished:
+        print(table.to_string(index=False))
+        log.warning("sweep %s: interrupted; the same command resumes it (finished trials are kept)", plan.name)
+        raise SystemExit(130)
+    return table
 
 
 def results(study: optuna.Study, metric: str, goal: str, names: list[str]) -> pd.DataFrame:

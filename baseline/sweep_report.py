@@ -78,3 +78,16 @@ def report(cfg: Config, name: str) -> str:
         lines += ["parameter importances (fANOVA):", imp.round(3).to_string()]
     lines += [f"wrote {p}" for p in files]
     return "\n".join(lines)
+
+
+def dashboard(cfg: Config, name: str, port: int = 8080, out=print) -> None:
+    """Serve the sweep's study (SQLite or PostgreSQL) with optuna-dashboard on localhost until Ctrl-C:
+    trials as they finish, intermediate values per epoch, importances, parallel coordinates."""
+    from optuna_dashboard import run_server
+
+    study, sweep_dir = load(cfg, name)  # a missing sweep is one line, not an empty page
+    url = storage_url(cfg.sweep, sweep_dir)
+    db = storage(url)
+    out(f"sweep '{name}' ({len(study.trials)} trials, {url}): http://127.0.0.1:{port}/dashboard/studies/"
+        f"{db.get_study_id_from_name(name)}  (Ctrl-C stops it)", flush=True)
+    run_server(db, host="127.0.0.1", port=port)

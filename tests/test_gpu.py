@@ -105,3 +105,16 @@ def test_the_data_batch_is_halved_until_it_fits():
     huge = 1 << 14  # 16,384 images at 448 px: over a terabyte of activations
     fits = memory.largest_fitting(model, ctx, 10, (448, 448), huge)
     assert 2 <= fits < huge, (fits, total)
+
+
+def test_baseline_gpus_matches_nvml_to_torch_by_uuid():
+    from baseline import gpus
+
+    x = torch.zeros(256, 2**20, device="cuda")  # 1 GiB of this process's own
+    lines = gpus.report_lines()
+    assert len(lines) == torch.cuda.device_count() and lines[0].startswith("cuda:0 ")
+    others = gpus.others_by_uuid()
+    assert others is not None and gpus.torch_uuid(0) in others  # the same GPU, found by its UUID
+    g = gpus.visible()[0]
+    assert g.allocated_mb >= 1024 and g.reserved_mb >= g.allocated_mb and g.free_mb < g.total_mb
+    del x
