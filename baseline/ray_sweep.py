@@ -211,11 +211,12 @@ def connect(cfg: Config) -> None:
     address = cfg.sweep.ray_address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return
+    t0 = time.perf_counter()
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              configure_logging=False)
-    log.info("ray: %s, %s", f"cluster at {address}" if address else "a local instance",
-             ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items())
-                       if k in ("CPU", "GPU", "memory") and k != "memory"))
+    free = ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU"))
+    log.info("ray: %s (%s; ready in %.1fs)", f"the cluster at {address}" if address else "started on this machine",
+             free, time.perf_counter() - t0)
 
 
 def run(plan, base: Config, sweep_dir: Path, url: str, trial_args: list[str], nproc: int) -> bool:

@@ -249,7 +249,7 @@ def decode_images(cfg: Config, table: Table, env: dist.Env | None = None) -> np.
     env = env or dist.Env()
     paths, hw, interp = table.df["path"].tolist(), img_hw(cfg), filter_of(cfg)
     mode = ds.cache_mode(cfg.data.cache, len(paths), hw, cfg.data.cache_ram_gb)
-    disk = store.beside_data(cfg, ".cache")
+    disk = store.beside_data(cfg, ".cache", written=True)
     if not env.distributed or mode == "off":
         return ds.build_cache(paths, hw, mode, disk, cfg.data.cache_ram_gb, cfg.data.max_pixels, interp)
     token = dist.broadcast_object(env, uuid.uuid4().hex[:8])

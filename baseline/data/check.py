@@ -97,7 +97,7 @@ def check(cfg: Config, out=print) -> int:
         flags += [(p, "transparent") for p in clear]
     flags += odd_sizes(df["path"].tolist(), sizes)
     split_errors, fold = check_split(cfg, table, counts, dup, out)
-    out_dir = Path(cfg.check.out) if cfg.check.out else store.beside_data(cfg, "report")
+    out_dir = Path(cfg.check.out) if cfg.check.out else store.beside_data(cfg, "report", written=True)
     pictures = report.write(table, fold, sizes, flags, out_dir)
     out(f"pictures in {out_dir}/: " + ", ".join(p.name for p in pictures))
     return errors + split_errors

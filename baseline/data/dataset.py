@@ -222,7 +222,9 @@ class ImageDataset(Dataset):
                 # count, and a run resumed mid-epoch sees what the uninterrupted run saw.
                 reseed(self.transform, (seed * 1_000_003 + i) % 2**32)
             img = self.transform(image=np.ascontiguousarray(img))["image"]
-        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # a copy: cache rows may be read-only memmaps
+        # No copy of our own: collate copies into the batch anyway. Only a read-only memmap row is copied
+        # (torch will not wrap memory it may not write).
+        x = torch.from_numpy(img if img.flags.writeable else np.array(img)).permute(2, 0, 1)
         return x, (self.labels[i] if self.labels is not None else -1)
 
 

@@ -151,7 +151,7 @@ def check_groups(table: Table, fold: np.ndarray, path: Path | str = "split") -> 
 
 def hash_cache(cfg: Config) -> Path:
     """Where the images' content hashes are kept between runs (beside the decode cache)."""
-    return store.beside_data(cfg, ".cache") / "sha1.csv"
+    return store.beside_data(cfg, ".cache", written=True) / "sha1.csv"
 
 
 class Hashes:

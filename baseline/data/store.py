@@ -15,11 +15,13 @@ from ..config import Config
 log = logging.getLogger("baseline")
 
 
-def beside_data(cfg: Config, name: str) -> Path:
-    """`<data.root>/<name>`, or its stand-in under run.dir when the data root cannot be written."""
+def beside_data(cfg: Config, name: str, written: bool = False) -> Path:
+    """`<data.root>/<name>`, or its stand-in under run.dir when the data root cannot be written. `written`:
+    the kit writes into it (caches, reports), so one already there must also be writable."""
     root = Path(cfg.data.root)
     # one already there (a teammate wrote it) is used as it is; a missing root is refused by the layout reader
-    if not root.is_dir() or writable(root) or (root / name).exists():
+    there = (root / name).exists() and (not written or writable(root / name))
+    if not root.is_dir() or writable(root) or there:
         return root / name
     return stand_in(cfg, name)
 
