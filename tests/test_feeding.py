@@ -162,47 +162,49 @@ def _free_port() -> int:
 
 
 def _decode_in_rank(rank: int, world: int, port: int, overrides: list[str], out) -> None:
+    """One process of a 2-process group: the RAM cache, then the disk cache, each decode counted."""
     import os
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from baseline import dist, train
 
-    real = ds._decode
+    real, mode = ds._decode, {"now": ""}
 
     def counted(*args, **kwargs):
-        with open(out / f"decodes{rank}.txt", "a") as f:
+        with open(out / f"decodes-{mode['now']}{rank}.txt", "a") as f:
             f.write("1\n")
         return real(*args, **kwargs)
 
     ds._decode = counted
     with dist.session("cpu") as env:
-        cfg = load_config(None, overrides)
-        cache = train.decode_images(cfg, read_table(cfg), env)
-        np.save(out / f"cache{rank}.npy", np.asarray(cache))
+        for mode["now"] in ("ram", "disk"):
+            cfg = load_config(None, [*overrides, f"data.cache={mode['now']}"])
+            cache = train.decode_images(cfg, read_table(cfg), env)
+            np.save(out / f"cache-{mode['now']}{rank}.npy", np.asarray(cache))
+            if mode["now"] == "ram":
+                dist.barrier(env)
+                (out / f"shm-left{rank}.txt").write_text(str(len(list(ds.SHARED_DIR.glob("baseline-*")))))
 
 
-@pytest.mark.parametrize("mode", ["ram", "disk"])
-def test_the_processes_of_one_machine_decode_the_images_once(mode, synth_copy, tmp_path):
-    import torch.multiprocessing as tmp_mp
-
-    out = tmp_path / "out"
-    out.mkdir()
+def test_the_processes_of_one_machine_decode_the_images_once(synth_copy, tmp_path):
     import shutil
 
+    import torch.multiprocessing as tmp_mp
+
     shutil.rmtree(synth_copy / ".cache", ignore_errors=True)  # the shared test data's caches, from other tests
-    before = set(ds.SHARED_DIR.glob("baseline-*"))
-    overrides = [f"data.root={synth_copy}", f"data.cache={mode}", "data.img_size=24", "model.pretrained=false",
-                 "data.interpolation=bilinear"]
-    tmp_mp.spawn(_decode_in_rank, args=(2, _free_port(), overrides, out), nprocs=2)
+    before = len(list(ds.SHARED_DIR.glob("baseline-*")))
+    overrides = [f"data.root={synth_copy}", "data.img_size=24", "model.pretrained=false", "data.interpolation=bilinear"]
+    tmp_mp.spawn(_decode_in_rank, args=(2, _free_port(), overrides, tmp_path), nprocs=2)
     n = len(read_table(load_config(None, overrides)).df)
-    decodes = {r: len((out / f"decodes{r}.txt").read_text().split()) if (out / f"decodes{r}.txt").is_file() else 0
-               for r in (0, 1)}
-    assert decodes == {0: n, 1: 0}  # local rank 0 decoded every image once; rank 1 decoded none
-    a, b = np.load(out / "cache0.npy"), np.load(out / "cache1.npy")
-    assert a.shape == (n, 24, 24, 3) and np.array_equal(a, b)
-    assert set(ds.SHARED_DIR.glob("baseline-*")) == before  # the shared-memory file is gone after the run
-    assert len(list((synth_copy / ".cache").glob("*.npy"))) == (1 if mode == "disk" else 0)  # RAM: shared memory
+    for mode in ("ram", "disk"):
+        decodes = {r: len(f.read_text().split()) if (f := tmp_path / f"decodes-{mode}{r}.txt").is_file() else 0
+                   for r in (0, 1)}
+        assert decodes == {0: n, 1: 0}, mode  # local rank 0 decoded every image once; rank 1 none
+        a, b = np.load(tmp_path / f"cache-{mode}0.npy"), np.load(tmp_path / f"cache-{mode}1.npy")
+        assert a.shape == (n, 24, 24, 3) and np.array_equal(a, b)
+    assert int((tmp_path / "shm-left0.txt").read_text()) == before  # the shared-memory file went once mapped
+    assert len(list((synth_copy / ".cache").glob("*.npy"))) == 1  # the disk cache: one file; RAM left none
 
 
 # ---------------------------------------------------------------- progress

@@ -12,12 +12,14 @@ from tests.test_engine import clean_env
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU path")
 def test_without_a_gpu_it_is_one_line_saying_so():
-    r = subprocess.run([sys.executable, "-m", "baseline", "gpus"], capture_output=True, text=True, env=clean_env())
-    assert r.returncode == 0 and r.stdout.strip().splitlines() == [
-        "no GPU visible: torch sees no CUDA device; training runs on the CPU"], r.stdout + r.stderr
+    from baseline.cli import main
+
+    assert main(["gpus"]) == 0
+    assert gpus.report_lines() == ["no GPU visible: torch sees no CUDA device; training runs on the CPU"]
     hidden = subprocess.run([sys.executable, "-m", "baseline", "gpus"], capture_output=True, text=True,
                             env={**clean_env(), "CUDA_VISIBLE_DEVICES": ""})
-    assert "CUDA_VISIBLE_DEVICES is empty" in hidden.stdout
+    assert hidden.returncode == 0 and hidden.stdout.strip().splitlines() == [
+        "no GPU visible: CUDA_VISIBLE_DEVICES is empty; training runs on the CPU"], hidden.stdout + hidden.stderr
     assert gpus.visible() == []
 
 
