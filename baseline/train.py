@@ -295,12 +295,11 @@ def build_datasets(cfg: Config, table: Table, fold: np.ndarray, cache: np.ndarra
     df, labels = table.df, table.df["label"].to_numpy()
     tr, train_labels = training_part(cfg, table, fold)
     va = np.flatnonzero(fold == cfg.split.fold)
-    sub = (lambda idx: cache[idx]) if cache is not None else (lambda idx: None)
     per_item = None if cfg.aug.on_device else train_transform(cfg.aug, hw)  # else BatchAug in the step
-    train_ds = ds.ImageDataset(df["path"].iloc[tr], train_labels.tolist(), hw, per_item, sub(tr),
-                               cfg.data.max_pixels, filter_of(cfg))
-    val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, sub(va), cfg.data.max_pixels,
-                             filter_of(cfg))
+    train_ds = ds.ImageDataset(df["path"].iloc[tr], train_labels.tolist(), hw, per_item, cache, cfg.data.max_pixels,
+                               filter_of(cfg), rows=tr)
+    val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, cache, cfg.data.max_pixels,
+                             filter_of(cfg), rows=va)
     return train_ds, val_ds
 
 

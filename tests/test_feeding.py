@@ -332,3 +332,17 @@ def test_a_snapshot_does_not_follow_the_live_tensors():
     snap = snapshot({"model": {"w": w}, "top": [[0.5, "epoch001.pt"]], "n": 1})
     w.add_(1)
     assert torch.equal(snap["model"]["w"], torch.zeros(3)) and snap["top"] == [[0.5, "epoch001.pt"]]
+
+
+def test_the_train_and_val_datasets_index_the_one_cache_not_copies_of_it(synth_root):
+    from baseline import train
+
+    cfg = load_config(None, [f"data.root={synth_root}", "data.img_size=16", "model.pretrained=false",
+                             "data.interpolation=bilinear", "split.folds=3"])
+    table = read_table(cfg)
+    fold = np.arange(len(table.df)) % 3
+    cache = ds.build_cache(table.df.path.tolist(), (16, 16), "ram", None, 1)
+    tr, va = train.build_datasets(cfg, table, fold, cache)
+    assert tr.cache is cache and va.cache is cache  # one array for the machine, shared by both (and by ranks)
+    first_val = int(np.flatnonzero(fold == 0)[0])
+    assert torch.equal(va[0][0], torch.from_numpy(cache[first_val]).permute(2, 0, 1))

@@ -204,17 +204,21 @@ class ImageDataset(Dataset):
     index, or by (index, augmentation seed) as the training samplers yield it."""
 
     def __init__(self, paths: list[str], labels: list[int] | None, hw: tuple[int, int], transform=None,
-                 cache: np.ndarray | None = None, max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear"):
+                 cache: np.ndarray | None = None, max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear",
+                 rows: np.ndarray | None = None):
         self.paths, self.labels, self.hw, self.max_pixels = list(paths), labels, hw, max_pixels
         self.interpolation = interpolation
+        # `rows`: where item i sits in `cache` (a subset of a whole-table cache). Indexing through it keeps
+        # one cache for the machine; cache[rows] would copy it into every process.
         self.transform, self.cache = transform, cache
+        self.rows = np.arange(len(self.paths)) if rows is None else np.asarray(rows)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, int | None]):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        img = self.cache[i] if self.cache is not None else decode(self.paths[i], self.hw, self.max_pixels,
+        img = self.cache[self.rows[i]] if self.cache is not None else decode(self.paths[i], self.hw, self.max_pixels,
                                                                         self.interpolation)
         if self.transform is not None:
             if seed is not None:
