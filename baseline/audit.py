@@ -4,8 +4,12 @@ confidence (cleanlab's confident learning, `cleanlab.filter.find_label_issues`),
 On the competition layout the unit is the person and the field: a person's seven photos share gender and
 age, so their out-of-fold probabilities are summed into each field's marginal (gender 2-way, age bucket
 3-way) and averaged over the photos before cleanlab sees them; the mask state is per photo. Elsewhere
-the unit is the image. Nothing is changed: `--corrections FILE` writes the suggestions in the
-`data.corrections` format, which training uses only when the user passes it."""
+the unit is the image. Every flag is listed for review; the `sure` ones are confident (audit.min_score)
+and, for an age, not at a bucket edge (audit.age_margin): where the age cue grows year by year, a 60 and a
+58 look alike and a model's bucket probabilities cannot say which side of 60 a person is on (measured on
+the contest-like sets: most age flags at the edge were true 60s suggested 30-59). Nothing is changed:
+`--corrections FILE` writes the sure gender and age suggestions in the `data.corrections` format, which
+training uses only when the user passes it."""
 
 from __future__ import annotations
 
@@ -63,9 +67,16 @@ def issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return find_label_issues(relabel, keep, filter_by="prune_by_noise_rate")
 
 
-def audit_people(oof: pd.DataFrame, table) -> pd.DataFrame:
+def near_edge(age: int, given: int, suggested: int, margin: int) -> bool:
+    """Whether `age` is within `margin` years of the official edge between two age buckets (the edge is
+    the older bucket's first age: with margin 2, 58-61 are at the edge of 60)."""
+    edge = AGE_RANGES_OFFICIAL[max(given, suggested)][0]
+    return edge - margin <= age < edge + margin
+
+
+def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: int = 2) -> pd.DataFrame:
     """Mask layout: one row per suspected (person, field): id, field, given, suggested, score (the mean
-    out-of-fold probability of the suggested value), images."""
+    out-of-fold probability of the suggested value), sure (confident and not at an age edge), a photo."""
     by_path = table.df.set_index("path")
     missing = ~oof["path"].isin(by_path.index)
     if missing.any():
@@ -73,6 +84,7 @@ def audit_people(oof: pd.DataFrame, table) -> pd.DataFrame:
                           f"data.root, e.g. '{oof['path'][missing].iloc[0]}' (another data root or data set?)")
     probs, labels = oofs.probs(oof), oof["label"].to_numpy()
     person = by_path.loc[oof["path"], "group"].astype(str).to_numpy()
+    ages = table.df.drop_duplicates("group").set_index("group")["age"]
     rows = []
     for field in ("gender", "age"):
         m = pd.DataFrame(marginal(probs, field)).groupby(person).mean()
@@ -82,36 +94,40 @@ def audit_people(oof: pd.DataFrame, table) -> pd.DataFrame:
         first = pd.Series(oof["path"].to_numpy()).groupby(person).first()  # the picture shows one photo
         for pid, g, p in zip(m.index[flagged], given[flagged], m.to_numpy()[flagged]):
             s = int(p.argmax())
+            edge = field == "age" and near_edge(int(ages[pid]), int(g), s, age_margin)
             rows.append({"id": pid, "field": field, "given": FIELDS[field][g], "suggested": FIELDS[field][s],
-                         "score": round(float(p[s]), 4), "path": first[pid]})
+                         "score": round(float(p[s]), 4), "sure": bool(p[s] >= min_score and not edge),
+                         "path": first[pid]})
     mask_p, mask_y = marginal(probs, "mask"), field_of(labels, "mask")
     flagged = issues(mask_y, mask_p)
     for i in np.flatnonzero(flagged):
         s = int(mask_p[i].argmax())
         rows.append({"id": person[i], "field": "mask", "given": MASK_NAMES[mask_y[i]], "suggested": MASK_NAMES[s],
-                     "score": round(float(mask_p[i, s]), 4), "path": oof["path"].iloc[i]})
-    out = pd.DataFrame(rows, columns=["id", "field", "given", "suggested", "score", "path"])
+                     "score": round(float(mask_p[i, s]), 4), "sure": bool(mask_p[i, s] >= min_score),
+                     "path": oof["path"].iloc[i]})
+    out = pd.DataFrame(rows, columns=["id", "field", "given", "suggested", "score", "sure", "path"])
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def audit_images(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+def audit_images(oof: pd.DataFrame, classes: list[str], min_score: float = 0.6) -> pd.DataFrame:
     """CSV / folder layouts: one row per suspected image."""
     probs, labels = oofs.probs(oof), oof["label"].to_numpy()
     flagged = issues(labels, probs)
     rows = [{"image": oof["image"].iloc[i] if "image" in oof.columns else oof["path"].iloc[i],
              "given": classes[labels[i]], "suggested": classes[int(probs[i].argmax())],
-             "score": round(float(probs[i].max()), 4), "path": oof["path"].iloc[i]} for i in np.flatnonzero(flagged)]
-    out = pd.DataFrame(rows, columns=["image", "given", "suggested", "score", "path"])
+             "score": round(float(probs[i].max()), 4), "sure": bool(probs[i].max() >= min_score),
+             "path": oof["path"].iloc[i]} for i in np.flatnonzero(flagged)]
+    out = pd.DataFrame(rows, columns=["image", "given", "suggested", "score", "sure", "path"])
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def corrections(found: pd.DataFrame, table) -> pd.DataFrame:
-    """The gender and age suggestions in the data.corrections format (id, field, value). An age moves
+    """The sure gender and age suggestions in the data.corrections format (id, field, value). An age moves
     to the nearest age of the suggested bucket (58 suggested >=60 becomes 60): the smallest change that
     makes the label what the predictions say. Mask states come from file names, so they are not here."""
     ages = table.df.drop_duplicates("group").set_index("group")["age"]
     out = []
-    for r in found[found["field"].isin(["gender", "age"])].itertuples():
+    for r in found[found["field"].isin(["gender", "age"]) & found["sure"]].itertuples():
         if r.field == "gender":
             value = r.suggested
         else:
@@ -127,7 +143,9 @@ def run(cfg: Config, source: str, corrections_out: str | None = None) -> tuple[p
     folder = Path(source)
     oof = read_oof(folder)
     table = read_table(cfg)
-    found = audit_people(oof, table) if cfg.data.format == "mask" else audit_images(oof, table.classes)
+    a = cfg.audit
+    found = (audit_people(oof, table, a.min_score, a.age_margin) if cfg.data.format == "mask" else
+             audit_images(oof, table.classes, a.min_score))
     out = folder / "label_issues.csv"
     files.write_csv(out, found)
     picture(found, folder / "label_issues.png")

@@ -207,6 +207,16 @@ class PseudoCfg:
 
 
 @dataclass
+class AuditCfg:
+    # `data audit`: label_issues.csv lists every flag for review; its `sure` ones (and only they go to
+    # --corrections) have a suggested-label probability of at least min_score and, for an age, a given age
+    # more than age_margin years from the bucket edge it would cross (59 and 60 look alike: no model can
+    # say which side a person is on)
+    min_score: float = 0.6
+    age_margin: int = 2
+
+
+@dataclass
 class LRFindCfg:
     start: float = 1e-7  # `baseline lr-find`: the LR range, raised exponentially over at most `steps` steps
     end: float = 10.0
@@ -260,6 +270,7 @@ class Config:
     bench: BenchCfg = field(default_factory=BenchCfg)
     lrfind: LRFindCfg = field(default_factory=LRFindCfg)
     pseudo: PseudoCfg = field(default_factory=PseudoCfg)
+    audit: AuditCfg = field(default_factory=AuditCfg)
     sweep: SweepCfg = field(default_factory=SweepCfg)
 
 
@@ -482,6 +493,7 @@ RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.ema", 0, 0.99999, "0 (off) or a decay below 1"), ("train.label_smoothing", 0, 0.99, "0..0.99"),
     ("train.sampler_power", 0, 1, "in 0..1"), ("pseudo.threshold", 0, 1, "a probability in 0..1"),
     ("train.cutmix_same_class", 0, 1, "a probability in 0..1"),
+    ("audit.min_score", 0, 1, "a probability in 0..1"), ("audit.age_margin", 0, 60, "years, 0..60"),
     ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
     ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
     ("train.threads", 1, 1024, "1..1024 or 'auto'"),

@@ -31,7 +31,9 @@ SWITCHES = {
     "age_edge_58": ["data.age_edges=[30,58]"],
     "cutmix_same_class": ["train.cutmix_same_class=0.5"],
     "avg_top_3": ["train.keep_top_k=3", "train.avg_top_k=3"],
+    "balanced+age_edge_58": ["train.sampler=balanced", "train.sampler_power=0.5", "data.age_edges=[30,58]"],
 }
+PLAIN = ["train.sampler=shuffle", "data.age_edges=[30,60]", "data.drop_ages=[]"]  # base, whatever the defaults
 PIPELINES = ["pseudo", "audit", "refit"]
 
 
@@ -46,6 +48,20 @@ def score(root: Path, runs: Path, source: str, out: Path) -> float:
     cli("submit", f"data.root={root}", f"run.dir={runs}", f"submit.checkpoints=[{source}]", f"submit.out={out}",
         f"submit.ledger={out.parent / 'ledger.csv'}", "log.wandb.mode=disabled")
     return ledger.truth_score(out, root / "eval" / "truth.csv")
+
+
+def audit_hits(root: Path, issues: Path, fixes: Path) -> dict:
+    """How the audit did against the people written wrong (train/injected.csv): injected people among
+    the people it lists (any field) and among its sure ones; injected (person, field) pairs among the
+    corrections file's rows."""
+    injected = pd.read_csv(root / "train" / "injected.csv", dtype=str)
+    found = pd.read_csv(issues, dtype={"id": str})
+    fix = pd.read_csv(fixes, dtype={"id": str})
+    wrong, listed, sure = set(injected["id"]), set(found["id"]), set(found["id"][found["sure"]])
+    pairs = set(zip(injected["id"], injected["field"]))
+    return {"injected": len(wrong), "listed_hits": len(wrong & listed), "listed": len(listed),
+            "sure_hits": len(wrong & sure), "sure": len(sure),
+            "fix_hits": sum((i, f) in pairs for i, f in zip(fix["id"], fix["field"])), "fixes": len(fix)}
 
 
 def seconds(folder: Path) -> float:
@@ -81,7 +97,8 @@ def one_set(name: str, root: Path, work: Path, seed: int, base: list[str], only:
             fixes = work / f"fixes_s{seed}.csv"
             cli("data", "audit", str(runs / "cv"), *common, "--corrections", str(fixes))
             f1, s = train("audit", f"data.corrections={fixes}")
-            rows.append({"set": name, "seed": seed, "switch": "audit", "eval_f1": f1, "seconds": s + cv_s})
+            rows.append({"set": name, "seed": seed, "switch": "audit", "eval_f1": f1, "seconds": s + cv_s,
+                         **audit_hits(root, runs / "cv" / "label_issues.csv", fixes)})
         if not only or "refit" in only:
             cli("refit", str(runs / "cv"), "log.wandb.mode=disabled")
             f1 = score(root, runs, str(runs / "cv" / "refit"), work / f"refit_s{seed}.csv")
@@ -101,11 +118,28 @@ def table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def audit_table(rows: pd.DataFrame) -> str:
+    """Per set, summed over seeds: recall (injected people found / injected) and precision (found / put
+    forward) of the people the audit lists, of its sure ones, and of the corrections file's rows."""
+    if "injected" not in rows.columns:
+        return ""
+    lines = ["| set | injected people | listed: recall, precision | sure: recall, precision | "
+             "corrections: recall, precision |", "|---|---|---|---|---|"]
+    for s, g in rows.dropna(subset=["injected"]).groupby("set", sort=False):
+        n = int(g["injected"].sum())
+        cells = []
+        for what in ("listed", "sure", "fix"):
+            hit, out = int(g[f"{what}_hits"].sum()), int(g["fixes" if what == "fix" else what].sum())
+            cells.append(f"{hit / n:.2f} ({hit}/{n}), {hit / max(out, 1):.2f} ({hit}/{out})")
+        lines.append(f"| {s} | {n // len(g)} x {len(g)} seeds | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(cfg: Config, overrides: list[str]) -> int:
     b = cfg.bench
     work = Path(b.out) / "contest"
     people = 30 if b.tiny else 120
-    base = ["log.wandb.mode=disabled", "log.figures=false", "split.folds=3",
+    base = ["log.wandb.mode=disabled", "log.figures=false", "split.folds=3", *PLAIN,
             *(["model.name=test_resnet", "data.img_size=32", "train.epochs=2", "train.batch_size=16"] if b.tiny else
               ["data.img_size=64", "train.epochs=5", "train.batch_size=32"]),
             *[o for o in overrides if not o.startswith("bench.")]]
@@ -125,6 +159,9 @@ def main(cfg: Config, overrides: list[str]) -> int:
     md = "\n".join(["| set | switch | eval macro-F1 (mean ± std over seeds) | gain over base | train s |",
                     "|---|---|---|---|---|"] +
                    [f"| {r.set} | {r.switch} | {r.eval_f1} | {r.gain} | {r.seconds} |" for r in t.itertuples()])
+    hits = audit_table(pd.DataFrame(rows))
+    if hits:
+        md += "\n\n" + hits
     files.write_text(work / "contest.md", md + "\n")
     print(md)
     return 0 if np.isfinite(pd.DataFrame(rows).eval_f1).all() else 1

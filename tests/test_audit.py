@@ -15,15 +15,18 @@ from tests.conftest import tiny_overrides
 def test_audit_finds_the_injected_wrong_labels_and_writes_corrections(tmp_path, capsys):
     root = write_synth(tmp_path / "data", people=60, seed=1)
     injected = inject_label_errors(root, share=0.1, seed=1)  # 6 people: gender or age bucket wrong
-    over = tiny_overrides(root, tmp_path / "runs", **{"run.name": "exp", "data.img_size": 48, "train.epochs": 10})
+    # threads pinned: a reduction's order changes the float sums, and a 10-epoch run follows them
+    over = tiny_overrides(root, tmp_path / "runs", **{"run.name": "exp", "data.img_size": 48, "train.epochs": 10,
+                                                      "train.threads": 2})
     assert main(["cv", *over]) == 0
     fix = tmp_path / "fix.csv"
     assert main(["data", "audit", str(tmp_path / "runs" / "exp"), *over, "--corrections", str(fix)]) == 0
     found = pd.read_csv(tmp_path / "runs" / "exp" / "label_issues.csv", dtype={"id": str})
     assert (tmp_path / "runs" / "exp" / "label_issues.png").is_file()
-    flagged, wrong = set(found["id"]), set(injected["id"])
+    flagged, wrong = set(found["id"][found["sure"]]), set(injected["id"])  # what it puts forward
     recall, precision = len(flagged & wrong) / len(wrong), len(flagged & wrong) / max(len(flagged), 1)
     assert recall >= 0.8 and precision >= 0.5, (found, injected)
+    assert set(found["id"]) >= flagged  # the unsure ones are listed for review too
     assert "suspected label issue(s)" in capsys.readouterr().out
 
     # the corrections file: the fields it names, back to the truth's bucket, and training accepts it
@@ -44,3 +47,48 @@ def test_audit_needs_an_experiment_with_oof(tmp_path, capsys, synth_root):
     assert main(["data", "audit", str(tmp_path), f"data.root={synth_root}"]) == 2
     err = capsys.readouterr().err
     assert "name the experiment folder" in err and "no oof.csv" in err and "Traceback" not in err
+
+
+
+def _people_oof(people: list[tuple[str, int, int, int, int, float]]):
+    """An OOF and a table for people (id, gender, age, the gender and age bucket the predictions say,
+    with what probability), seven photos each, every photo's mask state predicted right."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from baseline.data.competition import label
+    from baseline.oof import frame
+
+    table, probs = [], []
+    for pid, g, age, pg, pa, p in people:
+        for k, m in enumerate([0] * 5 + [1, 2]):
+            table.append({"path": f"/d/{pid}/{k}.jpg", "label": label(m, g, age), "group": pid, "age": age})
+            row = np.full(18, (1 - p) / 17)
+            row[label(m, pg, 0) + pa] = p
+            probs.append(row)
+    df = pd.DataFrame(table)
+    return frame(list(df.path), list(df.path), df.label, df.group, np.array(probs)), SimpleNamespace(df=df)
+
+
+def test_audit_is_sure_of_confident_flags_away_from_an_age_edge_and_corrects_only_those():
+    from baseline.audit import audit_people, corrections, near_edge
+    from baseline.data.competition import age_bucket
+
+    ages = [20, 24, 27, 35, 41, 45, 52, 55, 60, 60]
+    clean = [(f"{i:03d}", i % 2, ages[i % 10], i % 2, age_bucket(ages[i % 10]), 0.8) for i in range(60)]
+    wrong = [("900", 0, 45, 0, 0, 0.9),    # given 45, looks under 30: far from an edge, sure
+             ("901", 1, 60, 1, 1, 0.85),   # given 60, looks 30-59: at the edge of 60, listed but not sure
+             ("902", 0, 24, 1, 0, 0.95)]   # given male, looks female: sure
+    oof, table = _people_oof(clean + wrong)
+    found = audit_people(oof, table, min_score=0.6, age_margin=2)
+    by = found.set_index(["id", "field"])
+    assert set(by.index) == {("900", "age"), ("901", "age"), ("902", "gender")}
+    assert by.loc[("900", "age"), "sure"] and by.loc[("902", "gender"), "sure"]
+    assert not by.loc[("901", "age"), "sure"]
+    fixes = corrections(found, table)
+    assert set(zip(fixes["id"], fixes["field"])) == {("900", "age"), ("902", "gender")}
+    assert fixes.set_index("id").loc["900", "value"] == 29  # the nearest age of the suggested bucket
+    assert set(corrections(audit_people(oof, table, 0.6, 0), table)["id"]) == {"900", "901", "902"}
+    assert near_edge(58, 1, 2, 2) and near_edge(61, 2, 1, 2) and not near_edge(57, 1, 2, 2)
+    assert near_edge(29, 0, 1, 2) and not near_edge(45, 1, 0, 2)
