@@ -45,8 +45,9 @@ class DataCfg:
     corrections: str = ""  # mask layout: CSV of `id,field,value` applied before labelling
     # mask layout, training labels only: the ages where the <30 / 30-59 / >=60 buckets start (e.g. [30, 58]:
     # 58-59 look like 60), and ages left out of training (e.g. [27, 28, 29, 57, 58, 59]). Validation, OOF,
-    # metrics and the submission keep the official buckets, so CV stays comparable.
-    age_edges: list[int] = field(default_factory=lambda: [30, 60])
+    # metrics and the submission keep the official buckets, so CV stays comparable. auto: [30, 58] where
+    # the >=60 people are almost all exactly 60 (the contest's shape), else [30, 60] (defaults.py)
+    age_edges: list[int] | Literal["auto"] = "auto"
     drop_ages: list[int] = field(default_factory=list)
     pseudo: str = ""  # a `baseline pseudo` table: its rows join every fold's training part, never validation
     img_size: int | list[int] | Literal["auto"] = "auto"  # int (square), [h, w], or auto: the data's aspect ratio
@@ -150,8 +151,10 @@ class TrainCfg:
     # its class in the batch (vertical halves: the label stays exact, hard targets); 0 = off
     cutmix_same_class: float = 0.0
     class_weights: bool = False  # inverse-frequency weights in the loss
-    sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: draw images by 1 / class count ** sampler_power
-    sampler_power: float = 1.0  # 1: every class equally often; 0.5: softened; 0: as shuffle, with replacement
+    # balanced: draw images by 1 / class count ** sampler_power; auto: balanced on contest-shaped data (as
+    # data.age_edges=auto decides), shuffle elsewhere
+    sampler: Literal["auto", "shuffle", "balanced"] = "auto"
+    sampler_power: float = 0.5  # 1: every class equally often; 0.5: halfway; 0: as shuffle, with replacement
     monitor: Literal["val_f1", "val_acc", "val_loss"] = "val_f1"
     keep_top_k: int = 1
     # after the last epoch: the mean of the best N epochs' weights (N <= keep_top_k), evaluated like an epoch,
@@ -424,6 +427,8 @@ def _validate_recipe(cfg: Config) -> None:
                           f"train.keep_top_k (the epochs kept on disk), got {cfg.train.avg_top_k} with "
                           f"train.keep_top_k={cfg.train.keep_top_k}; e.g. train.keep_top_k=3 train.avg_top_k=3")
     edges, drop = cfg.data.age_edges, cfg.data.drop_ages
+    if edges == "auto":
+        edges = [30, 60] if cfg.data.format != "mask" else [30, 58]  # whichever it resolves to is valid
     if len(edges) != 2 or not 0 < edges[0] < edges[1] <= 120:
         raise ConfigError(f"config key 'data.age_edges': expected two ages [a, b] with 0 < a < b <= 120 (where the "
                           f"middle and the oldest bucket start; official [30, 60]), got {edges!r}")
@@ -527,6 +532,13 @@ def img_hw(cfg: Config) -> tuple[int, int]:
     if s == "auto":
         raise ConfigError("data.img_size=auto is resolved from the data (baseline.defaults.resolve) before use")
     return (s, s) if isinstance(s, int) else (s[0], s[1])
+
+
+def age_edges(cfg: Config) -> tuple[int, int]:
+    e = cfg.data.age_edges
+    if e == "auto":
+        raise ConfigError("data.age_edges=auto is resolved from the data (baseline.defaults.resolve) before use")
+    return (e[0], e[1])
 
 
 def save_yaml(cfg: Config, path: Path) -> None:

@@ -44,7 +44,7 @@ from . import (
     trial,
 )
 from . import oof as oofs
-from .config import Config, ConfigError, img_hw, save_yaml, to_dict
+from .config import Config, ConfigError, age_edges, img_hw, save_yaml, to_dict
 from .data import dataset as ds
 from .data import store
 from .data.batch_aug import BatchAug
@@ -110,7 +110,7 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     if env.rank:  # after the model is built (identical on every rank): each rank its own mixup, dropout, ...
         seed_everything(rank_seed(cfg.seed, env.rank))
     train_ds, val_ds = build_datasets(cfg, table, fold, cache)
-    if env.is_main and (tuple(cfg.data.age_edges) != OFFICIAL_EDGES or cfg.data.drop_ages):
+    if env.is_main and (age_edges(cfg) != OFFICIAL_EDGES or cfg.data.drop_ages):
         n_out = int((fold != cfg.split.fold).sum()) - len(train_ds)
         log.info("training labels: age buckets start at %s (official %s); %d training image(s) of ages %s left out; "
                  "validation keeps the official labels", cfg.data.age_edges, list(OFFICIAL_EDGES), n_out,
@@ -204,7 +204,9 @@ def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray,
     n_train = int((fold != cfg.split.fold).sum())
     logger = log if env.is_main else None
     cores = (share or cpus.Share(cpus.usable_cores(), 0.0, env.local_world)).per_process()
-    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, cores, logger, notes)
+    ages = table.df.drop_duplicates("group")["age"].dropna().to_numpy() if "age" in table.df.columns else None
+    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, cores, logger, notes,
+                            ages=ages)
 
 
 def write_data_record(run_dir: Path, table: Table) -> None:
@@ -278,7 +280,7 @@ def training_part(cfg: Config, table: Table, fold: np.ndarray) -> tuple[np.ndarr
     keeps the official labels (build_datasets), so metrics, OOF and the submission stay comparable."""
     tr = np.flatnonzero(fold != cfg.split.fold)
     labels = table.df["label"].to_numpy()
-    edges, drop = tuple(cfg.data.age_edges), cfg.data.drop_ages
+    edges, drop = age_edges(cfg), cfg.data.drop_ages
     if edges == OFFICIAL_EDGES and not drop:
         return tr, labels[tr]
     part = table.df.iloc[tr]
@@ -349,6 +351,8 @@ def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls
 
 
 def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> Loaders:
+    if cfg.train.sampler == "auto":
+        raise ConfigError("train.sampler=auto is resolved from the data (baseline.defaults.resolve) before use")
     power = cfg.train.sampler_power if cfg.train.sampler == "balanced" else None
     train = ds.train_loader(train_ds, batch, cfg.data.num_workers, cfg.seed, env.rank, env.world_size, power)
     return Loaders(

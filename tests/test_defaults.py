@@ -3,6 +3,7 @@ and the recipe benchmark's tiny mode end to end."""
 
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -67,8 +68,33 @@ def test_resolve_says_why_and_keeps_explicit_values(tmp_path, caplog):
     assert out.data.mean == [0.485, 0.456, 0.406] and out.data.interpolation == "bilinear"  # resnet18, from scratch
     fixed = load_config(None, ["model.name=resnet18", "model.pretrained=false", "data.img_size=48",
                                "train.batch_size=8", "data.num_workers=1", "data.mean=[0.5,.5,.5]",
-                               "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic", "freeze.preset=none"])
-    assert defaults.resolve(fixed, paths, 840, torch.device("cpu"), 1, 2) == fixed
+                               "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic", "freeze.preset=none",
+                               "data.age_edges=[30,60]", "train.sampler=shuffle"])
+    assert defaults.resolve(fixed, paths, 840, torch.device("cpu"), 1, 2, ages=np.array([60] * 9)) == fixed
+
+
+def test_the_age_edge_and_balanced_sampling_follow_a_contest_shaped_data_set(tmp_path, caplog):
+    img = tmp_path / "0.png"
+    Image.new("RGB", (96, 128)).save(img)
+    cfg = load_config(None, ["model.name=resnet18", "data.img_size=32"])
+
+    def resolved(ages, c=cfg):
+        return defaults.resolve(c, [str(img)], 840, torch.device("cpu"), 1, 2, ages=np.array(ages))
+
+    contest = [20, 25, 41, 55, 58, 59] * 5 + [60] * 9 + [61]  # 9 of the 10 aged 60+ are exactly 60
+    with caplog.at_level(logging.INFO, logger="baseline"):
+        out = resolved(contest)
+    assert out.data.age_edges == [30, 58] and out.train.sampler == "balanced" and out.train.sampler_power == 0.5
+    assert "90% of the 10 people aged 60+ are exactly 60" in caplog.text
+    for other in ([20, 45, 60, 64, 70, 75] * 5, [20, 30, 59] * 9):  # 60-75 (the built-in data); nobody 60+
+        out = resolved(other)
+        assert out.data.age_edges == [30, 60] and out.train.sampler == "shuffle"
+    csv = load_config(None, ["model.name=resnet18", "data.img_size=32", "data.format=csv"])
+    assert resolved(contest, csv).train.sampler == "shuffle"  # no ages off the mask layout
+    mine = load_config(None, ["model.name=resnet18", "data.img_size=32", "train.sampler=shuffle",
+                              "data.age_edges=[30,59]"])
+    out = resolved(contest, mine)
+    assert out.train.sampler == "shuffle" and out.data.age_edges == [30, 59]  # a choice given is kept
 
 
 def test_normalisation_follows_the_weights(tmp_path):
