@@ -117,7 +117,7 @@ def test_nproc_2_relaunches_under_torchrun_and_evaluates_exactly_like_one_proces
         assert (runs / "ddp" / f"{png}.png").is_file()
     row = pd.read_csv(runs / "ddp" / "metrics.csv").iloc[-1]
 
-    cfg = load_config(None, over)
+    cfg = load_config(None, [*over, "data.age_edges=[30,60]", "train.sampler=shuffle"])  # as resolved here
     env = dist.Env()
     table = read_table(cfg)
     fold, _ = load_or_write_folds(cfg, table)

@@ -338,7 +338,7 @@ def test_the_train_and_val_datasets_index_the_one_cache_not_copies_of_it(synth_r
     from baseline import train
 
     cfg = load_config(None, [f"data.root={synth_root}", "data.img_size=16", "model.pretrained=false",
-                             "data.interpolation=bilinear", "split.folds=3"])
+                             "data.interpolation=bilinear", "split.folds=3", "data.age_edges=[30,60]"])
     table = read_table(cfg)
     fold = np.arange(len(table.df)) % 3
     cache = ds.build_cache(table.df.path.tolist(), (16, 16), "ram", None, 1)
