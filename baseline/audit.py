@@ -67,6 +67,11 @@ def issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return find_label_issues(relabel, keep, filter_by="prune_by_noise_rate")
 
 
+def person_ages(table) -> pd.Series:
+    """Each person's age, by person id (the mask layout's `group`)."""
+    return table.df.drop_duplicates("group").set_index("group")["age"]
+
+
 def near_edge(age: int, given: int, suggested: int, margin: int) -> bool:
     """Whether `age` is within `margin` years of the official edge between two age buckets (the edge is
     the older bucket's first age: with margin 2, 58-61 are at the edge of 60)."""
@@ -84,7 +89,7 @@ def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: i
                           f"data.root, e.g. '{oof['path'][missing].iloc[0]}' (another data root or data set?)")
     probs, labels = oofs.probs(oof), oof["label"].to_numpy()
     person = by_path.loc[oof["path"], "group"].astype(str).to_numpy()
-    ages = table.df.drop_duplicates("group").set_index("group")["age"]
+    ages = person_ages(table)
     rows = []
     for field in ("gender", "age"):
         m = pd.DataFrame(marginal(probs, field)).groupby(person).mean()
@@ -125,7 +130,7 @@ def corrections(found: pd.DataFrame, table) -> pd.DataFrame:
     """The sure gender and age suggestions in the data.corrections format (id, field, value). An age moves
     to the nearest age of the suggested bucket (58 suggested >=60 becomes 60): the smallest change that
     makes the label what the predictions say. Mask states come from file names, so they are not here."""
-    ages = table.df.drop_duplicates("group").set_index("group")["age"]
+    ages = person_ages(table)
     out = []
     for r in found[found["field"].isin(["gender", "age"]) & found["sure"]].itertuples():
         if r.field == "gender":

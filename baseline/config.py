@@ -426,13 +426,11 @@ def _validate_recipe(cfg: Config) -> None:
         raise ConfigError("config key 'train.avg_top_k': averages of the best N epochs need 2 <= N <= "
                           f"train.keep_top_k (the epochs kept on disk), got {cfg.train.avg_top_k} with "
                           f"train.keep_top_k={cfg.train.keep_top_k}; e.g. train.keep_top_k=3 train.avg_top_k=3")
-    edges, drop = cfg.data.age_edges, cfg.data.drop_ages
-    if edges == "auto":
-        edges = [30, 60] if cfg.data.format != "mask" else [30, 58]  # whichever it resolves to is valid
-    if len(edges) != 2 or not 0 < edges[0] < edges[1] <= 120:
+    edges, drop = cfg.data.age_edges, cfg.data.drop_ages  # auto resolves to valid edges (defaults.py)
+    if edges != "auto" and (len(edges) != 2 or not 0 < edges[0] < edges[1] <= 120):
         raise ConfigError(f"config key 'data.age_edges': expected two ages [a, b] with 0 < a < b <= 120 (where the "
                           f"middle and the oldest bucket start; official [30, 60]), got {edges!r}")
-    if (edges != [30, 60] or drop) and cfg.data.format != "mask":
+    if (edges not in ("auto", [30, 60]) or drop) and cfg.data.format != "mask":
         raise ConfigError("config keys 'data.age_edges' / 'data.drop_ages' are for the mask layout (people with an "
                           f"age); data.format={cfg.data.format} has none")
     if any(not 0 <= a <= 120 for a in drop):

@@ -1,6 +1,6 @@
 """Defaults that depend on the data and the device: `data.img_size=auto`, `train.batch_size=data`,
-`data.num_workers=auto`, `data.age_edges=auto` and `train.sampler=auto`. Each is resolved once, before anything is built, logged with its reason,
-and saved resolved in the run's config.yaml and checkpoints.
+`data.num_workers=auto`, `data.age_edges=auto` and `train.sampler=auto`. Each is resolved once, before
+anything is built, logged with its reason, and saved resolved in the run's config.yaml and checkpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .data.competition import OFFICIAL_EDGES
 from .data.dataset import header_size
 from .models import pretrained_source, weights_norm
 
@@ -62,7 +63,7 @@ def workers_for(device: torch.device, cores: int) -> int:
 
 CONTEST_SHARE = 0.9  # the >=60 people at exactly 60 that make a data set contest-shaped
 CONTEST_MIN_OLD = 5  # fewer people aged 60+ than this say nothing about the shape
-CONTEST_EDGES = [30, 58]
+CONTEST_EDGES = (30, 58)
 
 
 def contest_shaped(ages: np.ndarray | None) -> tuple[bool, str]:
@@ -78,6 +79,24 @@ def contest_shaped(ages: np.ndarray | None) -> tuple[bool, str]:
     return share >= CONTEST_SHARE, f"{share:.0%} of the {len(old)} people aged 60+ are exactly 60"
 
 
+def contest_defaults(cfg: Config, ages: np.ndarray | None) -> list[str]:
+    """Resolve data.age_edges=auto and train.sampler=auto in place from the people's `ages`; the reasons."""
+    if "auto" not in (cfg.data.age_edges, cfg.train.sampler):
+        return []
+    shaped, why = contest_shaped(ages if cfg.data.format == "mask" else None)
+    reasons = []
+    if cfg.data.age_edges == "auto":
+        cfg.data.age_edges = list(CONTEST_EDGES if shaped else OFFICIAL_EDGES)
+        reasons.append(f"data.age_edges={cfg.data.age_edges}: {why}" + (
+            " (the contest's shape: 58+ train as >=60; validation and the submission stay official)" if shaped
+            else ""))
+    if cfg.train.sampler == "auto":
+        cfg.train.sampler = "balanced" if shaped else "shuffle"
+        reasons.append(f"train.sampler={cfg.train.sampler}" + (
+            f" (power {cfg.train.sampler_power}): contest-shaped data ({why})" if shaped else f": {why}"))
+    return reasons
+
+
 def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
     """(w, h) of an evenly spaced sample of `paths`, from the headers (EXIF rotation counted)."""
     picked = paths if len(paths) <= n else [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
@@ -91,18 +110,7 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
     appended to `notes` (for the run's train.log, which does not exist yet). `ages`: one per person
     (mask layout)."""
     cfg = copy.deepcopy(cfg)
-    reasons = []
-    if "auto" in (cfg.data.age_edges, cfg.train.sampler):
-        shaped, why = contest_shaped(ages if cfg.data.format == "mask" else None)
-        if cfg.data.age_edges == "auto":
-            cfg.data.age_edges = list(CONTEST_EDGES) if shaped else [30, 60]
-            reasons.append(f"data.age_edges={cfg.data.age_edges}: {why}" + (
-                " (the contest's shape: 58+ train as >=60; validation and the submission stay official)" if shaped
-                else ""))
-        if cfg.train.sampler == "auto":
-            cfg.train.sampler = "balanced" if shaped else "shuffle"
-            reasons.append(f"train.sampler={cfg.train.sampler}" + (
-                f" (power {cfg.train.sampler_power}): contest-shaped data ({why})" if shaped else f": {why}"))
+    reasons = contest_defaults(cfg, ages)
     if cfg.model.pretrained == "auto":
         cfg.model.pretrained = pretrained_source(cfg.model)
         reasons.append(f"model.pretrained={cfg.model.pretrained}: " + (
