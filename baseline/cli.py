@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         if name == "data":
             sp.add_argument("action", choices=["synth", "split", "check", "audit"])
-            sp.add_argument("source", nargs="?", help="audit: the experiment (or run) folder whose oof.csv to audit")
+            sp.add_argument("source", nargs="*", help="audit: the experiment (or run) folder whose oof.csv to audit; "
+                            "several: their out-of-fold probabilities averaged (a vote across runs)")
             sp.add_argument("--corrections", metavar="FILE",
                             help="audit: also write the gender/age suggestions as a data.corrections file to review")
         if name == "bench":
@@ -120,13 +121,15 @@ def data_command(action: str, cfg: Config, args=None) -> int:
     return 1 if errors else 0
 
 
-def audit_command(cfg: Config, source: str | None, corrections: str | None) -> int:
+def audit_command(cfg: Config, source: list[str] | None, corrections: str | None) -> int:
     from . import audit
 
     if not source:
         raise ConfigError("baseline data audit EXPERIMENT: name the experiment folder `baseline cv` wrote "
                           "(e.g. runs/<name>), whose oof.csv holds every training image's out-of-fold prediction")
     found, out = audit.run(cfg, source, corrections)
+    if len(source) > 1:
+        print(f"voted: the out-of-fold probabilities of {len(source)} experiments, averaged per image")
     shown = found.drop(columns=["path"]).head(20)
     print(shown.to_string(index=False) if len(found) else "no label issues found")
     fields = found["field"].value_counts().to_dict() if "field" in found.columns else {"images": len(found)}
@@ -236,9 +239,7 @@ def parse(argv: list[str] | None):
     args, rest = p.parse_known_args(argv)
     if getattr(args, "score", None) and "=" in args.score:  # `lb FILE key=value`: no SCORE, an override
         rest, args.score = [args.score, *rest], None
-    if getattr(args, "source", None) and "=" in args.source:  # `data check key=value`: an override
-        rest, args.source = [args.source, *rest], None
-    for many in ("compare", "members"):  # nargs="+" also swallows key=value overrides after the names
+    for many in ("compare", "members", "source"):  # nargs="+" also swallows key=value overrides after the names
         if getattr(args, many, None):
             rest += [a for a in getattr(args, many) if "=" in a]
             setattr(args, many, [a for a in getattr(args, many) if "=" not in a])

@@ -92,3 +92,56 @@ def test_audit_is_sure_of_confident_flags_away_from_an_age_edge_and_corrects_onl
     assert set(corrections(audit_people(oof, table, 0.6, 0), table)["id"]) == {"900", "901", "902"}
     assert near_edge(58, 1, 2, 2) and near_edge(61, 2, 1, 2) and not near_edge(57, 1, 2, 2)
     assert near_edge(29, 0, 1, 2) and not near_edge(45, 1, 0, 2)
+
+
+def test_audit_lists_a_confident_contradiction_that_cleanlab_does_not_count():
+    """A strong model predicts every clean person's gender at 0.97, so cleanlab's threshold for a class
+    is 0.97 and a flipped person predicted at 0.85 for the other gender is not in its confident joint."""
+    import numpy as np
+    from cleanlab.filter import find_label_issues
+
+    from baseline.audit import audit_people, field_of, marginal
+
+    clean = [(f"{i:03d}", i % 2, 20 + i % 30, i % 2, (20 + i % 30) // 30, 0.97) for i in range(60)]
+    oof, table = _people_oof(clean + [("900", 0, 24, 1, 0, 0.85)])
+    by_person = oof.groupby("group")
+    gender = np.stack(by_person.apply(lambda g: marginal(g[[f"p{k}" for k in range(18)]].to_numpy(), "gender")
+                                      .mean(0), include_groups=False))
+    given = by_person["label"].first().map(lambda y: field_of(np.array(y), "gender")).to_numpy()
+    assert not find_label_issues(given, gender, filter_by="prune_by_noise_rate")[-1]  # cleanlab alone misses it
+    found = audit_people(oof, table, min_score=0.6, age_margin=2).set_index(["id", "field"])
+    assert ("900", "gender") in found.index and found.loc[("900", "gender"), "sure"]
+    assert len(found) == 1  # and nothing clean is listed
+
+
+def test_audit_votes_several_experiments_by_averaging_their_oof(tmp_path):
+    import numpy as np
+
+    from baseline.audit import voted_oof
+    from baseline.cli import parse
+    from baseline.config import ConfigError
+    from baseline.oof import prob_columns
+
+    oof, _ = _people_oof([(f"{i:03d}", i % 2, 40, i % 2, 1, 0.8) for i in range(4)])
+    cols = prob_columns(oof)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    oof.to_csv(a / "oof.csv", index=False)
+    other = oof.copy()
+    other[cols] = np.roll(oof[cols].to_numpy(), 1, axis=1)
+    other.iloc[::-1].to_csv(b / "oof.csv", index=False)  # rows in another order: matched by path
+    voted = voted_oof([a, b])
+    assert np.allclose(voted[cols].to_numpy(), (oof[cols].to_numpy() + other[cols].to_numpy()) / 2)
+    assert (voted["pred"] == voted[cols].to_numpy().argmax(1)).all()
+
+    other["label"] = (other["label"] + 1) % 18  # trained on other labels: no vote
+    other.to_csv(b / "oof.csv", index=False)
+    with pytest.raises(ConfigError, match="other labels"):
+        voted_oof([a, b])
+    oof.iloc[1:].to_csv(b / "oof.csv", index=False)
+    with pytest.raises(ConfigError, match="other images"):
+        voted_oof([a, b])
+
+    args = parse(["data", "audit", str(a), str(b), "data.root=x", "--corrections", "f.csv"])
+    assert args.source == [str(a), str(b)] and args.overrides == ["data.root=x"] and args.corrections == "f.csv"
+    assert parse(["data", "check", "data.root=x"]).overrides == ["data.root=x"]
