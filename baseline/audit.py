@@ -19,17 +19,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from cleanlab.filter import find_label_issues
 
 from . import files
 from . import oof as oofs
 from .config import Config, ConfigError
-from .data.competition import AGE_NAMES, AGE_RANGES_OFFICIAL, GENDERS, MASK_NAMES
+from .data.competition import GENDERS, MASK_NAMES, OFFICIAL_EDGES, age_bucket
 from .data.layouts import read_table
 
 log = logging.getLogger("baseline")
 
-FIELDS = {"gender": GENDERS, "age": AGE_NAMES, "mask": MASK_NAMES}
+
+
+def age_ranges(edges=OFFICIAL_EDGES) -> list[tuple[int, int]]:
+    """The ages of each bucket for these edges (120: the readers' upper bound)."""
+    return [(0, edges[0] - 1), (edges[0], edges[1] - 1), (edges[1], 120)]
+
+
+def age_names(edges=OFFICIAL_EDGES) -> list[str]:
+    """<30, 30-59, >=60 for the official edges; <30, 30-57, >=58 for [30, 58]."""
+    return [f"<{edges[0]}", f"{edges[0]}-{edges[1] - 1}", f">={edges[1]}"]
 
 
 def field_of(labels: np.ndarray, field: str) -> np.ndarray:
@@ -80,6 +90,21 @@ def voted_oof(sources: list[Path]) -> pd.DataFrame:
     return voted
 
 
+def trained_edges(sources: list[Path]) -> tuple[int, int]:
+    """The age edges the experiments trained with (data.age_edges of their resolved config.yaml): the
+    OOF's age probabilities are over those buckets (with [30, 58] its third column means 58 and older),
+    so the audit buckets the given ages the same way."""
+    found = {}
+    for source in sources:
+        path = next((p for p in (source / "fold0" / "config.yaml", source / "config.yaml") if p.is_file()), None)
+        edges = ((yaml.safe_load(path.read_text()) or {}).get("data", {}).get("age_edges") if path else None)
+        found[source] = tuple(int(e) for e in edges) if isinstance(edges, list) else OFFICIAL_EDGES
+    if len(set(found.values())) > 1:
+        raise ConfigError(f"data audit: the experiments trained with other data.age_edges ({found}): their age "
+                          "probabilities are over other buckets and cannot be voted")
+    return next(iter(found.values()))
+
+
 def issues(labels: np.ndarray, probs: np.ndarray, min_score: float = 0.6) -> np.ndarray:
     """Boolean mask of the rows cleanlab calls label issues (confident learning, pruned by noise rate),
     and of those whose prediction is another label with probability min_score or more. Why both: a class
@@ -101,37 +126,56 @@ def person_ages(table) -> pd.Series:
     return table.df.drop_duplicates("group").set_index("group")["age"]
 
 
-def near_edge(age: int, given: int, suggested: int, margin: int) -> bool:
-    """Whether `age` is within `margin` years of the official edge between two age buckets (the edge is
-    the older bucket's first age: with margin 2, 58-61 are at the edge of 60)."""
-    edge = AGE_RANGES_OFFICIAL[max(given, suggested)][0]
+def near_edge(age: int, given: int, suggested: int, margin: int, edges=OFFICIAL_EDGES) -> bool:
+    """Whether `age` is within `margin` years of the edge between two age buckets (the edge is the older
+    bucket's first age: with margin 2 and the official edges, 58-61 are at the edge of 60)."""
+    edge = edges[max(given, suggested) - 1]
     return edge - margin <= age < edge + margin
 
 
-def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: int = 2) -> pd.DataFrame:
+def given_values(oof: pd.DataFrame, person: np.ndarray, ages: pd.Series, edges) -> dict[str, pd.Series]:
+    """Each person's given gender (the OOF's labels) and age bucket (their age in train.csv bucketed at the
+    experiment's edges), checked against the OOF: a person whose official bucket differs was trained on
+    other labels (another data.corrections) than this audit reads."""
+    labels = pd.Series(oof["label"].to_numpy())
+    gender = pd.Series(field_of(labels.to_numpy(), "gender")).groupby(person).agg(lambda s: s.mode().iloc[0])
+    trained = pd.Series(field_of(labels.to_numpy(), "age")).groupby(person).agg(lambda s: s.mode().iloc[0])
+    official = ages.loc[trained.index].map(age_bucket)
+    if (official != trained).any():
+        pid = trained.index[(official != trained).to_numpy()][0]
+        raise ConfigError(f"data audit: person {pid} is aged {ages[pid]} in the data but the experiment's "
+                          f"labels say {age_names()[trained[pid]]}: audit with the data.corrections it trained on")
+    return {"gender": gender, "age": ages.loc[trained.index].map(lambda a: age_bucket(a, edges))}
+
+
+def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: int = 2,
+                 edges=OFFICIAL_EDGES) -> pd.DataFrame:
     """Mask layout: one row per suspected (person, field): id, field, given, suggested, score (the mean
-    out-of-fold probability of the suggested value), sure (confident and not at an age edge), a photo."""
+    out-of-fold probability of the suggested value), sure (confident and not at an age edge), a photo.
+    Ages are in the buckets of `edges`, the ones the experiment trained with."""
     by_path = table.df.set_index("path")
     missing = ~oof["path"].isin(by_path.index)
     if missing.any():
         raise ConfigError(f"data audit: {int(missing.sum())} image(s) of the OOF are not in the data under "
                           f"data.root, e.g. '{oof['path'][missing].iloc[0]}' (another data root or data set?)")
-    probs, labels = oofs.probs(oof), oof["label"].to_numpy()
+    probs = oofs.probs(oof)
     person = by_path.loc[oof["path"], "group"].astype(str).to_numpy()
     ages = person_ages(table)
+    names = {"gender": GENDERS, "age": age_names(edges)}
+    givens = given_values(oof, person, ages, edges)
+    first = pd.Series(oof["path"].to_numpy()).groupby(person).first()  # the picture shows one photo
     rows = []
     for field in ("gender", "age"):
         m = pd.DataFrame(marginal(probs, field)).groupby(person).mean()
-        given = pd.Series(field_of(labels, field)).groupby(person).agg(lambda s: s.mode().iloc[0])
-        given = given.loc[m.index].to_numpy()
+        given = givens[field].loc[m.index].to_numpy()
         flagged = issues(given, m.to_numpy(), min_score)
-        first = pd.Series(oof["path"].to_numpy()).groupby(person).first()  # the picture shows one photo
         for pid, g, p in zip(m.index[flagged], given[flagged], m.to_numpy()[flagged]):
             s = int(p.argmax())
-            edge = field == "age" and near_edge(int(ages[pid]), int(g), s, age_margin)
-            rows.append({"id": pid, "field": field, "given": FIELDS[field][g], "suggested": FIELDS[field][s],
+            edge = field == "age" and near_edge(int(ages[pid]), int(g), s, age_margin, edges)
+            rows.append({"id": pid, "field": field, "given": names[field][g], "suggested": names[field][s],
                          "score": round(float(p[s]), 4), "sure": bool(p[s] >= min_score and not edge),
                          "path": first[pid]})
+    labels = oof["label"].to_numpy()
     mask_p, mask_y = marginal(probs, "mask"), field_of(labels, "mask")
     flagged = issues(mask_y, mask_p, min_score)
     for i in np.flatnonzero(flagged):
@@ -155,17 +199,17 @@ def audit_images(oof: pd.DataFrame, classes: list[str], min_score: float = 0.6) 
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def corrections(found: pd.DataFrame, table) -> pd.DataFrame:
+def corrections(found: pd.DataFrame, table, edges=OFFICIAL_EDGES) -> pd.DataFrame:
     """The sure gender and age suggestions in the data.corrections format (id, field, value). An age moves
-    to the nearest age of the suggested bucket (58 suggested >=60 becomes 60): the smallest change that
-    makes the label what the predictions say. Mask states come from file names, so they are not here."""
+    to the nearest age of the suggested bucket of `edges` (45 suggested <30 becomes 29): the smallest change
+    that makes the label what the predictions say. Mask states come from file names, so they are not here."""
     ages = person_ages(table)
     out = []
     for r in found[found["field"].isin(["gender", "age"]) & found["sure"]].itertuples():
         if r.field == "gender":
             value = r.suggested
         else:
-            lo, hi = AGE_RANGES_OFFICIAL[AGE_NAMES.index(r.suggested)]
+            lo, hi = age_ranges(edges)[age_names(edges).index(r.suggested)]
             value = int(np.clip(int(ages[str(r.id)]), lo, hi))
         out.append({"id": r.id, "field": r.field, "value": value})
     return pd.DataFrame(out, columns=["id", "field", "value"])
@@ -174,11 +218,14 @@ def corrections(found: pd.DataFrame, table) -> pd.DataFrame:
 def run(cfg: Config, sources: list[str], corrections_out: str | None = None) -> tuple[pd.DataFrame, Path]:
     """Audit `sources` (experiment or run folders; several are voted): writes label_issues.csv (and .png)
     in the first, and the corrections file if asked; returns the issues and the csv path."""
-    folder = Path(sources[0])
-    oof = voted_oof([Path(s) for s in sources])
+    folder, paths = Path(sources[0]), [Path(s) for s in sources]
+    oof = voted_oof(paths)
     table = read_table(cfg)
     a = cfg.audit
-    found = (audit_people(oof, table, a.min_score, a.age_margin) if cfg.data.format == "mask" else
+    edges = trained_edges(paths) if cfg.data.format == "mask" else OFFICIAL_EDGES
+    if edges != OFFICIAL_EDGES:
+        log.info("data audit: ages in the buckets the experiment trained with, data.age_edges=%s", list(edges))
+    found = (audit_people(oof, table, a.min_score, a.age_margin, edges) if cfg.data.format == "mask" else
              audit_images(oof, table.classes, a.min_score))
     out = folder / "label_issues.csv"
     files.write_csv(out, found)
@@ -187,7 +234,7 @@ def run(cfg: Config, sources: list[str], corrections_out: str | None = None) -> 
         if cfg.data.format != "mask":
             raise ConfigError("data audit --corrections: data.corrections is for the mask layout (people with a "
                               "gender and an age); for csv/folder data fix the labels the audit lists in the CSV")
-        files.write_csv(Path(corrections_out), corrections(found, table))
+        files.write_csv(Path(corrections_out), corrections(found, table, edges))
     return found, out
 
 

@@ -145,3 +145,40 @@ def test_audit_votes_several_experiments_by_averaging_their_oof(tmp_path):
     args = parse(["data", "audit", str(a), str(b), "data.root=x", "--corrections", "f.csv"])
     assert args.source == [str(a), str(b)] and args.overrides == ["data.root=x"] and args.corrections == "f.csv"
     assert parse(["data", "check", "data.root=x"]).overrides == ["data.root=x"]
+
+
+def test_audit_reads_ages_in_the_buckets_the_experiment_trained_with(tmp_path):
+    """An experiment trained with data.age_edges=[30, 58]: its OOF's third age column means 58 and older.
+    A 58 it predicts there is no issue; a 60 it puts at 30-57 is more than 2 years from the edge (sure)."""
+    from baseline.audit import audit_people, corrections, trained_edges
+    from baseline.config import ConfigError, load_config, save_yaml
+    from baseline.data.competition import age_bucket
+
+    edges = (30, 58)
+    ages = [20, 24, 27, 35, 41, 45, 52, 58, 60, 60]
+    clean = [(f"{i:03d}", i % 2, ages[i % 10], i % 2, age_bucket(ages[i % 10], edges), 0.8) for i in range(60)]
+    wrong = [("901", 1, 60, 1, 1, 0.85),   # given 60, looks 30-57: sure at these edges
+             ("902", 0, 57, 0, 2, 0.85)]   # given 57, looks 58+: at the edge of 58, listed but not sure
+    oof, table = _people_oof(clean + wrong)
+    found = audit_people(oof, table, 0.6, 2, edges).set_index(["id", "field"])
+    assert set(found.index) == {("901", "age"), ("902", "age")}  # the clean 58s predicted 58+ are no issue
+    assert found.loc[("901", "age"), "sure"] and found.loc[("901", "age"), "suggested"] == "30-57"
+    assert not found.loc[("902", "age"), "sure"]
+    fixes = corrections(found.reset_index(), table, edges)
+    assert fixes.to_dict("records") == [{"id": "901", "field": "age", "value": 57}]
+    official = audit_people(oof, table, 0.6, 2)  # the same OOF read at the official edges: the 58s flagged
+    fifty_eights = {f"{i:03d}" for i in range(7, 60, 10)}
+    assert fifty_eights <= set(official["id"]) and not official["sure"][official["id"].isin(fifty_eights)].any()
+
+    runs = []
+    for name, e in (("a", [30, 58]), ("b", [30, 58]), ("c", [30, 60])):
+        (tmp_path / name / "fold0").mkdir(parents=True)
+        save_yaml(load_config(None, [f"data.age_edges=[{e[0]},{e[1]}]"]), tmp_path / name / "fold0" / "config.yaml")
+        runs.append(tmp_path / name)
+    assert trained_edges(runs[:2]) == (30, 58) and trained_edges([tmp_path]) == (30, 60)  # no config: official
+    with pytest.raises(ConfigError, match="other data.age_edges"):
+        trained_edges(runs)
+
+    table.df.loc[table.df["group"] == "901", "age"] = 45  # the data says 45, the experiment trained a 60
+    with pytest.raises(ConfigError, match="person 901 is aged 45"):
+        audit_people(oof, table, 0.6, 2, edges)
