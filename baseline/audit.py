@@ -105,13 +105,15 @@ def trained_edges(sources: list[Path]) -> tuple[int, int]:
     return next(iter(found.values()))
 
 
-def issues(labels: np.ndarray, probs: np.ndarray, min_score: float = 0.6) -> np.ndarray:
+def issues(labels: np.ndarray, probs: np.ndarray, min_score: float | None = None) -> np.ndarray:
     """Boolean mask of the rows cleanlab calls label issues (confident learning, pruned by noise rate),
-    and of those whose prediction is another label with probability min_score or more. Why both: a class
-    is only counted as another class's when its probability beats that class's mean self-confidence; with
-    a strong model that mean is 0.95 and a person at 0.85 for the other gender is not counted (measured:
-    both flipped genders of contest_b went unlisted by a 96-px 10-epoch cv)."""
-    confident = (probs.argmax(1) != labels) & (probs.max(1) >= min_score)
+    and, with a min_score, of those whose prediction is another label with at least that probability.
+    Why both, for people: a row only counts as another class's when its probability beats that class's
+    mean self-confidence; with a strong model that mean is 0.95 and a person at 0.85 for the other gender
+    is not counted (measured: a 96-px 10-epoch cv left both flipped genders of contest_b unlisted). Photos
+    are many, and a weak model's confident mistakes on them would swamp the list (a 48-px test_resnet cv:
+    19 people with sure flags for 6 wrong), so they get cleanlab alone."""
+    confident = (probs.argmax(1) != labels) & (probs.max(1) >= (np.inf if min_score is None else min_score))
     if len(labels) < probs.shape[1] or len(np.unique(labels)) < 2:
         return confident
     present = np.unique(labels)  # cleanlab needs an example of every class it is shown
@@ -177,7 +179,7 @@ def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: i
                          "path": first[pid]})
     labels = oof["label"].to_numpy()
     mask_p, mask_y = marginal(probs, "mask"), field_of(labels, "mask")
-    flagged = issues(mask_y, mask_p, min_score)
+    flagged = issues(mask_y, mask_p)
     for i in np.flatnonzero(flagged):
         s = int(mask_p[i].argmax())
         rows.append({"id": person[i], "field": "mask", "given": MASK_NAMES[mask_y[i]], "suggested": MASK_NAMES[s],
@@ -190,7 +192,7 @@ def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: i
 def audit_images(oof: pd.DataFrame, classes: list[str], min_score: float = 0.6) -> pd.DataFrame:
     """CSV / folder layouts: one row per suspected image."""
     probs, labels = oofs.probs(oof), oof["label"].to_numpy()
-    flagged = issues(labels, probs, min_score)
+    flagged = issues(labels, probs)
     rows = [{"image": oof["image"].iloc[i] if "image" in oof.columns else oof["path"].iloc[i],
              "given": classes[labels[i]], "suggested": classes[int(probs[i].argmax())],
              "score": round(float(probs[i].max()), 4), "sure": bool(probs[i].max() >= min_score),
