@@ -31,7 +31,6 @@ from .data.layouts import read_table
 log = logging.getLogger("baseline")
 
 
-
 def age_ranges(edges=OFFICIAL_EDGES) -> list[tuple[int, int]]:
     """The ages of each bucket for these edges (120: the readers' upper bound)."""
     return [(0, edges[0] - 1), (edges[0], edges[1] - 1), (edges[1], 120)]
@@ -128,11 +127,11 @@ def person_ages(table) -> pd.Series:
     return table.df.drop_duplicates("group").set_index("group")["age"]
 
 
-def near_edge(age: int, given: int, suggested: int, margin: int, edges=OFFICIAL_EDGES) -> bool:
-    """Whether `age` is within `margin` years of the edge between two age buckets (the edge is the older
-    bucket's first age: with margin 2 and the official edges, 58-61 are at the edge of 60)."""
-    edge = edges[max(given, suggested) - 1]
-    return edge - margin <= age < edge + margin
+def near_edge(age: int, suggested: int, margin: int, edges=OFFICIAL_EDGES) -> bool:
+    """Whether `age` is within `margin` years of the suggested age bucket (with margin 2 and the official
+    edges, 58-59 are at the edge of >=60 and 60-61 at that of 30-59; a 58 suggested <30 is not)."""
+    lo, hi = age_ranges(edges)[suggested]
+    return lo - margin <= age <= hi + margin
 
 
 def given_values(oof: pd.DataFrame, person: np.ndarray, ages: pd.Series, edges) -> dict[str, pd.Series]:
@@ -173,7 +172,7 @@ def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: i
         flagged = issues(given, m.to_numpy(), min_score)
         for pid, g, p in zip(m.index[flagged], given[flagged], m.to_numpy()[flagged]):
             s = int(p.argmax())
-            edge = field == "age" and near_edge(int(ages[pid]), int(g), s, age_margin, edges)
+            edge = field == "age" and near_edge(int(ages[pid]), s, age_margin, edges)
             rows.append({"id": pid, "field": field, "given": names[field][g], "suggested": names[field][s],
                          "score": round(float(p[s]), 4), "sure": bool(p[s] >= min_score and not edge),
                          "path": first[pid]})

@@ -90,8 +90,10 @@ def test_audit_is_sure_of_confident_flags_away_from_an_age_edge_and_corrects_onl
     assert set(zip(fixes["id"], fixes["field"])) == {("900", "age"), ("902", "gender")}
     assert fixes.set_index("id").loc["900", "value"] == 29  # the nearest age of the suggested bucket
     assert set(corrections(audit_people(oof, table, 0.6, 0), table)["id"]) == {"900", "901", "902"}
-    assert near_edge(58, 1, 2, 2) and near_edge(61, 2, 1, 2) and not near_edge(57, 1, 2, 2)
-    assert near_edge(29, 0, 1, 2) and not near_edge(45, 1, 0, 2)
+    assert near_edge(58, 2, 2) and near_edge(61, 1, 2) and not near_edge(57, 2, 2)  # (age, suggested, margin)
+    assert near_edge(29, 1, 2) and not near_edge(45, 0, 2)
+    assert not near_edge(60, 0, 2) and not near_edge(58, 0, 2, (30, 58))  # two buckets away: no edge question
+    assert not near_edge(60, 1, 2, (30, 58)) and near_edge(59, 1, 2, (30, 58))
 
 
 def test_audit_lists_a_confident_contradiction_that_cleanlab_does_not_count():
@@ -158,14 +160,16 @@ def test_audit_reads_ages_in_the_buckets_the_experiment_trained_with(tmp_path):
     ages = [20, 24, 27, 35, 41, 45, 52, 58, 60, 60]
     clean = [(f"{i:03d}", i % 2, ages[i % 10], i % 2, age_bucket(ages[i % 10], edges), 0.8) for i in range(60)]
     wrong = [("901", 1, 60, 1, 1, 0.85),   # given 60, looks 30-57: sure at these edges
-             ("902", 0, 57, 0, 2, 0.85)]   # given 57, looks 58+: at the edge of 58, listed but not sure
+             ("902", 0, 57, 0, 2, 0.85),   # given 57, looks 58+: at the edge of 58, listed but not sure
+             ("903", 0, 58, 0, 0, 0.85)]   # given 58, looks under 30: two buckets away, sure
     oof, table = _people_oof(clean + wrong)
     found = audit_people(oof, table, 0.6, 2, edges).set_index(["id", "field"])
-    assert set(found.index) == {("901", "age"), ("902", "age")}  # the clean 58s predicted 58+ are no issue
+    assert set(found.index) == {("901", "age"), ("902", "age"), ("903", "age")}  # clean 58s predicted 58+: fine
     assert found.loc[("901", "age"), "sure"] and found.loc[("901", "age"), "suggested"] == "30-57"
     assert not found.loc[("902", "age"), "sure"]
     fixes = corrections(found.reset_index(), table, edges)
-    assert fixes.to_dict("records") == [{"id": "901", "field": "age", "value": 57}]
+    assert sorted(fixes.to_dict("records"), key=str) == [{"id": "901", "field": "age", "value": 57},
+                                                         {"id": "903", "field": "age", "value": 29}]
     official = audit_people(oof, table, 0.6, 2)  # the same OOF read at the official edges: the 58s flagged
     fifty_eights = {f"{i:03d}" for i in range(7, 60, 10)}
     assert fifty_eights <= set(official["id"]) and not official["sure"][official["id"].isin(fifty_eights)].any()
