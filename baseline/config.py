@@ -213,7 +213,7 @@ class PseudoCfg:
 class AuditCfg:
     # `data audit`: label_issues.csv lists every flag for review; its `sure` ones (and only they go to
     # --corrections) have a suggested-label probability of at least min_score and, for an age, a given age
-    # more than age_margin years from the bucket edge it would cross (59 and 60 look alike: no model can
+    # more than age_margin years from the suggested bucket (59 and 60 look alike: no model can
     # say which side a person is on)
     min_score: float = 0.6
     age_margin: int = 2
