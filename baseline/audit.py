@@ -25,20 +25,10 @@ from cleanlab.filter import find_label_issues
 from . import files
 from . import oof as oofs
 from .config import Config, ConfigError
-from .data.competition import GENDERS, MASK_NAMES, OFFICIAL_EDGES, age_bucket
+from .data.competition import GENDERS, MASK_NAMES, OFFICIAL_EDGES, age_bucket, age_names, age_ranges
 from .data.layouts import read_table
 
 log = logging.getLogger("baseline")
-
-
-def age_ranges(edges=OFFICIAL_EDGES) -> list[tuple[int, int]]:
-    """The ages of each bucket for these edges (120: the readers' upper bound)."""
-    return [(0, edges[0] - 1), (edges[0], edges[1] - 1), (edges[1], 120)]
-
-
-def age_names(edges=OFFICIAL_EDGES) -> list[str]:
-    """<30, 30-59, >=60 for the official edges; <30, 30-57, >=58 for [30, 58]."""
-    return [f"<{edges[0]}", f"{edges[0]}-{edges[1] - 1}", f">={edges[1]}"]
 
 
 def field_of(labels: np.ndarray, field: str) -> np.ndarray:
@@ -138,9 +128,9 @@ def given_values(oof: pd.DataFrame, person: np.ndarray, ages: pd.Series, edges) 
     """Each person's given gender (the OOF's labels) and age bucket (their age in train.csv bucketed at the
     experiment's edges), checked against the OOF: a person whose official bucket differs was trained on
     other labels (another data.corrections) than this audit reads."""
-    labels = pd.Series(oof["label"].to_numpy())
-    gender = pd.Series(field_of(labels.to_numpy(), "gender")).groupby(person).agg(lambda s: s.mode().iloc[0])
-    trained = pd.Series(field_of(labels.to_numpy(), "age")).groupby(person).agg(lambda s: s.mode().iloc[0])
+    labels = oof["label"].to_numpy()
+    gender = pd.Series(field_of(labels, "gender")).groupby(person).agg(lambda s: s.mode().iloc[0])
+    trained = pd.Series(field_of(labels, "age")).groupby(person).agg(lambda s: s.mode().iloc[0])
     official = ages.loc[trained.index].map(age_bucket)
     if (official != trained).any():
         pid = trained.index[(official != trained).to_numpy()][0]

@@ -7,17 +7,26 @@ from __future__ import annotations
 STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]  # one person's images
 MASK_NAMES = ["wear", "incorrect", "not_worn"]
 GENDERS = ["male", "female"]
-AGE_NAMES = ["<30", "30-59", ">=60"]
-AGE_RANGES_OFFICIAL = [(0, 29), (30, 59), (60, 120)]  # the ages of each bucket (120: the readers' upper bound)
+OFFICIAL_EDGES = (30, 60)  # where the 30-59 and the >=60 buckets start
+
+
+def age_ranges(edges=OFFICIAL_EDGES) -> list[tuple[int, int]]:
+    """The ages of each bucket for these edges (120: the readers' upper bound)."""
+    return [(0, edges[0] - 1), (edges[0], edges[1] - 1), (edges[1], 120)]
+
+
+def age_names(edges=OFFICIAL_EDGES) -> list[str]:
+    """<30, 30-59, >=60 for the official edges; <30, 30-57, >=58 for [30, 58]."""
+    return [f"<{edges[0]}", f"{edges[0]}-{edges[1] - 1}", f">={edges[1]}"]
+
+
+AGE_NAMES = age_names()
 CLASSES = [f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDERS for a in AGE_NAMES]  # index = label
 
 
 def mask_of(stem: str) -> int:
     """0 worn (mask1..mask5), 1 incorrect, 2 not worn (normal)."""
     return 0 if stem.startswith("mask") else (1 if stem == "incorrect_mask" else 2)
-
-
-OFFICIAL_EDGES = (30, 60)  # where the 30-59 and the >=60 buckets start
 
 
 def age_bucket(age: int, edges=OFFICIAL_EDGES) -> int:
