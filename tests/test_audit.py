@@ -186,3 +186,29 @@ def test_audit_reads_ages_in_the_buckets_the_experiment_trained_with(tmp_path):
     table.df.loc[table.df["group"] == "901", "age"] = 45  # the data says 45, the experiment trained a 60
     with pytest.raises(ConfigError, match="person 901 is aged 45"):
         audit_people(oof, table, 0.6, 2, edges)
+
+
+def test_injected_ages_are_errors_a_photo_can_show(tmp_path):
+    """Every wrong age is in another official bucket and at least 3 years from the truth:
+    a true 60 written as 58 (the contest sets draw them alike) would be an error no audit could find.
+    The folder name says what train.csv says."""
+    import numpy as np
+
+    from baseline.data.competition import age_bucket
+    from baseline.data.contest import write_contest
+    from baseline.data.synth import _wrong_age
+
+    rng = np.random.default_rng(0)
+    for true in [*range(18, 61)] * 20:
+        written = _wrong_age(rng, true, oldest=60)
+        assert abs(written - true) >= 3 and 18 <= written <= 60, (true, written)
+        assert abs(age_bucket(written) - age_bucket(true)) == 1, (true, written)
+    root = write_contest(tmp_path / "c", "contest_a", people=40, seed=3, wrong=0.5)
+    injected = pd.read_csv(root / "train" / "injected.csv", dtype=str)
+    listed = pd.read_csv(root / "train" / "train.csv", dtype=str).set_index("id")
+    assert len(injected) == 20 and (injected["field"] == "age").any()
+    for r in injected.itertuples():
+        row = listed.loc[r.id]
+        assert row[r.field] == r.written != r.true
+        assert row.path == f"{r.id}_{row.gender}_{row.race}_{row.age}"
+        assert (root / "train" / "images" / row.path).is_dir()

@@ -23,6 +23,7 @@ from .competition import STEMS, age_bucket, mask_of
 W, H = 96, 128  # portrait, like the competition's 384x512
 RACES = ["Asian", "Black", "White"]
 SKINS = [(234, 192, 160), (198, 150, 110), (140, 95, 65), (250, 215, 185)]
+MIN_AGE_ERROR = 3  # years between a wrong age written and the true one
 HAIR = [(35, 25, 20), (125, 105, 85), (225, 225, 225)]  # by age bucket
 MASKS = [(245, 245, 245), (70, 120, 200), (30, 30, 30), (230, 150, 180), (120, 190, 140)]
 AGE_RANGES = [(18, 29), (30, 59), (60, 75)]
@@ -133,12 +134,14 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 def inject_label_errors(root: str | Path, share: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """Write wrong labels into a competition-layout data set, as the real one had: for `share` of the
     people, train.csv and the folder name state the other gender, or an age in a neighbouring bucket
-    (the photos keep showing the truth). Returns what was changed: id, field, true, written."""
+    at least MIN_AGE_ERROR years from the true one (the photos keep showing the truth). Returns what was
+    changed: id, field, true, written."""
     root = Path(root)
     listed = root / "train" / "train.csv"
     df = pd.read_csv(listed, dtype=str)
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(df), size=max(1, round(share * len(df))), replace=False)
+    oldest = max(int(a) for a in df["age"])
     changed = []
     for i in picked:
         row = df.loc[i]
@@ -147,15 +150,29 @@ def inject_label_errors(root: str | Path, share: float = 0.05, seed: int = 0) ->
             df.loc[i, "gender"] = written = "male" if true == "female" else "female"
         else:
             field, true = "age", row.age
-            bucket = age_bucket(int(true))
-            to = bucket + (1 if bucket < 2 and (bucket == 0 or rng.random() < 0.5) else -1)
-            lo, hi = AGE_RANGES[to]
-            # ages as the data has them: a set whose oldest are all 60 (the contest) gets 60, not 61-75
-            hi = min(hi, max(int(a) for a in df["age"])) if to == 2 else hi
-            df.loc[i, "age"] = written = str(int(rng.integers(lo, hi, endpoint=True)))
+            df.loc[i, "age"] = written = str(_wrong_age(rng, int(true), oldest))
         folder = f"{row.id}_{df.loc[i, 'gender']}_{row.race}_{df.loc[i, 'age']}"
         (root / "train" / "images" / row.path).rename(root / "train" / "images" / folder)
         df.loc[i, "path"] = folder
         changed.append({"id": row.id, "field": field, "true": true, "written": written})
     df.to_csv(listed, index=False)
     return pd.DataFrame(changed)
+
+
+def _wrong_age(rng: np.random.Generator, true: int, oldest: int) -> int:
+    """An age in a neighbouring bucket at least MIN_AGE_ERROR years from the true one. Closer is no
+    error a photo can show (the contest sets draw 58 and 60 alike) and no error a team would fix."""
+    bucket = age_bucket(true)
+    to = bucket + (1 if bucket < 2 and (bucket == 0 or rng.random() < 0.5) else -1)
+    ages = _ages_far_from(true, to, oldest)
+    if not ages:  # a 58 whose only older bucket is 60: the error goes the other way
+        to = 2 * bucket - to
+        ages = _ages_far_from(true, to, oldest)
+    return ages[int(rng.integers(len(ages)))]
+
+
+def _ages_far_from(true: int, bucket: int, oldest: int) -> list[int]:
+    lo, hi = AGE_RANGES[bucket]
+    # ages as the data has them: a set whose oldest are all 60 (the contest) gets 60, not 61-75
+    hi = min(hi, oldest) if bucket == 2 else hi
+    return [a for a in range(lo, hi + 1) if abs(a - true) >= MIN_AGE_ERROR]
