@@ -6,11 +6,13 @@ age, so their out-of-fold probabilities are summed into each field's marginal (g
 3-way) and averaged over the photos before cleanlab sees them; the mask state is per photo. Elsewhere the
 unit is the image. Several experiments on the same data are voted: their out-of-fold probabilities are
 averaged per image before anything is flagged (a stronger, steadier OOF). Every flag is listed for review;
-the `sure` ones are confident (audit.min_score) and, for an age, not at a bucket edge (audit.age_margin):
-where the age cue grows year by year, a 60 and a 58 look alike and a model's bucket probabilities cannot say
-which side of 60 a person is on (measured on the contest-like sets: most age flags at the edge were true 60s
-suggested 30-59). Nothing is changed: `--corrections FILE` writes the sure gender and age suggestions in the
-`data.corrections` format, which training uses only when the user passes it."""
+the `sure` ones are confident (audit.min_score) and, for an age, not at a bucket edge (audit.age_margin)
+unless very confident (audit.edge_score): where the age cue grows year by year, a 60 and a 58 look alike and
+a model's bucket probabilities rarely say which side of 60 a person is on (measured on the contest-like
+sets: most age flags at the edge were true 60s suggested 30-59; people given an age next to the edge gave
+the other bucket 0.51-0.84, a true 60 written 56 gave 58+ 0.87-0.91). Nothing is changed: `--corrections
+FILE` writes the sure gender and age suggestions in the `data.corrections` format, which training uses
+only when the user passes it."""
 
 from __future__ import annotations
 
@@ -140,10 +142,10 @@ def given_values(oof: pd.DataFrame, person: np.ndarray, ages: pd.Series, edges) 
 
 
 def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: int = 2,
-                 edges=OFFICIAL_EDGES) -> pd.DataFrame:
+                 edges=OFFICIAL_EDGES, edge_score: float = 0.85) -> pd.DataFrame:
     """Mask layout: one row per suspected (person, field): id, field, given, suggested, score (the mean
-    out-of-fold probability of the suggested value), sure (confident and not at an age edge), a photo.
-    Ages are in the buckets of `edges`, the ones the experiment trained with."""
+    out-of-fold probability of the suggested value), sure (confident, and for an age at the edge at least
+    edge_score), a photo. Ages are in the buckets of `edges`, the ones the experiment trained with."""
     by_path = table.df.set_index("path")
     missing = ~oof["path"].isin(by_path.index)
     if missing.any():
@@ -162,7 +164,7 @@ def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: i
         flagged = issues(given, m.to_numpy(), min_score)
         for pid, g, p in zip(m.index[flagged], given[flagged], m.to_numpy()[flagged]):
             s = int(p.argmax())
-            edge = field == "age" and near_edge(int(ages[pid]), s, age_margin, edges)
+            edge = field == "age" and near_edge(int(ages[pid]), s, age_margin, edges) and p[s] < edge_score
             rows.append({"id": pid, "field": field, "given": names[field][g], "suggested": names[field][s],
                          "score": round(float(p[s]), 4), "sure": bool(p[s] >= min_score and not edge),
                          "path": first[pid]})
@@ -216,8 +218,8 @@ def run(cfg: Config, sources: list[str], corrections_out: str | None = None) -> 
     edges = trained_edges(paths) if cfg.data.format == "mask" else OFFICIAL_EDGES
     if edges != OFFICIAL_EDGES:
         log.info("data audit: ages in the buckets the experiment trained with, data.age_edges=%s", list(edges))
-    found = (audit_people(oof, table, a.min_score, a.age_margin, edges) if cfg.data.format == "mask" else
-             audit_images(oof, table.classes, a.min_score))
+    found = (audit_people(oof, table, a.min_score, a.age_margin, edges, a.edge_score)
+             if cfg.data.format == "mask" else audit_images(oof, table.classes, a.min_score))
     out = folder / "label_issues.csv"
     files.write_csv(out, found)
     picture(found, folder / "label_issues.png")

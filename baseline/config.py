@@ -213,10 +213,13 @@ class PseudoCfg:
 class AuditCfg:
     # `data audit`: label_issues.csv lists every flag for review; its `sure` ones (and only they go to
     # --corrections) have a suggested-label probability of at least min_score and, for an age, a given age
-    # more than age_margin years from the suggested bucket (59 and 60 look alike: no model can
-    # say which side a person is on)
+    # more than age_margin years from the suggested bucket (59 and 60 look alike: a model's bucket
+    # probabilities rarely say which side a person is on), or a probability of at least edge_score (people
+    # given an age next to the edge scored the other bucket at 0.51-0.84 on contest_a and contest_b; a 60
+    # written 56, at the edge of 58, at 0.87-0.91)
     min_score: float = 0.6
     age_margin: int = 2
+    edge_score: float = 0.85
 
 
 @dataclass
@@ -497,6 +500,7 @@ RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.sampler_power", 0, 1, "in 0..1"), ("pseudo.threshold", 0, 1, "a probability in 0..1"),
     ("train.cutmix_same_class", 0, 1, "a probability in 0..1"),
     ("audit.min_score", 0, 1, "a probability in 0..1"), ("audit.age_margin", 0, 60, "years, 0..60"),
+    ("audit.edge_score", 0, 1, "a probability in 0..1"),
     ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
     ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
     ("train.threads", 1, 1024, "1..1024 or 'auto'"),

@@ -78,18 +78,21 @@ def test_audit_is_sure_of_confident_flags_away_from_an_age_edge_and_corrects_onl
     ages = [20, 24, 27, 35, 41, 45, 52, 55, 60, 60]
     clean = [(f"{i:03d}", i % 2, ages[i % 10], i % 2, age_bucket(ages[i % 10]), 0.8) for i in range(60)]
     wrong = [("900", 0, 45, 0, 0, 0.9),    # given 45, looks under 30: far from an edge, sure
-             ("901", 1, 60, 1, 1, 0.85),   # given 60, looks 30-59: at the edge of 60, listed but not sure
-             ("902", 0, 24, 1, 0, 0.95)]   # given male, looks female: sure
+             ("901", 1, 60, 1, 1, 0.75),   # given 60, looks 30-59 (0.82): at the edge of 60, listed, not sure
+             ("902", 0, 24, 1, 0, 0.95),   # given male, looks female: sure
+             ("903", 0, 58, 0, 2, 0.92)]   # given 58, looks >=60 at 0.94: at the edge but past edge_score
     oof, table = _people_oof(clean + wrong)
-    found = audit_people(oof, table, min_score=0.6, age_margin=2)
+    found = audit_people(oof, table, min_score=0.6, age_margin=2, edge_score=0.85)
     by = found.set_index(["id", "field"])
-    assert set(by.index) == {("900", "age"), ("901", "age"), ("902", "gender")}
-    assert by.loc[("900", "age"), "sure"] and by.loc[("902", "gender"), "sure"]
+    assert set(by.index) == {("900", "age"), ("901", "age"), ("902", "gender"), ("903", "age")}
+    assert by.loc[("900", "age"), "sure"] and by.loc[("902", "gender"), "sure"] and by.loc[("903", "age"), "sure"]
     assert not by.loc[("901", "age"), "sure"]
     fixes = corrections(found, table)
-    assert set(zip(fixes["id"], fixes["field"])) == {("900", "age"), ("902", "gender")}
+    assert set(zip(fixes["id"], fixes["field"])) == {("900", "age"), ("902", "gender"), ("903", "age")}
     assert fixes.set_index("id").loc["900", "value"] == 29  # the nearest age of the suggested bucket
-    assert set(corrections(audit_people(oof, table, 0.6, 0), table)["id"]) == {"900", "901", "902"}
+    assert fixes.set_index("id").loc["903", "value"] == 60
+    assert "903" not in set(corrections(audit_people(oof, table, 0.6, 2, edge_score=1.0), table)["id"])
+    assert set(corrections(audit_people(oof, table, 0.6, 0), table)["id"]) == {"900", "901", "902", "903"}
     assert near_edge(58, 2, 2) and near_edge(61, 1, 2) and not near_edge(57, 2, 2)  # (age, suggested, margin)
     assert near_edge(29, 1, 2) and not near_edge(45, 0, 2)
     assert not near_edge(60, 0, 2) and not near_edge(58, 0, 2, (30, 58))  # two buckets away: no edge question
@@ -158,9 +161,10 @@ def test_audit_reads_ages_in_the_buckets_the_experiment_trained_with(tmp_path):
 
     edges = (30, 58)
     ages = [20, 24, 27, 35, 41, 45, 52, 58, 60, 60]
-    clean = [(f"{i:03d}", i % 2, ages[i % 10], i % 2, age_bucket(ages[i % 10], edges), 0.8) for i in range(60)]
+    # probabilities below audit.edge_score (0.85) at the edges: a field's marginal is p + 5 (1 - p) / 17
+    clean = [(f"{i:03d}", i % 2, ages[i % 10], i % 2, age_bucket(ages[i % 10], edges), 0.75) for i in range(60)]
     wrong = [("901", 1, 60, 1, 1, 0.85),   # given 60, looks 30-57: sure at these edges
-             ("902", 0, 57, 0, 2, 0.85),   # given 57, looks 58+: at the edge of 58, listed but not sure
+             ("902", 0, 57, 0, 2, 0.7),    # given 57, looks 58+ (0.79): at the edge of 58, listed but not sure
              ("903", 0, 58, 0, 0, 0.85)]   # given 58, looks under 30: two buckets away, sure
     oof, table = _people_oof(clean + wrong)
     found = audit_people(oof, table, 0.6, 2, edges).set_index(["id", "field"])
