@@ -94,6 +94,47 @@ def test_sigterm_finishes_the_step_writes_last_and_resumes_exactly(synth_root, t
     np.testing.assert_allclose(term[val].to_numpy(), whole[val].to_numpy(), rtol=0, atol=1e-6)
 
 
+BALANCED_DRAW = """
+import json, sys
+from baseline import dist, train
+from baseline.config import load_config
+from baseline.data.layouts import read_table
+from baseline.data.split import load_or_write_folds
+
+with dist.session("cpu") as env:
+    cfg = load_config(None, sys.argv[2:])
+    table = read_table(cfg)
+    fold, _ = load_or_write_folds(cfg, table)
+    data = train.build_loaders(cfg, env, *train.build_datasets(cfg, table, fold, None), 8)
+    data.train.sampler.set_epoch(2)
+    draws = dist.gather_objects(env, [int(i) for i, _ in data.train.sampler])
+    if env.is_main:
+        json.dump({"draws": draws, "labels": [int(y) for y in data.train.dataset.labels]}, open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_the_balanced_sampler_under_torchrun_splits_one_process_draw_between_two(synth_root, tmp_path):
+    """Two real processes (torchrun, gloo) build the training loader as a run does: their shares are
+    disjoint positions of the very draw one process makes, so every rank trains on its part of one
+    class-balanced epoch."""
+    script = tmp_path / "draw.py"
+    script.write_text(BALANCED_DRAW)
+    over = tiny_overrides(synth_root, tmp_path / "runs", **{"train.sampler": "balanced", "train.sampler_power": 1.0,
+                                                             "data.age_edges": "[30,60]"})
+    for n in (1, 2):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                            str(script), str(tmp_path / f"draw{n}.json"), *over], capture_output=True, text=True,
+                           env=clean_env(), timeout=300, cwd=os.getcwd())
+        assert r.returncode == 0, r.stderr[-3000:]
+    (one,), (a, b) = (json.loads((tmp_path / f"draw{n}.json").read_text())["draws"] for n in (1, 2))
+    assert len(a) == len(b) == len(one) // 2
+    assert [x for pair in zip(a, b) for x in pair] == one  # position by position: one draw, split
+    labels = np.asarray(json.loads((tmp_path / "draw1.json").read_text())["labels"])
+    counts = np.bincount(labels[one], minlength=18)[np.unique(labels)]
+    assert counts.max() < 3 * counts.min(), counts  # balanced: every present class about as often
+
+
 @pytest.mark.slow
 def test_nproc_2_relaunches_under_torchrun_and_evaluates_exactly_like_one_process(synth_root, tmp_path):
     runs = tmp_path / "runs"
