@@ -26,7 +26,7 @@ from cleanlab.filter import find_label_issues
 
 from . import files
 from . import oof as oofs
-from .config import Config, ConfigError
+from .config import AuditCfg, Config, ConfigError
 from .data.competition import GENDERS, MASK_NAMES, OFFICIAL_EDGES, age_bucket, age_names, age_ranges
 from .data.layouts import read_table
 
@@ -141,8 +141,9 @@ def given_values(oof: pd.DataFrame, person: np.ndarray, ages: pd.Series, edges) 
     return {"gender": gender, "age": ages.loc[trained.index].map(lambda a: age_bucket(a, edges))}
 
 
-def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: int = 2,
-                 edges=OFFICIAL_EDGES, edge_score: float = 0.85) -> pd.DataFrame:
+def audit_people(oof: pd.DataFrame, table, min_score: float = AuditCfg.min_score,
+                 age_margin: int = AuditCfg.age_margin, edges=OFFICIAL_EDGES,
+                 edge_score: float = AuditCfg.edge_score) -> pd.DataFrame:
     """Mask layout: one row per suspected (person, field): id, field, given, suggested, score (the mean
     out-of-fold probability of the suggested value), sure (confident, and for an age at the edge at least
     edge_score), a photo. Ages are in the buckets of `edges`, the ones the experiment trained with."""
@@ -180,7 +181,7 @@ def audit_people(oof: pd.DataFrame, table, min_score: float = 0.6, age_margin: i
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def audit_images(oof: pd.DataFrame, classes: list[str], min_score: float = 0.6) -> pd.DataFrame:
+def audit_images(oof: pd.DataFrame, classes: list[str], min_score: float = AuditCfg.min_score) -> pd.DataFrame:
     """CSV / folder layouts: one row per suspected image."""
     probs, labels = oofs.probs(oof), oof["label"].to_numpy()
     flagged = issues(labels, probs)

@@ -96,6 +96,8 @@ def test_sigterm_finishes_the_step_writes_last_and_resumes_exactly(synth_root, t
 
 BALANCED_DRAW = """
 import json, sys
+from pathlib import Path
+
 from baseline import dist, train
 from baseline.config import load_config
 from baseline.data.layouts import read_table
@@ -109,7 +111,7 @@ with dist.session("cpu") as env:
     data.train.sampler.set_epoch(2)
     draws = dist.gather_objects(env, [int(i) for i, _ in data.train.sampler])
     if env.is_main:
-        json.dump({"draws": draws, "labels": [int(y) for y in data.train.dataset.labels]}, open(sys.argv[1], "w"))
+        Path(sys.argv[1]).write_text(json.dumps({"draws": draws, "labels": list(map(int, data.train.dataset.labels))}))
 """
 
 
@@ -125,7 +127,7 @@ def test_the_balanced_sampler_under_torchrun_splits_one_process_draw_between_two
     for n in (1, 2):
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                             str(script), str(tmp_path / f"draw{n}.json"), *over], capture_output=True, text=True,
-                           env=clean_env(), timeout=300, cwd=os.getcwd())
+                           env=clean_env(), timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
     (one,), (a, b) = (json.loads((tmp_path / f"draw{n}.json").read_text())["draws"] for n in (1, 2))
     assert len(a) == len(b) == len(one) // 2
