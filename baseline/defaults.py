@@ -1,5 +1,5 @@
 """Defaults that depend on the data and the device: `data.img_size=auto`, `train.batch_size=data`,
-`data.num_workers=auto`, `data.age_edges=auto` and `train.sampler=auto`. Each is resolved once, before
+`data.num_workers=auto`, `train.channels_last=auto`, `data.age_edges=auto` and `train.sampler=auto`. Each is resolved once, before
 anything is built, logged with its reason, and saved resolved in the run's config.yaml and checkpoints.
 """
 
@@ -15,7 +15,7 @@ import torch
 from .config import Config
 from .data.competition import OFFICIAL_EDGES
 from .data.dataset import header_size
-from .models import pretrained_source, weights_norm
+from .models import bare, is_custom, pretrained_source, shapes_only, wants_channels_last, weights_norm
 
 log = logging.getLogger("baseline")
 
@@ -144,6 +144,13 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
         reasons.append(f"freeze.preset={cfg.freeze.preset}: " + (
             "pretrained weights (one head-only epoch, then everything)" if cfg.freeze.preset == "fine_tune"
             else "from scratch" if not cfg.model.pretrained else "the module names no head"))
+    if cfg.train.channels_last == "auto":
+        probe = bare(cfg.model, 2) if is_custom(cfg.model.name) else shapes_only(cfg.model, 2)
+        cfg.train.channels_last = wants_channels_last(probe, device)
+        reasons.append(f"train.channels_last={str(cfg.train.channels_last).lower()}: " + (
+            "on a GPU" if device.type == "cuda" else
+            f"{cfg.model.name} is a conv net (NHWC is 1.04-1.73x faster on the CPU)" if cfg.train.channels_last
+            else f"{cfg.model.name} is no conv net (NHWC measured slower for a ViT on the CPU)"))
     if cfg.data.num_workers == "auto":
         cfg.data.num_workers = workers_for(device, cores)
         reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type} ({cores} core(s) per process)")

@@ -58,6 +58,8 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Confi
     cfg = from_dict(saved["config"])
     model = models.create(replace(cfg.model, pretrained=False), len(saved["classes"]))  # its head too
     model.load_state_dict(ckpt.inference_weights(saved))
+    if models.channels_last(cfg.train.channels_last, model, device):  # the layout it trained in
+        model = model.to(memory_format=torch.channels_last)
     return model.to(device).eval(), cfg, saved["classes"]
 
 
@@ -93,7 +95,8 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
         log.info("test probabilities of %s from test_probs/%s", path, cached.name)
         return np.load(cached), classes
     mean, std, interp = norm_of(mcfg, model)
-    ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device))
+    ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device),
+                         channels_last=models.channels_last(mcfg.train.channels_last, model, env.device))
     workers = predict_workers(cfg, env)
     views = []
     for size in [hw] + [scaled(hw, s) for s in scales]:

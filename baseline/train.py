@@ -324,10 +324,11 @@ def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, saved: dict | None, n
     if env.device.type != "cuda":
         return cfg
     probe = models.create(replace(cfg.model, pretrained=False), n_cls).to(env.device)
-    if on_cuda_or(cfg.train.channels_last, env.device):
+    cl = models.channels_last(cfg.train.channels_last, probe, env.device)
+    if cl:
         probe = probe.to(memory_format=torch.channels_last)
     ctx = engine.StepCtx(env, torch.zeros(3, device=env.device), torch.ones(3, device=env.device),
-                         amp_dtype(cfg, env.device), on_cuda_or(cfg.train.channels_last, env.device))
+                         amp_dtype(cfg, env.device), cl)
     wanted = cfg.train.batch_size
     fits = dist.all_min(env, memory.largest_fitting(probe, ctx, n_cls, img_hw(cfg), wanted))
     del probe
@@ -363,7 +364,7 @@ def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> L
 
 
 def on_cuda_or(value: bool | str, device: torch.device) -> bool:
-    """A bool key whose `auto` means: on a GPU (train.channels_last, train.async_save)."""
+    """A bool key whose `auto` means: on a GPU (train.async_save)."""
     return device.type == "cuda" if value == "auto" else bool(value)
 
 
@@ -389,8 +390,8 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
     if env.device.type == "cuda":  # the fastest kernels for this run's fixed shapes; TF32 where fp32 remains
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    channels_last = on_cuda_or(cfg.train.channels_last, env.device)
-    if channels_last:
+    nhwc = models.channels_last(cfg.train.channels_last, model, env.device)
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.grad_checkpointing:
         models.set_grad_checkpointing(model, cfg.model.name)
@@ -400,7 +401,7 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
     mean, std = (mean if cfg.data.mean == "auto" else cfg.data.mean), (std if cfg.data.std == "auto" else cfg.data.std)
     dtype = amp_dtype(cfg, env.device)
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device), dtype,
-                         channels_last, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval,
+                         nhwc, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval,
                          stop=stop, on_train=freezer.frozen_bn_eval)
     return engine.Learner(
         model, ctx, build_loss(cfg, table.df["label"].to_numpy() if train_labels is None else train_labels, n_cls,
@@ -623,7 +624,7 @@ def average_best(run: Run) -> None:
     """The mean of the best train.avg_top_k epochs' weights, evaluated like an epoch: averaged.pt, and
     best.pt and oof.csv if it beats the best epoch (the run's summary says which won)."""
     cfg, state, learner = run.cfg, run.state, run.learner
-    names = [n for _, n in run.saver.top[: cfg.train.avg_top_k]]
+    names = [t[1] for t in run.saver.top[: cfg.train.avg_top_k]]
     if len(names) < 2:
         return
     target = learner.ema.module if learner.ema is not None else learner.model
@@ -632,7 +633,7 @@ def average_best(run: Run) -> None:
     dist.broadcast_module(run.env, target)
     logits, m = evaluate(run)
     epochs = sorted(int(n[5:8]) for n in names)
-    better = run.saver.better(m[cfg.train.monitor], state.best)
+    better = run.saver.better(m[cfg.train.monitor], state.best, m["val_loss"], best_loss(state))
     state.averaged = {"epochs": epochs, **m, "best": better}
     rngs = dist.gather_objects(run.env, ckpt.rng_state())
     if not run.env.is_main:
@@ -714,7 +715,8 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
            "lr": learner.optimizer.param_groups[0]["lr"], "trainable_params": learner.freezer.trainable_count(),
            "images_per_s": result["images"] / max(result["seconds"], 1e-9), "epoch_s": result["seconds"],
            **learner.freezer.group_lrs(learner.optimizer), **memory.report(run.env.device)}
-    is_best = logits is None or run.saver.better(metric, state.best)  # a refit's best is its latest epoch
+    # a refit's best is its latest epoch; a tie on the metric goes to the lower val loss
+    is_best = logits is None or run.saver.better(metric, state.best, m["val_loss"], best_loss(state))
     if is_best:
         state.best, state.best_epoch, state.best_row, state.bad_epochs = metric, epoch, row, 0
     else:
@@ -727,7 +729,7 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
             run.tracker.log({f"val_f1_class/{c}": float(f) for c, f in zip(state.classes, per_class)},
                             step=state.step)
         run.tracker.log_epoch(row)
-        run.saver.save(checkpoint_state(cfg, learner, state, rngs), epoch, metric, is_best)
+        run.saver.save(checkpoint_state(cfg, learner, state, rngs), epoch, metric, is_best, m["val_loss"])
         if is_best and logits is not None:
             write_oof(run.dir, run.loaders, logits, cfg.data.root)
         left = cfg.train.epochs - epoch
@@ -736,6 +738,19 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
                  epoch, cfg.train.epochs, result["loss"], m["val_loss"], m["val_acc"], m["val_f1"],
                  "  *best*" if is_best else "", result["seconds"], row["images_per_s"], eta)
     return row
+
+
+def best_loss(state: TrainState) -> float:
+    """The best epoch's validation loss (what breaks a tie on the monitored metric)."""
+    loss = (state.best_row or {}).get("val_loss")
+    return math.inf if loss is None or math.isnan(loss) else loss
+
+
+def tied_epochs(metrics: pd.DataFrame, monitor: str, best: float | None) -> list[int]:
+    """The epochs whose monitored metric equals the best one (saturated validation ties)."""
+    if best is None or monitor not in metrics or math.isnan(best):
+        return []
+    return metrics.loc[metrics[monitor] == best, "epoch"].astype(int).tolist()
 
 
 def should_stop(run: Run, row: dict) -> bool:
@@ -785,6 +800,19 @@ def write_figures(run_dir: Path, classes: list[str], oof: pd.DataFrame | None) -
         plots.worst_predictions(oof, classes, run_dir / "worst_predictions.png")
 
 
+def say_ties(run: Run) -> list[int] | None:
+    """The epochs that tied with the best on the monitored metric (saturated validation), said in the log;
+    None without a tie."""
+    cfg, state, path = run.cfg, run.state, run.dir / "metrics.csv"
+    tied = tied_epochs(pd.read_csv(path), cfg.train.monitor, state.best) if path.is_file() else []
+    if len(tied) < 2:
+        return None
+    log.info("%s %.4f at epochs %s: kept epoch %d by val loss (validation this small or easy saturates; a wider "
+             "validation fold tells these epochs apart)", cfg.train.monitor, state.best, ", ".join(map(str, tied)),
+             state.best_epoch)
+    return tied
+
+
 def write_summary(run: Run) -> dict:
     """summary.json, the figures and the tracker's final records (rank 0); the summary."""
     cfg, state, run_dir = run.cfg, run.state, run.dir
@@ -799,6 +827,7 @@ def write_summary(run: Run) -> dict:
         "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if run.env.is_main:
+        summary["best_tied_epochs"] = say_ties(run)
         files.write_json(run_dir / "summary.json", summary)
         run.tracker.summary({k: v for k, v in summary.items() if v is not None})
         oof = pd.read_csv(run_dir / "oof.csv") if (run_dir / "oof.csv").is_file() else None

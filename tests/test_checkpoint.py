@@ -1,9 +1,12 @@
 """Saver: one serialization per epoch, best/top-k as links to it, top-k order and eviction."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from baseline import checkpoint as ckpt
+from baseline.config import load_config
 
 
 def test_saver_serializes_once_and_links_best_and_top_k(tmp_path, monkeypatch):
@@ -20,7 +23,7 @@ def test_saver_serializes_once_and_links_best_and_top_k(tmp_path, monkeypatch):
     assert ckpt.load(tmp_path / "last.pt")["w"].item() == 4.0
     assert (tmp_path / "best.pt").stat().st_ino == (tmp_path / "epoch002.pt").stat().st_ino
     # the checkpoint carries the top-k list as it is after this epoch, so a resume evicts correctly
-    assert ckpt.load(tmp_path / "last.pt")["top"] == [[0.7, "epoch002.pt"], [0.6, "epoch003.pt"]]
+    assert [t[:2] for t in ckpt.load(tmp_path / "last.pt")["top"]] == [[0.7, "epoch002.pt"], [0.6, "epoch003.pt"]]
 
 
 def test_a_kill_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -63,3 +66,19 @@ def test_averaged_weights_are_the_mean_of_the_top_k_checkpoints_and_evaluated(ti
     best = torch.load(ck / "best.pt", weights_only=True)
     # best.pt is the average exactly when it won on the monitored metric
     assert ("averaged_epochs" in best) == summary["averaged"]["best"]
+
+
+def test_a_saturated_validation_keeps_the_tied_epoch_with_the_lower_val_loss(tiny, tmp_path, monkeypatch):
+    """val_f1 1.000 at every epoch (a small or easy validation fold): best.pt is the epoch of the lowest
+    val loss, not the first of the tie, and the log and summary say which epochs tied."""
+    from baseline import engine, train
+
+    losses = iter([0.30, 0.10, 0.20, 0.15])
+    monkeypatch.setattr(engine, "val_metrics", lambda logits, labels: {
+        "val_loss": next(losses), "val_acc": 1.0, "val_f1": 1.0})
+    summary = train.run(load_config(None, tiny(**{"train.epochs": 4, "run.name": "tie", "train.keep_top_k": 2})))
+    assert summary["best_epoch"] == 2 and summary["best_tied_epochs"] == [1, 2, 3, 4]
+    ckpts = tmp_path / "runs" / "tie" / "checkpoints"
+    assert ckpt.load(ckpts / "best.pt")["epoch"] == 2
+    assert sorted(p.name for p in ckpts.glob("epoch*.pt")) == ["epoch002.pt", "epoch004.pt"]
+    assert "val_f1 1.0000 at epochs 1, 2, 3, 4: kept epoch 2 by val loss" in (ckpts.parent / "train.log").read_text()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from baseline import defaults, recipe, train
+from baseline import defaults, models, recipe, train
 from baseline.cli import main
 from baseline.config import load_config
 
@@ -66,11 +66,23 @@ def test_resolve_says_why_and_keeps_explicit_values(tmp_path, caplog):
     text = caplog.text
     assert "batch_size=32 because 840 training images" in text and "96x128" in text
     assert out.data.mean == [0.485, 0.456, 0.406] and out.data.interpolation == "bilinear"  # resnet18, from scratch
+    assert out.train.channels_last is True and "resnet18 is a conv net" in text
     fixed = load_config(None, ["model.name=resnet18", "model.pretrained=false", "data.img_size=48",
                                "train.batch_size=8", "data.num_workers=1", "data.mean=[0.5,.5,.5]",
                                "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic", "freeze.preset=none",
-                               "data.age_edges=[30,60]", "train.sampler=shuffle"])
+                               "data.age_edges=[30,60]", "train.sampler=shuffle", "train.channels_last=false"])
     assert defaults.resolve(fixed, paths, 840, torch.device("cpu"), 1, 2, ages=np.array([60] * 9)) == fixed
+
+
+def test_channels_last_auto_is_on_for_conv_nets_and_off_for_a_vit_on_the_cpu(tmp_path):
+    img = tmp_path / "0.png"
+    Image.new("RGB", (64, 64)).save(img)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for name, on_cpu in [("tf_efficientnet_lite0", True), ("test_resnet", True), ("vit_tiny_patch16_224", False)]:
+        cfg = load_config(None, [f"model.name={name}", "model.pretrained=false", "data.img_size=64"])
+        assert defaults.resolve(cfg, [str(img)], 840, cpu, 1, 2).train.channels_last is on_cpu, name
+    vit = load_config(None, ["model.name=vit_tiny_patch16_224", "model.pretrained=false", "data.img_size=64"])
+    assert models.wants_channels_last(models.shapes_only(vit.model, 2), gpu)  # a GPU's tensor cores want NHWC
 
 
 def test_the_age_edge_and_balanced_sampling_follow_a_contest_shaped_data_set(tmp_path, caplog):
