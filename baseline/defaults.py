@@ -1,6 +1,7 @@
 """Defaults that depend on the data and the device: `data.img_size=auto`, `train.batch_size=data`,
-`data.num_workers=auto`, `train.channels_last=auto`, `data.age_edges=auto` and `train.sampler=auto`. Each is resolved once, before
-anything is built, logged with its reason, and saved resolved in the run's config.yaml and checkpoints.
+`data.num_workers=auto`, `train.channels_last=auto`, `data.age_edges=auto` and `train.sampler=auto`. Each
+is resolved once, before anything is built, logged with its reason, and saved resolved in the run's
+config.yaml and checkpoints.
 """
 
 from __future__ import annotations

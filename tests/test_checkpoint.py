@@ -1,7 +1,5 @@
 """Saver: one serialization per epoch, best/top-k as links to it, top-k order and eviction."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
