@@ -58,7 +58,8 @@ def run(cfg: Config, overrides: list[str]) -> list[tuple[str, str]]:
         t0 = time.perf_counter()
         r = bench.run(load_config(None, [*over, *extra]), batches=4 if cfg.bench.tiny else 20)
         rows += [(f"train img/s, {name}", f"kit {r['train_kit']:.1f} / limit {r['train_limit']:.1f} "
-                                          f"= {r['train_kit'] / r['train_limit']:.2f}"),
+                                          f"= {r['train_kit'] / r['train_limit']:.2f}; kit step "
+                                          f"{r['train_kit_step']:.1f} = {r['train_kit_step'] / r['train_limit']:.2f}"),
                  (f"inference img/s, {name}", f"{r['infer_kit']:.1f}"),
                  (f"seconds, {name}", f"{time.perf_counter() - t0:.0f}")]
     if cfg.bench.tiny:

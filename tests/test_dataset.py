@@ -1,6 +1,7 @@
 """Decode-once loading, cache modes, data check, and the benchmark's three ways."""
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +102,25 @@ def test_bench_reports_three_ways(tmp_path):
     root = write_synth(tmp_path / "b", people=20, seed=0)
     cfg = load_config(None, tiny_overrides(root, tmp_path / "runs", **{"data.cache": "ram"}))
     r = bench.run(cfg, batches=3, rounds=1)
-    for k in ("data_kit", "data_naive", "train_limit", "train_kit", "train_naive", "infer_kit", "infer_naive"):
+    for k in ("data_kit", "data_naive", "train_limit", "train_kit_step", "train_kit", "train_naive", "infer_kit",
+              "infer_naive"):
         assert r[k] > 0
     assert r["data_kit"] > r["data_naive"]  # the cache skips decoding
-    assert "kit/limit" in bench.report(r)
+    assert "kit step/limit" in bench.report(r) and "kit/limit" in bench.report(r)
+
+
+@pytest.mark.slow
+def test_the_bench_limit_is_a_plain_step_not_the_kits(tmp_path, monkeypatch):
+    """A kit step made 50 ms slower slows the kit's rows, never the limit: the limit is a plain
+    forward/backward/AdamW of its own."""
+    from baseline import engine
+
+    root = write_synth(tmp_path / "b", people=20, seed=0)
+    cfg = load_config(None, tiny_overrides(root, tmp_path / "runs", **{"data.cache": "ram"}))
+    real_step = engine._optimizer_step
+    monkeypatch.setattr(engine, "_optimizer_step", lambda *a: (time.sleep(0.05), real_step(*a))[1])
+    r = bench.run(cfg, batches=4, rounds=1)
+    assert r["train_kit_step"] < 16 / 0.05 < r["train_limit"]  # batch 16: at most 320 img/s with the sleep
 
 
 def test_data_check_reports_duplicates_across_folds(small, capsys):
