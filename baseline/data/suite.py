@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from .synth import write_synth
 
-MARKER = ".complete"  # written last, so a half-written set is rebuilt
+MARKER = ".complete-2"  # written last, so a half-written set is rebuilt (-2: with its labelled test part)
 
 
 @dataclass(frozen=True)
@@ -155,20 +156,32 @@ def _mask_writer(people: int, **kw) -> Callable[[Path, int], None]:
     return lambda root, div: write_synth(root, people=max(10, people // div), seed=11, **kw)
 
 
+TEST_CSV, TEST_DIR = "test_labels.csv", ".test"  # a labelled test part no layout reads (mask sets: eval/truth.csv)
+
+
+def _write_labelled(root: Path, csv_name: str, folder: str, items) -> None:
+    """(index, uint8 image, label) items as PNGs under root/folder and a csv of image,label."""
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    with open(root / csv_name, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        for i, img, label in items:
+            name = f"{folder}/{i:05d}.png"
+            Image.fromarray(img, "L").save(root / name)
+            w.writerow([name, str(label)])
+
+
 def write_digits_csv(root: Path, div: int) -> None:
-    """scikit-learn's digits (8x8 scans of handwriting, 10 classes) as PNGs and a train.csv."""
+    """scikit-learn's digits (8x8 scans of handwriting, 10 classes) as PNGs and a train.csv; a quarter
+    of them as the labelled test part."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     n = len(digits.images) // div
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    with open(root / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "label"])
-        for i in range(n):
-            name = f"images/{i:05d}.png"
-            Image.fromarray((digits.images[i] * (255 / 16)).astype(np.uint8), "L").save(root / name)
-            w.writerow([name, str(digits.target[i])])
+    cut = n * 3 // 4
+    scans = [(digits.images[i] * (255 / 16)).astype(np.uint8) for i in range(n)]
+    _write_labelled(root, "train.csv", "images", [(i, scans[i], digits.target[i]) for i in range(cut)])
+    _write_labelled(root, TEST_CSV, TEST_DIR, [(i, scans[i], digits.target[i]) for i in range(cut, n)])
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -192,27 +205,34 @@ def write_fashion_csv(root: Path, div: int, per_class: int = 200, seed: int = 3)
         raise FileNotFoundError(f"{images} is missing: apt-get install dataset-fashion-mnist")
     x, y = read_idx(images), read_idx(labels)
     rng = np.random.default_rng(seed)
-    picked = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), max(6, per_class // div), replace=False)
-                                     for c in range(10)]))
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    with open(root / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "label"])
-        for i in picked:
-            name = f"images/{i:05d}.png"
-            Image.fromarray(x[i], "L").save(root / name)
-            w.writerow([name, str(y[i])])
+    n, n_test = max(6, per_class // div), max(3, per_class // 2 // div)
+    drawn = [rng.choice(np.flatnonzero(y == c), n + n_test, replace=False) for c in range(10)]
+    picked = np.sort(np.concatenate([d[:n] for d in drawn]))
+    test = np.sort(np.concatenate([d[n:] for d in drawn]))  # other photos of the same split
+    _write_labelled(root, "train.csv", "images", [(i, x[i], y[i]) for i in picked])
+    _write_labelled(root, TEST_CSV, TEST_DIR, [(i, x[i], y[i]) for i in test])
 
 
 SHAPES = ["circle", "square", "triangle", "cross", "ring"]
 
 
 def write_shapes_folder(root: Path, div: int, per_class: int = 120, seed: int = 5) -> None:
-    """Square colour photos of five shapes on textured backgrounds, in the ImageFolder layout."""
+    """Square colour photos of five shapes on textured backgrounds, in the ImageFolder layout; the
+    labelled test part (half as many) in root/.test/<shape>/ and test_labels.csv."""
+    _draw_shapes(root, "", max(6, per_class // div), seed)
+    _draw_shapes(root, TEST_DIR, max(3, per_class // 2 // div), seed + 1000)
+    with open(root / TEST_CSV, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        for path in sorted((root / TEST_DIR).rglob("*.jpg")):
+            w.writerow([path.relative_to(root).as_posix(), path.parent.name])
+
+
+def _draw_shapes(root: Path, sub: str, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for shape in SHAPES:
-        (root / shape).mkdir(parents=True, exist_ok=True)
-        for i in range(max(6, per_class // div)):
+        (root / sub / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
             bg = rng.integers(0, 256, size=(8, 8, 3)).astype(np.uint8)
             img = Image.fromarray(bg).resize((64, 64), Image.BICUBIC)
             d = ImageDraw.Draw(img)
@@ -229,7 +249,8 @@ def write_shapes_folder(root: Path, div: int, per_class: int = 120, seed: int = 
                 d.rectangle([x - r / 3, y - r, x + r / 3, y + r], fill=col)
             else:
                 d.ellipse([x - r, y - r, x + r, y + r], outline=col, width=max(2, int(r / 3)))
-            img.rotate(rng.uniform(0, 360), resample=Image.BILINEAR).save(root / shape / f"{i:04d}.jpg", quality=90)
+            img.rotate(rng.uniform(0, 360), resample=Image.BILINEAR).save(root / sub / shape / f"{i:04d}.jpg",
+                                                                          quality=90)
 
 
 RARE_OLD = [0.47, 0.46, 0.07]  # the contest's share of people aged 60 and over is this small
@@ -254,6 +275,16 @@ SUITE = [
 ]
 
 
+
+
+def test_part(folder: Path, fmt: str) -> tuple[list[str], list[str]]:
+    """The set's labelled test images, which no training reads: (paths, label names; on the mask layout
+    the class index as a string, from eval/truth.csv)."""
+    mask = fmt == "mask"
+    table = pd.read_csv(folder / ("eval/truth.csv" if mask else TEST_CSV), dtype=str)
+    paths = [str(folder / "eval" / "images" / i) for i in table["ImageID"]] if mask else \
+        [str(folder / i) for i in table["image"]]
+    return paths, table["ans" if mask else "label"].tolist()
 
 
 def ensure(ds: DataSet, root: Path, div: int = 1) -> Path:
