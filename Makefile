@@ -46,16 +46,19 @@ split: $(STAMP) ## write the shared k-fold split file (ARGS="split.folds=5")
 check: $(STAMP) ## report on the data: classes, folds, sizes, unreadable files, duplicates
 	$(BIN)/baseline data check $(CONFIG_ARG) $(ARGS)
 
-train: $(STAMP) data ## train (CONFIG=file.yaml, ARGS="key=value ...", NPROC=N for torchrun)
+# the built-in data set is written only for runs on it: not when ARGS or a CONFIG file name their own data
+BUILTIN := $(if $(findstring data.root=,$(ARGS))$(CONFIG),,data)
+
+train: $(STAMP) $(BUILTIN) ## train (CONFIG=file.yaml, ARGS="key=value ...", NPROC=N for torchrun)
 	$(BIN)/baseline train --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
 
-cv: $(STAMP) data ## train every fold as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv (again: resumes)
+cv: $(STAMP) $(BUILTIN) ## train every fold as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv (again: resumes)
 	$(BIN)/baseline cv --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
 
 submit: $(STAMP) ## write submissions/<run>.csv from the newest run (ARGS="submit.checkpoints=[runs/a,runs/b]")
 	$(BIN)/baseline submit $(CONFIG_ARG) $(ARGS)
 
-sweep: $(STAMP) data ## run a sweep with Optuna, one run per trial (SWEEP=grid|random|bayes|file.yaml, NPROC, ARGS="sweep.storage=postgresql://..." to share it)
+sweep: $(STAMP) $(BUILTIN) ## run a sweep with Optuna, one run per trial (SWEEP=grid|random|bayes|file.yaml, NPROC, ARGS="sweep.storage=postgresql://..." to share it)
 	$(BIN)/baseline sweep $(SWEEP) --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
 
 sweep-report: $(STAMP) ## a sweep's trials, parameter importances and two pictures in its folder (SWEEP=name)
@@ -128,5 +131,6 @@ docker-submit: ## write a submission inside the image (data/, runs/, submissions
 	docker run --rm --gpus all --ipc=host -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
 		-v $(CURDIR)/submissions:/app/submissions $(IMAGE) baseline submit $(ARGS)
 
-clean: ## remove runs/, submissions/*.csv and caches (keeps data/ and .venv)
-	rm -rf runs .pytest_cache .ruff_cache submissions/*.csv
+clean: ## remove runs/, submissions/*.csv and caches (keeps data/, .venv and the team's submissions/ledger.csv)
+	rm -rf runs .pytest_cache .ruff_cache
+	find submissions -maxdepth 1 -name '*.csv' ! -name ledger.csv -delete 2>/dev/null || true

@@ -195,18 +195,26 @@ def audit_images(oof: pd.DataFrame, classes: list[str], min_score: float = Audit
 
 def corrections(found: pd.DataFrame, table, edges=OFFICIAL_EDGES) -> pd.DataFrame:
     """The sure gender and age suggestions in the data.corrections format (id, field, value). An age moves
-    to the nearest age of the suggested bucket of `edges` (45 suggested <30 becomes 29): the smallest change
-    that makes the label what the predictions say. Mask states come from file names, so they are not here."""
+    to the nearest age that is in the suggested bucket under both `edges` and the official ones (45 suggested
+    <30 becomes 29; with [30, 58], 45 suggested >=58 becomes 60, not 58, which the competition counts as
+    30-59): the smallest change that makes the label what the predictions say for training and for the
+    score. Mask states come from file names, so they are not here."""
     ages = person_ages(table)
     out = []
     for r in found[found["field"].isin(["gender", "age"]) & found["sure"]].itertuples():
         if r.field == "gender":
             value = r.suggested
         else:
-            lo, hi = age_ranges(edges)[age_names(edges).index(r.suggested)]
+            lo, hi = bucket_range(age_names(edges).index(r.suggested), edges)
             value = int(np.clip(int(ages[str(r.id)]), lo, hi))
         out.append({"id": r.id, "field": r.field, "value": value})
     return pd.DataFrame(out, columns=["id", "field", "value"])
+
+
+def bucket_range(bucket: int, edges) -> tuple[int, int]:
+    """The ages that are in `bucket` under `edges` and under the official edges alike."""
+    (lo, hi), (olo, ohi) = age_ranges(edges)[bucket], age_ranges(OFFICIAL_EDGES)[bucket]
+    return max(lo, olo), min(hi, ohi)
 
 
 def run(cfg: Config, sources: list[str], corrections_out: str | None = None) -> tuple[pd.DataFrame, Path]:

@@ -127,6 +127,11 @@ def check_members(members: list[Member]) -> None:
                               f"'{first.folder}' ({len(m.oof)} vs {len(first.oof)} rows): same split, other folds?")
         if probs_of(m.oof).shape[1] != probs_of(first.oof).shape[1]:
             raise ConfigError(f"ensemble member '{m.folder}' has another number of classes than '{first.folder}'")
+        differ = int((m.oof["label"].to_numpy() != first.oof["label"].to_numpy()).sum())
+        if differ:
+            raise ConfigError(f"ensemble member '{m.folder}' was validated on other labels than '{first.folder}' "
+                              f"({differ} of {len(m.oof)} OOF rows differ: one trained with data.corrections?); "
+                              "weights fitted against one member's labels favour it. Ensemble members of one labelling")
 
 
 def macro_f1(labels: np.ndarray, probs: np.ndarray, offsets: np.ndarray | None = None) -> float:

@@ -17,7 +17,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import cpus, defaults, dist, engine, ensemble, files, ledger, models, progress
-from .config import Config, ConfigError, from_dict, img_hw
+from .config import Config, ConfigError, DataCfg, from_dict, img_hw
 from .data import dataset as ds
 from .data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
 
@@ -200,12 +200,37 @@ def writable_target(out: Path) -> None:
         raise ConfigError(f"submit.out '{out}' cannot be written ({e.strerror or e}); choose another") from None
 
 
+TEST_KEYS = ("format", "root", "test_csv", "image_col", "label_col", "group_col", "allow_outside_root")
+
+
+def with_test_data(cfg: Config, checkpoint: Path, env: dist.Env) -> Config:
+    """The data whose test images a submission predicts: data.root as given; left at its default, the data
+    the checkpoints trained on (the first one's saved data.* keys), said in the log. A given root that is
+    not the one they trained on is said loudly (a teammate's copy of the data is fine; another data set with
+    the same class names would pass every check and score nothing)."""
+    trained = from_dict(ckpt.load(checkpoint, mmap=True)["config"]).data
+    same = Path(trained.root).resolve() == Path(cfg.data.root).resolve()
+    if cfg.data.root != DataCfg().root:
+        if not same and env.is_main:
+            log.warning("submit: data.root '%s' is not the folder the checkpoints trained on ('%s'): predicting the "
+                        "test images under '%s'; make sure it is the same competition's data", cfg.data.root,
+                        trained.root, cfg.data.root)
+        return cfg
+    if same:
+        return cfg
+    if env.is_main:
+        log.info("submit: predicting the test images of '%s', the data the checkpoints trained on (data.root=... to "
+                 "predict another)", trained.root)
+    return replace(cfg, data=replace(cfg.data, **{k: getattr(trained, k) for k in TEST_KEYS}))
+
+
 def submit(cfg: Config) -> Path:
     env = dist.setup(cfg.train.device)
     try:
         spec = ensemble.read(cfg.submit.ensemble) if cfg.submit.ensemble else None
         check_offsets_match_tta(cfg, spec)
         paths, weights = ensemble.checkpoints_and_weights(spec) if spec else (resolve_checkpoints(cfg), None)
+        cfg = with_test_data(cfg, paths[0], env)
         test = read_test_table(cfg)
         line = cpus.set_threads(cfg.train.threads, cpus.watch(env.local_world), predict_workers(cfg, env))
         if env.is_main:

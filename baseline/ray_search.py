@@ -10,13 +10,13 @@ from pathlib import Path
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from .ray_sweep import last_error
+from .ray_sweep import finished_run, last_error
 
 
 class StudySearch(OptunaSearch):
     def __init__(self, epochs: int, sweep_dir: str, **kwargs):
         super().__init__(**kwargs)
-        self._epochs = epochs  # a trial that stopped before them was stopped by the scheduler
+        self._epochs = epochs  # the base config's (a trial may set its own: its summary.json says how it ended)
         self._sweep_dir = sweep_dir
 
     def suggest(self, trial_id: str):
@@ -42,9 +42,22 @@ class StudySearch(OptunaSearch):
         ot.set_user_attr("epochs", done)
         if error:
             ot.set_user_attr("error", last_error(Path(self._sweep_dir) / f"{ot.user_attrs.get('run')}.log"))
-        elif result and done < self._epochs:  # stopped by ASHA: pruned, as Optuna's hyperband would mark it
+        elif result and not finished_run(Path(self._sweep_dir) / ot.user_attrs.get("run", "")):
+            # the run never wrote a finished summary: ASHA stopped it (pruned, as Optuna's hyperband marks it);
+            # a run that ended early on its own (train.early_stop, fewer train.epochs) says "finished"
             ot.set_user_attr("pruned_epoch", done)
-            self._ot_study.tell(ot, None, state=optuna.trial.TrialState.PRUNED)
+            told(lambda: self._ot_study.tell(ot, None, state=optuna.trial.TrialState.PRUNED))
             self._completed_trials.add(trial_id)
             return None
-        return super().on_trial_complete(trial_id, result, error)
+        return told(lambda: super(StudySearch, self).on_trial_complete(trial_id, result, error))
+
+
+def told(tell):
+    """A tell that the grid sampler cannot turn into an error: telling the grid's last point makes it call
+    Study.stop(), which Optuna refuses outside study.optimize (the trial's state is stored before that)."""
+    try:
+        return tell()
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+        return None

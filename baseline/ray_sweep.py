@@ -74,9 +74,10 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
     params = {k: v for k, v in config.items() if not k.startswith("_")}
     run_dir = Path(spec.sweep_dir) / name
     out = Path(spec.sweep_dir) / f"{name}.log"
-    if finished_run(run_dir, spec.epochs):  # done before an interruption Tune noticed: report it, train nothing
+    if finished_run(run_dir):  # done before an interruption Tune noticed: report it, train nothing
         report_rows(spec, epochs_of(run_dir), None)
         return
+    drop_stale_rows(run_dir)
     with open(out, "a") as f:
         proc = subprocess.Popen([*launch_command(spec.nproc, ["train"]), *trial_overrides(spec, params, name)],
                                 stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -109,11 +110,21 @@ def report_rows(spec: TrialSpec, rows: list[dict], best: float | None) -> float 
     return best
 
 
-def finished_run(run_dir: Path, epochs: int) -> bool:
+def finished_run(run_dir: Path) -> bool:
+    """The run ended on its own (all its epochs, or its early stop): not stopped by a scheduler, not failed."""
     from .rundir import read_json
 
-    summary = read_json(run_dir / "summary.json") or {}
-    return summary.get("status") == "finished" and (summary.get("epochs_done") or 0) >= epochs
+    return (read_json(run_dir / "summary.json") or {}).get("status") == "finished"
+
+
+def drop_stale_rows(run_dir: Path) -> None:
+    """metrics.csv cut to the epochs its last.pt holds, before a resumed trial reports anything: the resumed
+    run cuts them too, but only once it starts, and rows it then writes again would never be reported."""
+    from . import checkpoint as ckpt
+    from .tracking import truncate_metrics
+
+    last = run_dir / "checkpoints" / "last.pt"
+    truncate_metrics(run_dir / "metrics.csv", int(ckpt.load(last, mmap=True)["epoch"]) if last.is_file() else 0)
 
 
 class TrialFailed(RuntimeError):

@@ -160,10 +160,17 @@ def config_diff(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     return refused, allowed
 
 
-def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, path: Path, amp: str = "") -> None:
+def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, path: Path, amp: str = "",
+                 world_size: int | None = None) -> None:
     """Refuse a resume that would change what is learned, before anything is written. `amp`: the precision
-    this device would train in (train.amp=auto is bf16 on a GPU and off on the CPU, so moving a run changes it)."""
+    this device would train in (train.amp=auto is bf16 on a GPU and off on the CPU, so moving a run changes it).
+    `world_size`: this run's processes; another number would change the global batch, the LR schedule's
+    steps and which rows a mid-epoch resume skips."""
     refused, allowed = config_diff(saved.get("config", {}), to_dict(cfg))
+    was = (saved.get("batch_sizes") or {}).get("world_size")
+    if world_size is not None and was is not None and was != world_size:
+        refused.append(f"processes: the checkpoint trained with {was}, this run has {world_size} (resume with "
+                       f"--nproc {was})")
     if amp and saved.get("amp") and saved["amp"] != amp:
         refused.append(f"precision: the checkpoint trained with amp {saved['amp']}, this device would use {amp} "
                        f"(set train.amp={saved['amp']} to keep it)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import getpass
 import logging
 import math
@@ -83,7 +84,8 @@ def _train(cfg: Config, env: dist.Env) -> dict:
             if batch_from_data:
                 cfg = fit_data_batch(cfg, env, len(table.classes), saved, notes)
             if saved is not None:
-                rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from, amp_mode(cfg, env.device))
+                rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from, amp_mode(cfg, env.device),
+                                    env.world_size)
             cache = decode_images(cfg, table, env)  # every image decoded before the run folder is touched
             run_dir = resume_from.parent.parent if resume_from else Path(cfg.run.dir) / dist.broadcast_object(
                 env, rundir.run_name(cfg))
@@ -115,7 +117,7 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
         log.info("training labels: age buckets start at %s (official %s); %d training image(s) of ages %s left out; "
                  "validation keeps the official labels", cfg.data.age_edges, list(OFFICIAL_EDGES), n_out,
                  cfg.data.drop_ages)
-    batch = settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
+    batch = settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds), saved)
     loaders = build_loaders(cfg, env, train_ds, val_ds, batch)
     loaders.val_groups = table.df["group"].astype(str).to_numpy()[fold == cfg.split.fold].tolist()
     enter_phase(cfg, learner, 0, loaders.steps)
@@ -130,7 +132,7 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     tracker = (Tracker(run_dir, cfg.log.wandb, {**to_dict(cfg), **state.batch_sizes}, run_dir.name, state.wandb_id,
                        cfg.log.tensorboard, state.step) if env.is_main else NullTracker())
     state.wandb_id = tracker.wandb_id
-    run = Run(cfg, env, learner, loaders, state, tracker, saver, run_dir, trial.Reporter(cfg, env))
+    run = Run(cfg, env, learner, loaders, state, tracker, saver, run_dir, trial.Reporter(cfg, env, state.best))
     try:
         fit(run)
         return write_summary(run)
@@ -204,7 +206,9 @@ def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray,
     n_train = int((fold != cfg.split.fold).sum())
     logger = log if env.is_main else None
     cores = (share or cpus.Share(cpus.usable_cores(), 0.0, env.local_world)).per_process()
-    ages = table.df.drop_duplicates("group")["age"].dropna().to_numpy() if "age" in table.df.columns else None
+    # the training part's people decide age_edges=auto and sampler=auto: validation stays unseen
+    part = table.df[fold != cfg.split.fold]
+    ages = part.drop_duplicates("group")["age"].dropna().to_numpy() if "age" in part.columns else None
     return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, cores, logger, notes,
                             ages=ages)
 
@@ -340,9 +344,14 @@ def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, saved: dict | None, n
     return replace(cfg, train=replace(cfg.train, batch_size=fits))
 
 
-def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls: int, n_train: int) -> int:
+def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls: int, n_train: int,
+                      saved: dict | None = None) -> int:
     """train.batch_size as a number: as given, or (auto) the largest that fits, found before any
-    loader exists."""
+    loader exists; a resumed auto run keeps the batch its checkpoint trained with (a new probe may find
+    another, and the schedule's steps and the mid-epoch skip would no longer match)."""
+    trained = ((saved or {}).get("batch_sizes") or {}).get("batch_size_per_process")
+    if cfg.train.batch_size == "auto" and trained:
+        return int(trained)
     if isinstance(cfg.train.batch_size, int):
         if cfg.train.batch_size > n_train // env.world_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the "
@@ -517,6 +526,7 @@ def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState, rn
         "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
         "phase": phase_state(learner), "norm": learner.ctx.norm, "amp": amp_mode(cfg, learner.ctx.env.device),
         **{k: getattr(state, k) for k in RESTORED}, "rng": rngs[0], "rng_ranks": rngs, "config": to_dict(cfg),
+        "batch_sizes": state.batch_sizes,
         "classes": state.classes, "split_hash": state.split_hash, **ckpt.provenance(),
     }
 
@@ -631,6 +641,7 @@ def average_best(run: Run) -> None:
     if run.env.is_main:
         target.load_state_dict(ckpt.average_weights([run.saver.dir / n for n in names]))
     dist.broadcast_module(run.env, target)
+    recompute_bn(run, target)
     logits, m = evaluate(run)
     epochs = sorted(int(n[5:8]) for n in names)
     better = run.saver.better(m[cfg.train.monitor], state.best, m["val_loss"], best_loss(state))
@@ -646,6 +657,18 @@ def average_best(run: Run) -> None:
         write_oof(run.dir, run.loaders, logits, cfg.data.root)
     log.info("averaged epochs %s: val_loss %.4f  val_acc %.4f  val_f1 %.4f%s", epochs, m["val_loss"], m["val_acc"],
              m["val_f1"], "  *best* (best.pt, oof.csv)" if better else f"  (best epoch {state.best_epoch} stays)")
+
+def recompute_bn(run: Run, model: torch.nn.Module) -> None:
+    """BatchNorm statistics for averaged weights, from one pass over the training part without augmentation
+    (torch's swa_utils.update_bn): the mean of several epochs' running statistics does not describe the
+    averaged weights' activations. Each rank measures its shard; evaluation then syncs the buffers."""
+    plain = copy.copy(run.loaders.train.dataset)
+    plain.transform = None
+    loader = ds.eval_loader(plain, run.loaders.batch_size, run.cfg.data.num_workers, run.env.rank, run.env.world_size)
+    ctx = run.learner.ctx
+    with torch.no_grad():
+        torch.optim.swa_utils.update_bn((ctx.batch(x, y)[0] for x, y in loader), model)
+
 
 def log_start(run: Run) -> None:
     if run.env.is_main:

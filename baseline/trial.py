@@ -26,8 +26,9 @@ def die_with_parent() -> None:
 class Reporter:
     """Outside a sweep (sweep.trial < 0) it reports nothing and never stops the run."""
 
-    def __init__(self, cfg: Config, env: dist.Env):
-        self.env, self.trial, self.metric, self.goal, self.best = env, None, "", "maximize", None
+    def __init__(self, cfg: Config, env: dist.Env, best: float | None = None):
+        # best: a resumed run's best so far (its checkpoint's), so its next report is not from zero
+        self.env, self.trial, self.metric, self.goal, self.best = env, None, "", "maximize", best
         self.active = cfg.sweep.trial >= 0
         if not self.active:
             return

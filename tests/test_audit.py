@@ -216,3 +216,18 @@ def test_injected_ages_are_errors_a_photo_can_show(tmp_path):
         assert row[r.field] == r.written != r.true
         assert row.path == f"{r.id}_{row.gender}_{row.race}_{row.age}"
         assert (root / "train" / "images" / row.path).is_dir()
+
+
+def test_an_age_correction_lands_in_the_suggested_bucket_under_the_official_edges_too():
+    """With data.age_edges=[30, 58] a 45 suggested >=58 becomes 60 (58 would count as 30-59 officially),
+    and a 60 suggested 30-57 becomes 57 (in that bucket both ways)."""
+    from baseline.audit import bucket_range, corrections
+
+    assert bucket_range(2, (30, 58)) == (60, 120) and bucket_range(1, (30, 58)) == (30, 57)
+    assert bucket_range(0, (30, 58)) == (0, 29) and bucket_range(2, (30, 60)) == (60, 120)
+    _, table = _people_oof([("900", 0, 45, 0, 1, 0.9), ("901", 1, 60, 1, 2, 0.9)])
+    found = pd.DataFrame([{"id": "900", "field": "age", "given": "30-57", "suggested": ">=58", "score": 0.9,
+                           "sure": True}, {"id": "901", "field": "age", "given": ">=58", "suggested": "30-57",
+                                           "score": 0.9, "sure": True}])
+    fixes = corrections(found, table, (30, 58)).set_index("id")["value"].to_dict()
+    assert fixes == {"900": 60, "901": 57}

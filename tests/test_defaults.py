@@ -199,7 +199,7 @@ def test_the_reference_reports_the_lr_that_won_on_validation(tmp_path, monkeypat
 
     ds = next(s for s in suite.SUITE if s.name == "digits_csv")
     folder = suite.ensure(ds, tmp_path / "suite", div=8)
-    scores = {5e-4: 0.5, 1e-3: 0.9, 2e-3: 0.7}
+    scores = {5e-4: 0.5, 1e-3: 0.9, 2e-3: 0.7, 4e-3: 0.6}
     real = recipe.reference
     monkeypatch.setattr(recipe, "reference", lambda *a: (scores[a[8]], real(*a[:6], 1, *a[7:])[1]))
     monkeypatch.setattr(recipe, "timed_kit", lambda cfg: (train.run(cfg), 1.0))
@@ -253,3 +253,23 @@ def test_contest_benchmark_tiny_mode_runs_every_switch_and_pipeline(tmp_path, ca
         sub = out / "contest" / "contest_a" / f"{sw}_s0.csv"
         assert rows.set_index("switch").eval_f1[sw] == pytest.approx(ledger.truth_score(sub, truth))
     assert "| contest_a | pseudo |" in capsys.readouterr().out
+
+
+def test_age_edges_and_sampler_auto_are_decided_by_the_training_part_alone():
+    """Contest-shaped people (6 aged exactly 60) in the validation fold only say nothing to training; in
+    the training part they turn both on."""
+    from baseline import dist
+    from baseline.data.layouts import Table
+
+    ages = [60] * 6 + [61, 64, 67, 70, 72, 75] + [20, 40] * 6
+    df = pd.DataFrame({"path": [f"{i}.jpg" for i in range(len(ages))], "group": [str(i) for i in range(len(ages))],
+                       "age": ages, "label": 0})
+    cfg = load_config(None, ["model.name=test_resnet", "model.pretrained=false", "data.img_size=32",
+                             "train.batch_size=4", "data.num_workers=0"])
+    env = dist.Env()
+    old_in_val = np.where(np.arange(len(ages)) < 6, 0, 1)  # the 60s are fold 0, the validation fold
+    out = train.resolve_defaults(cfg, env, Table(df, ["a"]), old_in_val)
+    assert out.data.age_edges == [30, 60] and out.train.sampler == "shuffle"
+    old_in_train = np.where((np.arange(len(ages)) >= 6) & (np.arange(len(ages)) < 12), 0, 1)
+    out = train.resolve_defaults(cfg, env, Table(df, ["a"]), old_in_train)
+    assert out.data.age_edges == [30, 58] and out.train.sampler == "balanced"

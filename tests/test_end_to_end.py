@@ -92,6 +92,14 @@ def test_submit_defaults_to_the_newest_run_and_ensembles(synth_root, tmp_path, m
     used = [Path(m["path"]).name for m in spec["members"] if m["weight"] > 0]  # weight 0: not predicted at all
     assert row.members == ";".join(used) and sum(weights) == pytest.approx(1.0, abs=1e-3)
     assert len(pd.read_csv(fitted)) == 140
+    # the README's day-6 line, without data.root, where another built-in data set sits at the default root:
+    # the test images of the data the members trained on, not those of data/synth
+    from baseline.data.synth import write_synth
+
+    write_synth(tmp_path / "data" / "synth", people=12, seed=5)
+    day6 = tmp_path / "day6.csv"
+    assert main(["submit", f"submit.out={day6}", f"submit.ensemble={tmp_path / 'ensembles' / 'ab.yaml'}"]) == 0
+    assert pd.read_csv(day6)["ImageID"].tolist() == pd.read_csv(synth_root / "eval" / "info.csv")["ImageID"].tolist()
 
 
 def run_cli(*args, cwd=None):

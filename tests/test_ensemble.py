@@ -104,6 +104,16 @@ def test_members_on_other_split_files_are_refused_by_name(tmp_path):
         ensemble.fit([str(a), str(c)])
 
 
+def test_members_validated_on_other_labels_are_refused_by_name(tmp_path):
+    """One member trained with data.corrections, one without: their OOF labels differ, and weights fitted
+    against the first one's labels would favour it."""
+    labels = np.array([0, 1, 0, 1])
+    a = write_run(tmp_path / "a", onehot(labels, 2), labels)
+    b = write_run(tmp_path / "b", onehot(labels, 2), np.array([0, 1, 1, 1]))
+    with pytest.raises(ConfigError, match=f"'{b}' was validated on other labels than '{a}' \\(1 of 4"):
+        ensemble.fit([str(a), str(b)])
+
+
 def test_experiment_folder_joins_its_folds_and_the_cli_writes_the_spec(tmp_path, capsys, monkeypatch):
     labels = np.array([0, 1, 2, 0, 1, 2])
     for k in range(2):

@@ -67,3 +67,31 @@ def test_checkpoint_provenance_names_the_lock():
     prov = checkpoint.provenance()
     assert prov["lock_sha256"] == hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
     assert prov["versions"]["torch"] == metadata.version("torch")
+
+
+def test_make_clean_keeps_the_teams_ledger(tmp_path):
+    """submissions/ledger.csv is the team's record of every upload: `make clean` removes runs and
+    submission files, never it."""
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parent.parent / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "submissions").mkdir()
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    for name in ("ledger.csv", "a.csv", "b.csv"):
+        (tmp_path / "submissions" / name).write_text("x\n")
+    subprocess.run(["make", "clean"], cwd=tmp_path, check=True, capture_output=True)
+    assert sorted(p.name for p in (tmp_path / "submissions").iterdir()) == ["ledger.csv"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_make_train_writes_the_built_in_data_only_for_runs_on_it(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    missing = f"DATA={tmp_path / 'synth'}"
+
+    def plan(*args: str) -> str:
+        return subprocess.run(["make", "-n", *args, missing], cwd=root, check=True, capture_output=True,
+                              text=True).stdout
+
+    assert "data synth" in plan("train") and "data synth" in plan("cv")
+    assert "data synth" not in plan("train", "ARGS=data.root=/team/mask train.epochs=3")
+    assert "data synth" not in plan("cv", "CONFIG=configs/team.yaml")

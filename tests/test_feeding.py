@@ -346,3 +346,27 @@ def test_the_train_and_val_datasets_index_the_one_cache_not_copies_of_it(synth_r
     assert tr.cache is cache and va.cache is cache  # one array for the machine, shared by both (and by ranks)
     first_val = int(np.flatnonzero(fold == 0)[0])
     assert torch.equal(va[0][0], torch.from_numpy(cache[first_val]).permute(2, 0, 1))
+
+
+def test_an_image_drawn_twice_in_an_epoch_is_augmented_two_ways_and_shares_keep_the_seeds(synth_root):
+    """Balanced sampling draws with replacement: each draw's augmentation is seeded by its position in the
+    epoch's whole draw, so repeats differ, and two ranks' shares (and a mid-epoch resume) carry exactly
+    the one-process seeds."""
+    paths = read_table(load_config(None, [f"data.root={synth_root}"])).df.path.tolist()[:40]
+    labels = [0] * 36 + [1] * 4
+    d = ds.ImageDataset(paths, labels, (16, 16), train_transform(AugCfg(hflip=0.5, affine=1.0), (16, 16)),
+                        ds.build_cache(paths, (16, 16), "ram", None, 1))
+    one = ds.BalancedSampler(labels, 1.0, 1, 0, seed=3)
+    one.set_epoch(0)
+    one.aug_seed = 7
+    keys = list(one)
+    first, again = next((k, m) for k in range(len(keys)) for m in range(k + 1, len(keys))
+                        if keys[k][0] == keys[m][0])
+    assert not torch.equal(d[keys[first]][0], d[keys[again]][0])  # the same image, augmented two ways
+    ranks = [ds.BalancedSampler(labels, 1.0, 2, r, seed=3) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(0)
+        r.aug_seed = 7
+    assert [k for pair in zip(list(ranks[0]), list(ranks[1])) for k in pair] == keys
+    ranks[1].skip = 5
+    assert list(ranks[1]) == keys[11::2]  # resumed after 5 of its items: the same seeds as uninterrupted

@@ -128,3 +128,26 @@ def test_a_grid_interrupted_after_two_trials_resumes_each_point_once(ray_cluster
                             capture_output=True, text=True, env=clean_env())
     assert report.returncode == 0 and "trial00" in report.stdout, report.stdout + report.stderr
     print(f"4-point grid, interrupted and resumed, on Ray in {time.perf_counter() - t0:.1f}s")
+
+
+def test_a_grid_that_sets_train_epochs_ends_the_same_under_ray_and_optuna(ray_cluster, synth_root, tmp_path):
+    """The sweep file sets train.epochs (1, the base config says 2): every trial is complete, not pruned for
+    stopping before the base's epochs, no tell raises when the grid runs out, and both executors write
+    the same states, rows and best.yaml."""
+    path = tmp_path / "ep.yaml"
+    path.write_text("name: ep\nmethod: grid\nmetric: {name: val_loss, goal: minimize}\nparameters:\n"
+                    "  optim.lr: {values: [0.01, 0.005]}\n  train.epochs: {value: 1}\n")
+    tables, best = {}, {}
+    for executor in ("ray", "optuna"):
+        runs = tmp_path / executor
+        rc, out = finish(start_sweep(path, synth_root, runs, ray_cluster, **{"train.epochs": 2,
+                                                                              "sweep.executor": executor}))
+        assert rc == 0 and "Traceback" not in out, out[-3000:]
+        sweep = runs / "sweeps" / "ep"
+        tables[executor] = pd.read_csv(sweep / "results.csv").sort_values("optim.lr").reset_index(drop=True)
+        best[executor] = (sweep / "best.yaml").read_text()
+    for table in tables.values():
+        assert table.status.tolist() == ["complete", "complete"] and table.epochs.tolist() == [1, 1]
+    cols = ["status", "optim.lr", "epochs", "val_loss"]
+    pd.testing.assert_frame_equal(tables["ray"][cols], tables["optuna"][cols])
+    assert best["ray"] == best["optuna"]

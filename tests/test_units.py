@@ -160,3 +160,12 @@ def test_factorized_head_is_the_product_of_three_heads_and_its_loss_their_sum():
     assert isinstance(model.get_classifier(), FactorizedHead) and model(torch.randn(2, 3, 32, 32)).shape == (2, 18)
     with pytest.raises(ModelError, match="18 classes"):
         create(ModelCfg(name="test_resnet", head="factorized"), 5)
+
+
+def test_a_resumed_auto_batch_keeps_the_batch_its_checkpoint_trained_with():
+    from baseline import dist, train
+    from baseline.config import load_config
+
+    cfg = load_config(None, ["train.batch_size=auto"])
+    saved = {"batch_sizes": {"world_size": 1, "batch_size_per_process": 24}}
+    assert train.settle_batch_size(cfg, dist.Env(), None, 18, 1000, saved) == 24  # no new probe

@@ -222,8 +222,8 @@ class ImageDataset(Dataset):
                                                                         self.interpolation)
         if self.transform is not None:
             if seed is not None:
-                # Augmentation is a function of (seed, epoch, item) alone: the same whatever the worker
-                # count, and a run resumed mid-epoch sees what the uninterrupted run saw.
+                # Augmentation is a function of (seed, epoch, position in the draw, item) alone: the same
+                # whatever the worker count, and a run resumed mid-epoch sees what the uninterrupted run saw.
                 reseed(self.transform, (seed * 1_000_003 + i) % 2**32)
             img = self.transform(image=np.ascontiguousarray(img))["image"]
         # No copy of our own: collate copies into the batch anyway. Only a read-only memmap row is copied
@@ -234,7 +234,10 @@ class ImageDataset(Dataset):
 
 class SeededSampler(Sampler):
     """A training sampler's indices as (index, augmentation seed) pairs. Persistent workers keep their own
-    copy of the dataset for the whole run, so the epoch's seed (`set_epoch`) travels with each index."""
+    copy of the dataset for the whole run, so the epoch's seed (`set_epoch`) travels with each index. The
+    seed is the epoch's and the item's position in the epoch's whole draw (every rank's share interleaved:
+    rank r's k-th item is position r + k * world), so an image drawn three times in an epoch (balanced
+    sampling draws with replacement) is augmented three ways, whatever the world size or a mid-epoch resume."""
 
     skip = 0  # items of this epoch already trained on (a resumed, preempted epoch starts part-way)
     aug_seed: int | None = None
@@ -243,7 +246,10 @@ class SeededSampler(Sampler):
         raise NotImplementedError
 
     def __iter__(self):
-        return iter([(i, self.aug_seed) for i in self.indices()[self.skip:]])
+        if self.aug_seed is None:
+            return iter([(i, None) for i in self.indices()[self.skip:]])
+        base, rank, world = self.aug_seed * 1_000_003, self.rank, self.num_replicas
+        return iter([(i, base + rank + k * world) for k, i in enumerate(self.indices())][self.skip:])
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
