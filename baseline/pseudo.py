@@ -1,8 +1,15 @@
 """Pseudo-labels: `baseline pseudo` predicts the test images with an ensemble (submit.ensemble) or runs
 (submit.checkpoints), keeps those predicted with probability >= pseudo.threshold, and writes them as a
-table (`pseudo/<name>.csv`: image, label, confidence). `data.pseudo=FILE` adds its rows to the training
-part of every fold, never to validation (they join the table with fold -2 after the split is read, so
-the split file and its hash do not change); the ledger records which submissions' members used them."""
+table (`pseudo/<name>.csv`: image, label, confidence, fold, teachers, split_hash). `data.pseudo=FILE` adds
+rows to the training part of a run, never to validation (they join the table with fold -2 after the split
+is read, so the split file and its hash do not change); the ledger records which submissions' members used
+them.
+
+Per fold, honestly: the rows for fold k are labelled by the teachers' fold-k runs alone, which never saw
+fold k's validation people, so a cv with pseudo-labels scores what it would on unseen people (teachers
+that trained on every fold would carry fold k's labels into fold k's training). A refit (split.fold=-1)
+has no validation and takes the rows every teacher labelled (fold `all`). A fold without a teacher gets
+no rows, said in the log; a table made on another split file is refused."""
 
 from __future__ import annotations
 
@@ -13,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import checkpoint as ckpt
 from . import dist, ensemble, files, predict
 from .config import Config, ConfigError
 from .data.layouts import DataError, Table, class_names, read_test_table
+from .data.split import Hashes, check_duplicates
 
 log = logging.getLogger("baseline")
 
@@ -29,29 +38,58 @@ def write(cfg: Config) -> tuple[Path, pd.DataFrame]:
         spec = ensemble.read(cfg.submit.ensemble) if cfg.submit.ensemble else None
         predict.check_offsets_match_tta(cfg, spec)
         paths, weights = ensemble.checkpoints_and_weights(spec) if spec else (predict.resolve_checkpoints(cfg), None)
+        weights = weights or [1.0] * len(paths)
+        cfg = predict.with_test_data(cfg, paths[0], env)
         test = read_test_table(cfg)
         predict.check_classes(paths, class_names(cfg), f"the data under '{cfg.data.root}'")
-        probs, classes = predict.predict_probs(cfg, test, paths, env, weights)
-        if spec and spec.get("offsets"):
-            scores = np.log(np.clip(probs, 1e-12, None)) + np.asarray(spec["offsets"])
-            probs = np.exp(scores - scores.max(1, keepdims=True))
-            probs /= probs.sum(1, keepdims=True)
-        conf, pred = probs.max(1), probs.argmax(1)
-        keep = conf >= cfg.pseudo.threshold
-        rows = pd.DataFrame({
-            "image": [Path(os.path.relpath(p, cfg.data.root)).as_posix() for p in test.df["path"][keep]],
-            "label": [classes[i] for i in pred[keep]], "confidence": np.round(conf[keep], 4),
-        })
+        split_hash, folds = teacher_folds(paths)
+        parts = []
+        for name, chosen in [*((str(k), [i for i, f in enumerate(folds) if f == k]) for k in sorted(set(folds))
+                               if k >= 0), ("all", list(range(len(paths))))]:
+            teachers = [paths[i] for i in chosen]
+            probs, classes = predict.predict_probs(cfg, test, teachers, env, [weights[i] for i in chosen])
+            parts.append(confident(cfg, test, with_offsets(probs, spec), classes).assign(
+                fold=name, teachers=";".join(predict.member_name(t) for t in teachers), split_hash=split_hash))
+        rows = pd.concat(parts, ignore_index=True)
         name = Path(cfg.submit.ensemble).stem if spec else paths[0].parent.parent.name
         out = Path(cfg.pseudo.out or f"pseudo/{name}.csv")
         if env.is_main:
             files.write_csv(out, rows)
-            shares = rows["label"].value_counts(normalize=True).head(3).round(3).to_dict()
-            log.info("pseudo: %d of %d test images at confidence >= %.2f -> %s (most common: %s); train with "
-                     "data.pseudo=%s", len(rows), len(test.df), cfg.pseudo.threshold, out, shares, out)
+            counts = rows.groupby("fold", sort=False).size().to_dict()
+            log.info("pseudo: test images at confidence >= %.2f per fold (each labelled by the teachers that never "
+                     "saw its validation people; `all` for a refit): %s -> %s; train with data.pseudo=%s",
+                     cfg.pseudo.threshold, counts, out, out)
         return out, rows
     finally:
         dist.teardown()
+
+
+def teacher_folds(paths: list[Path]) -> tuple[str, list[int]]:
+    """The split file the teachers share (its hash) and each one's validation fold (-1: a refit)."""
+    saved = [ckpt.load(p, mmap=True) for p in paths]
+    hashes = {s.get("split_hash") for s in saved}
+    if len(hashes) > 1:
+        raise ConfigError(f"pseudo: the teachers were trained on different split files ({sorted(map(str, hashes))}); "
+                          "pseudo-labels per fold need one split")
+    return str(hashes.pop()), [int(s["config"]["split"]["fold"]) for s in saved]
+
+
+def with_offsets(probs: np.ndarray, spec: dict | None) -> np.ndarray:
+    if not (spec and spec.get("offsets")):
+        return probs
+    scores = np.log(np.clip(probs, 1e-12, None)) + np.asarray(spec["offsets"])
+    probs = np.exp(scores - scores.max(1, keepdims=True))
+    return probs / probs.sum(1, keepdims=True)
+
+
+def confident(cfg: Config, test, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """The test images predicted with probability >= pseudo.threshold: image, label, confidence."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    keep = conf >= cfg.pseudo.threshold
+    return pd.DataFrame({
+        "image": [Path(os.path.relpath(p, cfg.data.root)).as_posix() for p in test.df["path"][keep]],
+        "label": [classes[i] for i in pred[keep]], "confidence": np.round(conf[keep], 4),
+    })
 
 
 def read(cfg: Config, classes: list[str]) -> pd.DataFrame:
@@ -68,6 +106,7 @@ def read(cfg: Config, classes: list[str]) -> pd.DataFrame:
     if len(unknown):
         raise DataError(f"data.pseudo '{path}' row {unknown[0] + 2}: label '{df['label'][unknown[0]]}' is not one of "
                         f"the data's {len(classes)} classes")
+    df = rows_for_fold(cfg, df, path)
     full = [Path(cfg.data.root) / p for p in df["image"]]
     absent = [i for i, p in enumerate(full) if not p.is_file()]
     if absent:
@@ -76,10 +115,30 @@ def read(cfg: Config, classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"path": [str(p) for p in full], "label": df["label"].map(index).to_numpy()})
 
 
-def with_pseudo(cfg: Config, table: Table, fold: np.ndarray) -> tuple[Table, np.ndarray]:
-    """The table and folds with data.pseudo's rows added as training rows of every fold (fold -2)."""
+def rows_for_fold(cfg: Config, df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The rows made for this run's validation fold (`all` for a refit). A table without a fold column was
+    labelled by teachers that saw every fold: only a refit may use it."""
+    want = "all" if cfg.split.fold < 0 else str(cfg.split.fold)
+    if "fold" not in df.columns:
+        if want != "all":
+            raise DataError(f"data.pseudo '{path}' has no fold column: its teachers saw every fold's people, so fold "
+                            f"{cfg.split.fold}'s CV would be optimistic; make it again with `baseline pseudo`")
+        return df
+    rows = df[df["fold"] == want]
+    if not len(rows):
+        log.warning("data.pseudo '%s' has no rows for fold %s (no teacher validated on it): this run trains "
+                    "without pseudo-labels", path, want)
+    return rows.reset_index(drop=True)
+
+
+def with_pseudo(cfg: Config, table: Table, fold: np.ndarray, split_hash: str = "",
+                hashes: Hashes | None = None) -> tuple[Table, np.ndarray]:
+    """The table and folds with data.pseudo's rows for this run's fold added as training rows (fold -2);
+    refused when the table was made on another split file, or when a pseudo image is a copy of a
+    validation image."""
     if not cfg.data.pseudo:
         return table, fold
+    made_on = check_split(cfg, split_hash)
     extra = read(cfg, table.classes)
     overlap = set(extra["path"]) & set(table.df["path"])
     if overlap:
@@ -88,5 +147,22 @@ def with_pseudo(cfg: Config, table: Table, fold: np.ndarray) -> tuple[Table, np.
     extra = extra.assign(group=[f"pseudo:{i}" for i in range(len(extra))])
     df = pd.concat([table.df, extra], ignore_index=True)
     df.attrs = table.df.attrs
-    log.info("data.pseudo: %d pseudo-labelled image(s) join every fold's training part (never validation)", len(extra))
-    return Table(df, table.classes), np.concatenate([fold, np.full(len(extra), PSEUDO_FOLD)])
+    out = Table(df, table.classes), np.concatenate([fold, np.full(len(extra), PSEUDO_FOLD)])
+    if cfg.split.fold >= 0:
+        check_duplicates(*out, cfg.split.fold, hashes)  # a test image that copies a validation one gives its label
+    log.info("data.pseudo: %d pseudo-labelled image(s) join this run's training part (never validation)%s",
+             len(extra), f", labelled by {made_on}" if made_on else "")
+    return out
+
+
+def check_split(cfg: Config, split_hash: str) -> str:
+    """The teachers of the rows this run takes, after checking the table was made on this split file."""
+    df = pd.read_csv(cfg.data.pseudo, dtype=str, usecols=lambda c: c in ("fold", "teachers", "split_hash"))
+    made = set(df["split_hash"].dropna()) if "split_hash" in df.columns else set()
+    if split_hash and made and made != {split_hash}:
+        raise DataError(f"data.pseudo '{cfg.data.pseudo}' was made by teachers on another split file (sha "
+                        f"{sorted(made)[0]}; this run's is {split_hash}): its folds are not this run's folds")
+    want = "all" if cfg.split.fold < 0 else str(cfg.split.fold)
+    if "teachers" not in df.columns or "fold" not in df.columns:
+        return ""
+    return ", ".join(sorted(set(df.loc[df["fold"] == want, "teachers"].dropna())))

@@ -71,7 +71,7 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     new_split = None if split_path(cfg).is_file() else split_path(cfg)
     hashes = Hashes(hash_cache(cfg))
     table, fold, split_hash = prepare_data(cfg, env, hashes)
-    table, fold = pseudo.with_pseudo(cfg, table, fold)  # after the split: its file and hash stay the same
+    table, fold = pseudo.with_pseudo(cfg, table, fold, split_hash, hashes)  # after the split: its file stays
     notes: list[str] = []
     with contextlib.ExitStack() as held:
         try:
