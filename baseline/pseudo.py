@@ -43,13 +43,14 @@ def write(cfg: Config) -> tuple[Path, pd.DataFrame]:
         test = read_test_table(cfg)
         predict.check_classes(paths, class_names(cfg), f"the data under '{cfg.data.root}'")
         split_hash, folds = teacher_folds(paths)
+        teams = {str(k): [i for i, f in enumerate(folds) if f == k] for k in sorted(set(folds)) if k >= 0}
         parts = []
-        for name, chosen in [*((str(k), [i for i, f in enumerate(folds) if f == k]) for k in sorted(set(folds))
-                               if k >= 0), ("all", list(range(len(paths))))]:
+        for name, chosen in {**teams, "all": list(range(len(paths)))}.items():
             teachers = [paths[i] for i in chosen]
             probs, classes = predict.predict_probs(cfg, test, teachers, env, [weights[i] for i in chosen])
+            names = ";".join(Path(*t.parts[-4:-2]).as_posix() for t in teachers)  # runs/<run> or <exp>/fold<k>
             parts.append(confident(cfg, test, with_offsets(probs, spec), classes).assign(
-                fold=name, teachers=";".join(predict.member_name(t) for t in teachers), split_hash=split_hash))
+                fold=name, teachers=names, split_hash=split_hash))
         rows = pd.concat(parts, ignore_index=True)
         name = Path(cfg.submit.ensemble).stem if spec else paths[0].parent.parent.name
         out = Path(cfg.pseudo.out or f"pseudo/{name}.csv")

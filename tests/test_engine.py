@@ -340,14 +340,15 @@ def test_clipping_bounds_the_update_and_channels_last_reaches_weights_and_batche
 
     from baseline.data.layouts import Table
 
-    cfg = load_config(None, [f"data.root={synth_root}", "model.name=test_resnet", "train.channels_last=true",
-                             "model.pretrained=false"])
-    learner = train.build_learner(cfg, dist.Env(), Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"]),
-                                  stop=lambda step: False)
-    conv = next(p for p in learner.model.parameters() if p.dim() == 4)
-    assert conv.is_contiguous(memory_format=torch.channels_last)
-    xb, _ = learner.ctx.batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2))
-    assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
+    for value in ("true", "auto"):  # auto: a conv net on the CPU is faster channels_last
+        cfg = load_config(None, [f"data.root={synth_root}", "model.name=test_resnet",
+                                 f"train.channels_last={value}", "model.pretrained=false"])
+        learner = train.build_learner(cfg, dist.Env(), Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"]),
+                                      stop=lambda step: False)
+        conv = next(p for p in learner.model.parameters() if p.dim() == 4)
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+        xb, _ = learner.ctx.batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2))
+        assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
 
 
 @pytest.mark.slow

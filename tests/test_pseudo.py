@@ -1,5 +1,5 @@
-"""Pseudo-labels: confident test predictions as an extra training table, in every fold's training part and
-never in validation; the ledger says which submissions used them."""
+"""Pseudo-labels: confident test predictions as an extra training table, per fold from teachers that never saw
+its validation people, in training and never in validation; the ledger says which submissions used them."""
 
 import csv
 
@@ -7,39 +7,66 @@ import pandas as pd
 import pytest
 
 from baseline.cli import main
+from baseline.data.competition import CLASSES
 from tests.conftest import tiny_overrides
 
 
 @pytest.mark.slow
-def test_pseudo_labels_train_every_fold_never_validate_and_reach_the_ledger(synth_root, tmp_path, monkeypatch, caplog):
+def test_pseudo_labels_per_fold_come_from_teachers_that_never_saw_its_people(synth_root, tmp_path, monkeypatch,
+                                                                              capsys):
+    """A 2-fold teacher experiment labels the test images once per fold (fold k's rows by its fold-k run
+    alone, which never saw fold k's validation people) and once with every run for a refit; a student cv
+    takes its fold's rows into training, never validation; a table from another split, or one without
+    folds, is refused for a fold run; the ledger says which submissions used pseudo-labels."""
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
-    over = tiny_overrides(synth_root, runs, **{"run.name": "m"})
-    assert main(["train", *over]) == 0
-    assert main(["pseudo", *over, f"submit.checkpoints=[{runs / 'm'}]", "pseudo.threshold=0"]) == 0
-    table = pd.read_csv(tmp_path / "pseudo" / "m.csv")
-    assert len(table) == 140 and table["image"].str.startswith("eval/images/").all()  # every test image at 0
-    assert main(["pseudo", *over, f"submit.checkpoints=[{runs / 'm'}]", "pseudo.threshold=0.2",
+    over = tiny_overrides(synth_root, runs, **{"run.name": "t", "split.folds": 2})
+    assert main(["cv", *over]) == 0
+    assert main(["pseudo", *over, f"submit.checkpoints=[{runs / 't'}]", "pseudo.threshold=0"]) == 0
+    table = pd.read_csv(tmp_path / "pseudo" / "t.csv", dtype=str)
+    assert table.groupby("fold").size().to_dict() == {"0": 140, "1": 140, "all": 140}  # every test image at 0
+    assert table.image.str.startswith("eval/images/").all() and table.split_hash.nunique() == 1
+    assert set(table.teachers[table.fold == "0"]) == {"t/fold0"} and set(table.teachers[table.fold == "all"]) == {
+        "t/fold0;t/fold1"}
+    fold0 = tmp_path / "fold0.csv"  # what the fold-0 teacher alone predicts is what fold 0's rows say
+    assert main(["submit", *over, f"submit.checkpoints=[{runs / 't' / 'fold0'}]", f"submit.out={fold0}"]) == 0
+    mine = table[table.fold == "0"].assign(ImageID=lambda d: d.image.str.removeprefix("eval/images/"))
+    answer = pd.read_csv(fold0, dtype=str).set_index("ImageID")["ans"]
+    assert [CLASSES[int(a)] for a in answer.loc[mine.ImageID]] == mine.label.tolist()
+    assert main(["pseudo", *over, f"submit.checkpoints=[{runs / 't'}]", "pseudo.threshold=0.2",
                  f"pseudo.out={tmp_path / 'sure.csv'}"]) == 0
     sure = pd.read_csv(tmp_path / "sure.csv")
-    assert len(sure) < 140 and (sure["confidence"] >= 0.2).all()
+    assert len(sure) < 3 * 140 and (sure["confidence"] >= 0.2).all()
 
-    caplog.clear()
     with_pseudo = tiny_overrides(synth_root, runs, **{"run.name": "exp", "split.folds": 2,
-                                                      "data.pseudo": str(tmp_path / "pseudo" / "m.csv")})
+                                                      "data.pseudo": str(tmp_path / "pseudo" / "t.csv")})
     assert main(["cv", *with_pseudo]) == 0
     for k in range(2):
         log = (runs / "exp" / f"fold{k}" / "train.log").read_text()
         n_val = len(pd.read_csv(runs / "exp" / f"fold{k}" / "oof.csv"))
-        assert f"{210 - n_val + 140} train / {n_val} val images" in log  # the 140 join training, every fold
+        assert f"{210 - n_val + 140} train / {n_val} val images" in log  # its fold's 140 join training
+        assert f"labelled by t/fold{k}" in log
     oof = pd.read_csv(runs / "exp" / "oof.csv")
     assert len(oof) == 210 and not oof["image"].str.startswith("eval/").any()  # never validation
 
+    capsys.readouterr()
+    three = tiny_overrides(synth_root, runs, **{"run.name": "m", "split.folds": 3})
+    assert main(["train", *three]) == 0  # a teacher on another split file (3 folds)
+    assert main(["pseudo", *three, f"submit.checkpoints=[{runs / 'm'}]", f"pseudo.out={tmp_path / 'm.csv'}"]) == 0
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "x", "split.folds": 2,
+                                                               "data.pseudo": str(tmp_path / "m.csv")})]) == 2
+    table.drop(columns=["fold", "teachers", "split_hash"]).to_csv(tmp_path / "old.csv", index=False)
+    assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "y", "split.folds": 2,
+                                                               "data.pseudo": str(tmp_path / "old.csv")})]) == 2
+    err = capsys.readouterr().err
+    assert "made by teachers on another split file" in err and "has no fold column" in err
+    assert "Traceback" not in err
+
     out = tmp_path / "p.csv"
     assert main(["submit", *with_pseudo, f"submit.checkpoints=[{runs / 'exp'}]", f"submit.out={out}"]) == 0
-    assert main(["submit", *over, f"submit.checkpoints=[{runs / 'm'}]", f"submit.out={tmp_path / 'plain.csv'}"]) == 0
     book = pd.read_csv(tmp_path / "submissions" / "ledger.csv", dtype=str).fillna("")
-    assert book["pseudo"].tolist() == [str(tmp_path / "pseudo" / "m.csv"), ""]
+    assert book.set_index("file").loc[str(out), "pseudo"] == str(tmp_path / "pseudo" / "t.csv")
+    assert book.set_index("file").loc[str(fold0), "pseudo"] == ""
 
 
 def test_a_pseudo_table_naming_an_unknown_class_or_image_is_refused_by_row(synth_root, tmp_path, capsys):
