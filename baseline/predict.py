@@ -142,6 +142,41 @@ def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env
     return total / sum(weights), classes
 
 
+def fold_groups(spec: dict) -> list[tuple[list[Path], list[float]]]:
+    """An ensemble's checkpoints as one group per fold, each holding one model per member (its run for
+    that fold; a refit or single-run member's one run in every group), with the members' weights: the
+    mix an out-of-fold image got when the ensemble's offsets were tuned."""
+    members = [m for m in spec["members"] if m["weight"] > 0]
+    folds = max(len(m["runs"]) for m in members)
+    uneven = [m["path"] for m in members if len(m["runs"]) not in (1, folds)]
+    if uneven:
+        raise ConfigError(f"ensemble members {uneven} have another number of fold runs than {folds}: per-class "
+                          "offsets need one model per member for every fold; refit the ensemble without --offsets")
+    return [([Path(m["runs"][k if len(m["runs"]) > 1 else 0]) / "checkpoints" / "best.pt" for m in members],
+             [m["weight"] for m in members]) for k in range(folds)]
+
+
+def with_offsets(per_fold: list[np.ndarray], offsets) -> np.ndarray:
+    """Per-class log offsets applied to each fold's mix (one model per member and image: the kind of
+    probabilities they were tuned on), then the folds averaged. The mean of k folds' probabilities is
+    flatter than any one of them, and the same offsets would move more of its decisions than they were
+    tuned to."""
+    out = []
+    for probs in per_fold:
+        scores = np.log(np.clip(probs, 1e-12, None)) + np.asarray(offsets)
+        scores = np.exp(scores - scores.max(1, keepdims=True))
+        out.append(scores / scores.sum(1, keepdims=True))
+    return np.mean(out, axis=0)
+
+
+def ensemble_probs(cfg: Config, test: TestTable, spec: dict, env: dist.Env) -> tuple[np.ndarray, list[str]]:
+    """An ensemble's test probabilities, its offsets (if any) applied fold by fold."""
+    if not any(spec.get("offsets") or []):
+        return predict_probs(cfg, test, *ensemble.checkpoints_and_weights(spec), env)
+    per_fold = [predict_probs(cfg, test, paths, env, weights) for paths, weights in fold_groups(spec)]
+    return with_offsets([p for p, _ in per_fold], spec["offsets"]), per_fold[0][1]
+
+
 def submission_frame(test: TestTable, pred: np.ndarray, classes: list[str], fmt: str) -> pd.DataFrame:
     out = test.template.copy()
     if fmt == "mask":
@@ -241,9 +276,8 @@ def submit(cfg: Config) -> Path:
                 else f"ensemble{len(paths)}-{datetime.now():%Y%m%d-%H%M%S}")
         out = Path(cfg.submit.out or f"submissions/{name}.csv")
         writable_target(out)
-        probs, classes = predict_probs(cfg, test, paths, env, weights)
-        scores = np.log(np.clip(probs, 1e-12, None)) + np.asarray(spec.get("offsets") or 0.0) if spec else probs
-        sub = submission_frame(test, scores.argmax(1), classes, cfg.data.format)
+        probs, classes = ensemble_probs(cfg, test, spec, env) if spec else predict_probs(cfg, test, paths, env)
+        sub = submission_frame(test, probs.argmax(1), classes, cfg.data.format)
         check_submission(sub, test, len(classes), cfg.data.format)
         if env.is_main:
             files.write_csv(out, sub)

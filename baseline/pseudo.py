@@ -47,9 +47,13 @@ def write(cfg: Config) -> tuple[Path, pd.DataFrame]:
         parts = []
         for name, chosen in {**teams, "all": list(range(len(paths)))}.items():
             teachers = [paths[i] for i in chosen]
-            probs, classes = predict.predict_probs(cfg, test, teachers, env, [weights[i] for i in chosen])
+            if name == "all" and spec:  # every fold's models: offsets go on each fold's mix first
+                probs, classes = predict.ensemble_probs(cfg, test, spec, env)
+            else:  # one model per member (or plain runs): the kind of probabilities offsets were tuned on
+                probs, classes = predict.predict_probs(cfg, test, teachers, env, [weights[i] for i in chosen])
+                probs = with_offsets(probs, spec)
             names = ";".join(Path(*t.parts[-4:-2]).as_posix() for t in teachers)  # runs/<run> or <exp>/fold<k>
-            parts.append(confident(cfg, test, with_offsets(probs, spec), classes).assign(
+            parts.append(confident(cfg, test, probs, classes).assign(
                 fold=name, teachers=names, split_hash=split_hash))
         rows = pd.concat(parts, ignore_index=True)
         name = Path(cfg.submit.ensemble).stem if spec else paths[0].parent.parent.name
@@ -76,11 +80,7 @@ def teacher_folds(paths: list[Path]) -> tuple[str, list[int]]:
 
 
 def with_offsets(probs: np.ndarray, spec: dict | None) -> np.ndarray:
-    if not (spec and spec.get("offsets")):
-        return probs
-    scores = np.log(np.clip(probs, 1e-12, None)) + np.asarray(spec["offsets"])
-    probs = np.exp(scores - scores.max(1, keepdims=True))
-    return probs / probs.sum(1, keepdims=True)
+    return predict.with_offsets([probs], spec["offsets"]) if spec and any(spec.get("offsets") or []) else probs
 
 
 def confident(cfg: Config, test, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:

@@ -149,3 +149,25 @@ def test_offsets_tuned_without_tta_are_refused_with_tta(tmp_path):
     for over in (["submit.tta=true"], ["submit.tta_scales=[0.9,1.1]"]):
         with pytest.raises(ConfigError, match="offsets tuned on out-of-fold predictions made without TTA"):
             check_offsets_match_tta(load_config(None, over), spec)
+
+
+def test_offsets_go_on_each_folds_mix_not_on_the_flatter_mean_of_the_folds():
+    """Tuned on one model per image, offsets applied to the mean of two fold models would flip a decision
+    that either model alone keeps: one fold is sure of class 0 (0.95), the other leans to 1 (0.65)."""
+    from baseline import predict
+
+    folds = [np.array([[0.95, 0.05]]), np.array([[0.35, 0.65]])]
+    offsets = [0.0, 0.7]
+    flat = np.log(np.mean(folds, axis=0)) + offsets
+    assert flat.argmax(1).tolist() == [1]  # what applying them to the mean did
+    assert predict.with_offsets(folds, offsets).argmax(1).tolist() == [0]
+    spec = {"members": [{"path": "a", "runs": ["a/fold0", "a/fold1"], "weight": 0.6},
+                        {"path": "r", "runs": ["r/refit"], "weight": 0.4},
+                        {"path": "z", "runs": ["z/fold0", "z/fold1"], "weight": 0.0}]}
+    groups = predict.fold_groups(spec)
+    assert [[str(p) for p in paths] for paths, _ in groups] == [
+        ["a/fold0/checkpoints/best.pt", "r/refit/checkpoints/best.pt"],
+        ["a/fold1/checkpoints/best.pt", "r/refit/checkpoints/best.pt"]] and groups[0][1] == [0.6, 0.4]
+    spec["members"].append({"path": "b", "runs": ["b/fold0", "b/fold1", "b/fold2"], "weight": 0.1})
+    with pytest.raises(ConfigError, match="another number of fold runs"):
+        predict.fold_groups(spec)
