@@ -140,7 +140,7 @@ def audit_command(cfg: Config, source: list[str] | None, corrections: str | None
 
 
 def runs_command(cfg: Config, compare: list[str] | None, dirs: list[str] | None = None) -> int:
-    from .tracking import compare_runs, leaderboard
+    from .tracking import compare_runs, label_notes, leaderboard
 
     if compare:
         table, png = compare_runs([_run_folder(cfg, r) for r in compare])
@@ -155,6 +155,8 @@ def runs_command(cfg: Config, compare: list[str] | None, dirs: list[str] | None 
     print(board.to_string(index=False) if len(board) else f"no runs under {', '.join(map(str, roots))}")
     if board["data"].nunique() > 1:
         print(f"note: {board['data'].nunique()} different data sets; F1 is ranked within each, not across")
+    for line in label_notes(board, roots):
+        print(line)
     other = board[board.split.str.endswith("*")]
     if len(other):
         print(f"note: {len(other)} run(s) marked * were made on another split file than the team's ({team}); "

@@ -28,7 +28,7 @@ from .config import ConfigError
 log = logging.getLogger("baseline")
 
 COLUMNS = ["file", "sha256", "time", "user", "git_commit", "members", "weights", "member_val_f1", "cv_f1", "tta",
-           "lb", "pseudo"]
+           "lb", "pseudo", "labels"]  # labels: the members' OOF labelling (oof.labels_key): cv_f1 compares within one
 
 
 class LedgerError(ConfigError):
@@ -54,6 +54,15 @@ def _run_folder(checkpoint: Path) -> Path:
 def member_f1(checkpoint: Path) -> float | None:
     summary = _run_folder(checkpoint) / "summary.json"
     return json.loads(summary.read_text()).get("val_f1") if summary.is_file() else None
+
+
+def member_labels(checkpoint: Path) -> str:
+    """The labelling the member was validated on: its experiment's cv.json `labels` (a run of its own: its
+    oof.csv's key); "" where neither is there."""
+    run = _run_folder(checkpoint)
+    cv = run.parent / "cv.json"
+    key = json.loads(cv.read_text()).get("labels") if cv.is_file() else None
+    return key or (oof.labels_key(pd.read_csv(run / "oof.csv")) if (run / "oof.csv").is_file() else "")
 
 
 def member_pseudo(checkpoint: Path) -> str:
@@ -119,6 +128,7 @@ def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, w
         "member_val_f1": ";".join("" if f is None else f"{f:.4f}" for f in f1s),
         "cv_f1": "" if cv is None else f"{cv:.4f}", "tta": str(bool(tta)).lower(),
         "lb": "", "pseudo": ";".join(sorted({p for c in checkpoints if (p := member_pseudo(c))})),
+        "labels": ";".join(sorted({k for c in checkpoints if (k := member_labels(c))})),
     }
     with locked(ledger):
         upgrade(ledger)

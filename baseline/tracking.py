@@ -208,8 +208,9 @@ def _run_row(run_dir: Path, runs_dir: Path, team_split: str | None) -> dict:
             "owner": d.get("owner", ""), "model": cfg.get("model", {}).get("name"),
             "fold": cfg.get("split", {}).get("fold"),
             "split": split[:8] + ("*" if team_split and split and split != team_split else ""),
-            "val_f1": d.get("val_f1"), "cv_oof_f1": cv.get("oof_f1"), "val_acc": d.get("val_acc"),
-            "epochs": d.get("epochs_done"), "train_s": d.get("train_seconds"), "state": state(run_dir)}
+            "val_f1": d.get("val_f1"), "cv_oof_f1": cv.get("oof_f1"), "labels": cv.get("labels", ""),
+            "val_acc": d.get("val_acc"), "epochs": d.get("epochs_done"), "train_s": d.get("train_seconds"),
+            "state": state(run_dir)}
 
 
 def leaderboard(runs_dirs: Path | list[Path], team_split: str | None = None) -> pd.DataFrame:
@@ -220,11 +221,41 @@ def leaderboard(runs_dirs: Path | list[Path], team_split: str | None = None) -> 
     roots = [Path(r) for r in (runs_dirs if isinstance(runs_dirs, list) else [runs_dirs])]
     rows = [_run_row(c.parent, root, team_split) for root in roots for c in sorted(root.glob("**/config.yaml"))
             if (c.parent / "checkpoints").is_dir()]
-    cols = ["run", "root", "data", "owner", "model", "fold", "split", "val_f1", "cv_oof_f1", "val_acc", "epochs",
-            "train_s", "state"]
+    cols = ["run", "root", "data", "owner", "model", "fold", "split", "val_f1", "cv_oof_f1", "labels", "val_acc",
+            "epochs", "train_s", "state"]
     board = pd.DataFrame(rows, columns=cols).sort_values(["data", "val_f1"], ascending=[True, False],
                                                          na_position="last").reset_index(drop=True)
     return board if len(roots) > 1 else board.drop(columns="root")
+
+
+def label_notes(board: pd.DataFrame, roots: list[Path]) -> list[str]:
+    """Where experiments of one data set were validated on different labels (data.corrections): each one's
+    OOF macro-F1 against the best experiment's, like for like (the images both label the same)."""
+    from . import oof as oofs
+
+    notes = []
+    exps = board[board["labels"].astype(bool)].drop_duplicates("labels")
+    for _, group in exps.groupby("data"):
+        if len(group) < 2:
+            continue
+        folder = [_experiment_of(r, roots) for r in group["run"]]
+        best = max(range(len(group)), key=lambda i: group["cv_oof_f1"].iloc[i] or 0)
+        ref = pd.read_csv(folder[best] / "oof.csv")
+        for i in range(len(group)):
+            if i == best:
+                continue
+            m = oofs.like_for_like(ref, pd.read_csv(folder[i] / "oof.csv"))
+            notes.append(f"note: {folder[i].name} (labels {group['labels'].iloc[i]}) and {folder[best].name} (labels "
+                         f"{group['labels'].iloc[best]}) were validated on different labels; on the {m['images']} of "
+                         f"{m['of']} images they label alike: {m['b']:.4f} vs {m['a']:.4f} ({m['difference']:+.4f})")
+    return notes
+
+
+def _experiment_of(run: str, roots: list[Path]) -> Path:
+    for root in roots:
+        if (root / run).is_dir():
+            return (root / run).parent
+    return Path(run).parent
 
 
 def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, Path]:

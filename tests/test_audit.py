@@ -41,6 +41,20 @@ def test_audit_finds_the_injected_wrong_labels_and_writes_corrections(tmp_path, 
     table = read_table(load_config(None, [*over, f"data.corrections={fix}"]))
     assert len(table.df.attrs["corrections"]) == len(fixes)
 
+    # a cv on the corrected labels validates on the model's own suggestions: its summary and `baseline runs`
+    # say so, and compare it with the first cv on the images both label alike
+    import json
+
+    fixed = [*over, "run.name=fixed", "train.epochs=2", f"data.corrections={fix}"]
+    assert main(["cv", *fixed]) == 0
+    cv, first = (json.loads((tmp_path / "runs" / n / "cv.json").read_text()) for n in ("fixed", "exp"))
+    assert cv["corrected_people"] == fixes["id"].nunique() and cv["labels"] != first["labels"]
+    assert cv["unchanged_rows"] == 7 * (60 - cv["corrected_people"]) and 0 <= cv["oof_f1_unchanged"] <= 1
+    capsys.readouterr()
+    assert main(["runs", *over]) == 0
+    note = next(ln for ln in capsys.readouterr().out.splitlines() if "validated on different labels" in ln)
+    assert f"on the {cv['unchanged_rows']} of 420 images they label alike" in note
+
 
 def test_audit_needs_an_experiment_with_oof(tmp_path, capsys, synth_root):
     assert main(["data", "audit", f"data.root={synth_root}"]) == 2

@@ -84,7 +84,7 @@ def test_an_older_ledger_is_upgraded_before_a_row_is_appended(tmp_path):
     from baseline import ledger
 
     book = tmp_path / "ledger.csv"
-    old = ledger.COLUMNS[:-1]
+    old = ledger.COLUMNS[:-2]  # before pseudo and labels
     with open(book, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(old)
@@ -92,3 +92,4 @@ def test_an_older_ledger_is_upgraded_before_a_row_is_appended(tmp_path):
     ledger.upgrade(book)
     df = ledger.read(book)
     assert list(df.columns) == ledger.COLUMNS and df["file"].tolist() == ["a.csv"] and df["pseudo"].tolist() == [""]
+    assert df["labels"].tolist() == [""]
