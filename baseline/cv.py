@@ -67,7 +67,7 @@ def summarize(exp_dir: Path, folds: int) -> dict:
         summary = json.loads((run / "summary.json").read_text())
         rows.append({"fold": k, "best_metric": summary["best_metric"], "best_epoch": summary["best_epoch"],
                      "val_f1": summary["val_f1"], "split_hash": summary.get("split_hash")})
-        frames.append(pd.read_csv(run / "oof.csv").assign(fold=k))
+        frames.append(pd.read_csv(run / "oof.csv", dtype={"group": str}).assign(fold=k))  # ids keep their zeros
     oof = oofs.joined(frames)
     files.write_csv(exp_dir / "oof.csv", oof)
     metric = np.array([r["best_metric"] for r in rows], dtype=float)

@@ -85,7 +85,7 @@ def upgrade(ledger: Path) -> None:
     if torn:
         with open(ledger.with_name(f"{ledger.name}.torn"), "a") as f:
             f.writelines(text + "\n" for _, text in torn)
-    df = pd.DataFrame(rows, columns=header, dtype=str).reindex(columns=COLUMNS).fillna("")
+    df = pd.DataFrame(rows, columns=header, dtype=str).reindex(columns=COLUMNS, fill_value="")
     files.write_csv(ledger, df)
     log.info("ledger %s: upgraded to the columns %s", ledger, ", ".join(c for c in COLUMNS if c not in header))
 

@@ -172,7 +172,8 @@ def with_offsets(per_fold: list[np.ndarray], offsets) -> np.ndarray:
 def ensemble_probs(cfg: Config, test: TestTable, spec: dict, env: dist.Env) -> tuple[np.ndarray, list[str]]:
     """An ensemble's test probabilities, its offsets (if any) applied fold by fold."""
     if not any(spec.get("offsets") or []):
-        return predict_probs(cfg, test, *ensemble.checkpoints_and_weights(spec), env)
+        paths, weights = ensemble.checkpoints_and_weights(spec)
+        return predict_probs(cfg, test, paths, env, weights)
     per_fold = [predict_probs(cfg, test, paths, env, weights) for paths, weights in fold_groups(spec)]
     return with_offsets([p for p, _ in per_fold], spec["offsets"]), per_fold[0][1]
 

@@ -56,7 +56,9 @@ def write(cfg: Config) -> tuple[Path, pd.DataFrame]:
             parts.append(confident(cfg, test, probs, classes).assign(
                 fold=name, teachers=names, split_hash=split_hash))
         rows = pd.concat(parts, ignore_index=True)
-        name = Path(cfg.submit.ensemble).stem if spec else paths[0].parent.parent.name
+        runs = {p.parent.parent for p in paths}  # one run, or an experiment's folds: named after it
+        name = Path(cfg.submit.ensemble).stem if spec else next(iter(runs)).name if len(runs) == 1 else \
+            paths[0].parent.parent.parent.name
         out = Path(cfg.pseudo.out or f"pseudo/{name}.csv")
         if env.is_main:
             files.write_csv(out, rows)
@@ -109,9 +111,9 @@ def read(cfg: Config, classes: list[str]) -> pd.DataFrame:
                         f"the data's {len(classes)} classes")
     df = rows_for_fold(cfg, df, path)
     full = [Path(cfg.data.root) / p for p in df["image"]]
-    absent = [i for i, p in enumerate(full) if not p.is_file()]
+    absent = [(row, p) for row, p in zip(df.index, full) if not p.is_file()]  # the index: the file's own rows
     if absent:
-        raise DataError(f"data.pseudo '{path}' row {absent[0] + 2}: image '{full[absent[0]]}' does not exist under "
+        raise DataError(f"data.pseudo '{path}' row {absent[0][0] + 2}: image '{absent[0][1]}' does not exist under "
                         "data.root")
     return pd.DataFrame({"path": [str(p) for p in full], "label": df["label"].map(index).to_numpy()})
 
@@ -129,16 +131,16 @@ def rows_for_fold(cfg: Config, df: pd.DataFrame, path: Path) -> pd.DataFrame:
     if not len(rows):
         log.warning("data.pseudo '%s' has no rows for fold %s (no teacher validated on it): this run trains "
                     "without pseudo-labels", path, want)
-    return rows.reset_index(drop=True)
+    return rows
 
 
 def with_pseudo(cfg: Config, table: Table, fold: np.ndarray, split_hash: str = "",
-                hashes: Hashes | None = None) -> tuple[Table, np.ndarray]:
-    """The table and folds with data.pseudo's rows for this run's fold added as training rows (fold -2);
-    refused when the table was made on another split file, or when a pseudo image is a copy of a
-    validation image."""
+                hashes: Hashes | None = None) -> tuple[Table, np.ndarray, str]:
+    """The table and folds with data.pseudo's rows for this run's fold added as training rows (fold -2),
+    and the line that says so (for the run's train.log); refused when the table was made on another split
+    file, or when a pseudo image is a copy of a validation image."""
     if not cfg.data.pseudo:
-        return table, fold
+        return table, fold, ""
     made_on = check_split(cfg, split_hash)
     extra = read(cfg, table.classes)
     overlap = set(extra["path"]) & set(table.df["path"])
@@ -151,9 +153,8 @@ def with_pseudo(cfg: Config, table: Table, fold: np.ndarray, split_hash: str = "
     out = Table(df, table.classes), np.concatenate([fold, np.full(len(extra), PSEUDO_FOLD)])
     if cfg.split.fold >= 0:
         check_duplicates(*out, cfg.split.fold, hashes)  # a test image that copies a validation one gives its label
-    log.info("data.pseudo: %d pseudo-labelled image(s) join this run's training part (never validation)%s",
-             len(extra), f", labelled by {made_on}" if made_on else "")
-    return out
+    return (*out, f"data.pseudo: {len(extra)} pseudo-labelled image(s) join this run's training part (never "
+                  f"validation)" + (f", labelled by {made_on}" if made_on else ""))
 
 
 def check_split(cfg: Config, split_hash: str) -> str:

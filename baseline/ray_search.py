@@ -11,6 +11,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from .ray_sweep import finished_run, last_error
+from .rundir import read_json
 
 
 class StudySearch(OptunaSearch):
@@ -38,11 +39,15 @@ class StudySearch(OptunaSearch):
         if self._ot_study._storage.get_trial(ot._trial_id).state.is_finished():  # told already (a stop, then its
             self._completed_trials.add(trial_id)  # actor's end reported as a failure)
             return None
+        run_dir = Path(self._sweep_dir) / ot.user_attrs.get("run", "")
+        summary = read_json(run_dir / "summary.json") if finished_run(run_dir) else {}
+        if result and summary:  # what the run reached, also where a late stop cut Tune's reports short
+            result = {**result, self._metric: summary["best_metric"], "epoch": summary["epochs_done"]}
         done = int((result or {}).get("epoch", 0))
         ot.set_user_attr("epochs", done)
         if error:
             ot.set_user_attr("error", last_error(Path(self._sweep_dir) / f"{ot.user_attrs.get('run')}.log"))
-        elif result and not finished_run(Path(self._sweep_dir) / ot.user_attrs.get("run", "")):
+        elif result and not summary:
             # the run never wrote a finished summary: ASHA stopped it (pruned, as Optuna's hyperband marks it);
             # a run that ended early on its own (train.early_stop, fewer train.epochs) says "finished"
             ot.set_user_attr("pruned_epoch", done)

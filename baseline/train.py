@@ -71,8 +71,10 @@ def _train(cfg: Config, env: dist.Env) -> dict:
     new_split = None if split_path(cfg).is_file() else split_path(cfg)
     hashes = Hashes(hash_cache(cfg))
     table, fold, split_hash = prepare_data(cfg, env, hashes)
-    table, fold = pseudo.with_pseudo(cfg, table, fold, split_hash, hashes)  # after the split: its file stays
+    table, fold, line = pseudo.with_pseudo(cfg, table, fold, split_hash, hashes)  # after the split: it stays
     notes: list[str] = []
+    if line:
+        say(env, line, notes)
     with contextlib.ExitStack() as held:
         try:
             batch_from_data = cfg.train.batch_size == "data"

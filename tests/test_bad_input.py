@@ -242,5 +242,6 @@ def test_through_the_real_entry_point_no_traceback(args, tmp_path):
 
 def test_digits_writer_makes_a_readable_csv(tmp_path):
     write_digits_csv(tmp_path, 100)
-    df = pd.read_csv(tmp_path / "train.csv")
-    assert len(df) == 17 and np.asarray(Image.open(tmp_path / df.image[0])).shape == (8, 8)
+    df, test = pd.read_csv(tmp_path / "train.csv"), pd.read_csv(tmp_path / "test_labels.csv")
+    assert len(df) == 12 and len(test) == 5 and np.asarray(Image.open(tmp_path / df.image[0])).shape == (8, 8)
+    assert not set(df.image) & set(test.image)  # the labelled test part is other scans

@@ -52,7 +52,8 @@ def test_pseudo_labels_per_fold_come_from_teachers_that_never_saw_its_people(syn
     capsys.readouterr()
     three = tiny_overrides(synth_root, runs, **{"run.name": "m", "split.folds": 3})
     assert main(["train", *three]) == 0  # a teacher on another split file (3 folds)
-    assert main(["pseudo", *three, f"submit.checkpoints=[{runs / 'm'}]", f"pseudo.out={tmp_path / 'm.csv'}"]) == 0
+    assert main(["pseudo", *three, f"submit.checkpoints=[{runs / 'm'}]", f"pseudo.out={tmp_path / 'm.csv'}",
+                 "pseudo.threshold=0"]) == 0
     assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "x", "split.folds": 2,
                                                                "data.pseudo": str(tmp_path / "m.csv")})]) == 2
     table.drop(columns=["fold", "teachers", "split_hash"]).to_csv(tmp_path / "old.csv", index=False)
@@ -71,10 +72,10 @@ def test_pseudo_labels_per_fold_come_from_teachers_that_never_saw_its_people(syn
 
 def test_a_pseudo_table_naming_an_unknown_class_or_image_is_refused_by_row(synth_root, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
-    bad.write_text("image,label,confidence\neval/images/nope.jpg,wear/male/<30,0.9\n")
+    bad.write_text("image,label,confidence,fold\neval/images/nope.jpg,wear/male/<30,0.9,0\n")
     over = tiny_overrides(synth_root, tmp_path / "runs", **{"data.pseudo": str(bad)})
     assert main(["train", *over]) == 2
-    bad.write_text("image,label,confidence\neval/images/x.jpg,99,0.9\n")
+    bad.write_text("image,label,confidence,fold\neval/images/x.jpg,99,0.9,0\n")
     assert main(["train", *over]) == 2
     err = capsys.readouterr().err
     assert "row 2: image" in err and "row 2: label '99'" in err and "Traceback" not in err
