@@ -71,16 +71,16 @@ sweep-agent: $(STAMP) ## join a W&B sweep made with `wandb sweep FILE` (SWEEP_ID
 	@test -n "$(SWEEP_ID)" || { echo "usage: make sweep-agent SWEEP_ID=entity/project/id"; exit 2; }
 	$(BIN)/wandb agent $(SWEEP_ID)
 
-bench: $(STAMP) data ## images/s: in-memory limit vs the kit vs a naive PIL loader (train and inference)
+bench: $(STAMP) data ## images/s: a plain in-memory step (limit) vs the kit's step vs the kit with its loader vs a naive PIL loader
 	$(BIN)/baseline bench $(CONFIG_ARG) $(ARGS)
 
 bench-loader: $(STAMP) data ## the training loader alone at 224 px: img/s per worker count, workers a 3,000 img/s GPU needs
 	$(BIN)/baseline bench loader $(CONFIG_ARG) $(ARGS)
 
-bench-recipe: $(STAMP) ## kit defaults vs a 60-line reference loop on 9 data sets, 3 seeds (~70 min on 2 cores; ARGS="bench.tiny=true")
+bench-recipe: $(STAMP) ## kit defaults vs the strongest simple loop (best of 4 LRs) on 10 data sets, 3 seeds, test F1 (~2 h on 2 cores; ARGS="bench.tiny=true")
 	$(BIN)/baseline bench recipe $(CONFIG_ARG) $(ARGS)
 
-bench-pretrained: $(STAMP) ## kit pretrained defaults vs a minimal fine-tuning loop on real ImageNet weights, 4 sets, 3 seeds (~40 min on 2 cores)
+bench-pretrained: $(STAMP) ## kit pretrained defaults vs the strongest simple fine-tuning loop on real ImageNet weights, 4 sets, 3 seeds, test F1 (~45 min on 2 cores)
 	$(BIN)/baseline bench recipe bench.pretrained=true $(CONFIG_ARG) $(ARGS)
 
 bench-contest: $(STAMP) ## each contest technique against a plain run on 3 contest-like sets (contest_c held out); ARGS="bench.seeds=1"

@@ -1,4 +1,4 @@
-"""`baseline bench`: the same model, batch and data three ways, in images per second.
+"""`baseline bench`: the same model, batch and data four ways, in images per second.
 
 limit     a plain step (forward, cross-entropy, backward, AdamW) of a fresh copy of the model on one
           normalised batch already in memory, in the faster memory format of the two (and bf16 on a

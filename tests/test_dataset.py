@@ -1,4 +1,4 @@
-"""Decode-once loading, cache modes, data check, and the benchmark's three ways."""
+"""Decode-once loading, cache modes, data check, and the benchmark's four ways."""
 
 import shutil
 import time
