@@ -178,24 +178,32 @@ def run(cfg: Config, batches: int = 30, rounds: int = 2) -> dict:
             out[name] = max(out.get(name, 0.0), fn())
     out["limit_channels_last"] = limit_format[-1]
     out["kit_channels_last"] = learner.ctx.channels_last
+    out.update(inference_rates(cfg, env, data, model, ctx, rounds))
+    out["cache_build_s"] = cache_s
+    return out
+
+
+def inference_rates(cfg: Config, env: dist.Env, data, model, ctx: engine.StepCtx, rounds: int) -> dict:
+    """images/s of the kit's prediction and of a naive loader feeding the same model, best of `rounds`
+    after a warm-up round (the first batches of a new shape run cold)."""
     val = data.val.dataset
-    naive_val = DataLoader(NaiveDataset(list(val.paths), val.labels, hw, mean, std, False), batch_size=bs * 2,
-                           num_workers=cfg.data.num_workers)
+    mean, std = ctx.mean.cpu().tolist(), ctx.std.cpu().tolist()
+    naive_val = DataLoader(NaiveDataset(list(val.paths), val.labels, img_hw(cfg), mean, std, False),
+                           batch_size=data.batch_size * 2, num_workers=cfg.data.num_workers)
     model.eval()
 
     def naive_infer():
         for x, _ in naive_val:
             model(x.to(env.device))
 
-    infer = {"infer_kit": lambda: engine.predict_logits(model, data.val, ctx), "infer_naive": naive_infer}
+    infer, out = {"infer_kit": lambda: engine.predict_logits(model, data.val, ctx), "infer_naive": naive_infer}, {}
     with torch.inference_mode():
         for r in range(rounds + 1):
             for name, fn in infer.items():
                 t = time.perf_counter()
                 fn()
-                if r:  # round 0 warms up: the first batches of a new shape run cold
+                if r:
                     out[name] = max(out.get(name, 0.0), len(val) / (time.perf_counter() - t))
-    out["cache_build_s"] = cache_s
     return out
 
 

@@ -104,6 +104,27 @@ def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
     return [header_size(p) for p in picked]
 
 
+def resolve_img_size(cfg: Config, paths: list[str], device: torch.device) -> str:
+    """data.img_size=auto in place, from the images' headers; the reason."""
+    sizes = image_sizes(paths)
+    side = SIDE["cuda" if device.type == "cuda" else "cpu"]
+    cfg.data.img_size = list(img_size_for(sizes, side, upsample=bool(cfg.model.pretrained)))
+    w, h = np.median(np.array(sizes), axis=0)
+    return (f"data.img_size={cfg.data.img_size} from the data's {w:.0f}x{h:.0f} (w x h, median) images, about "
+            f"{side}x{side} pixels on {device.type}"
+            + (" (smaller images upsampled: pretrained weights)" if cfg.model.pretrained else ""))
+
+
+def resolve_channels_last(cfg: Config, device: torch.device) -> str:
+    """train.channels_last=auto in place, from the model's layers (on the meta device: no memory); the reason."""
+    probe = bare(cfg.model, 2) if is_custom(cfg.model.name) else shapes_only(cfg.model, 2)
+    cfg.train.channels_last = wants_channels_last(probe, device)
+    return f"train.channels_last={str(cfg.train.channels_last).lower()}: " + (
+        "on a GPU" if device.type == "cuda" else
+        f"{cfg.model.name} is a conv net (NHWC is 1.04-1.73x faster on the CPU)" if cfg.train.channels_last
+        else f"{cfg.model.name} is no conv net (NHWC measured slower for a ViT on the CPU)")
+
+
 def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int, cores: int,
             logger: logging.Logger | None = log, notes: list[str] | None = None,
             ages: np.ndarray | None = None) -> Config:
@@ -118,13 +139,7 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
             "the real ImageNet weights the lock ships for this model" if cfg.model.pretrained else
             f"no weights ship with the kit for {cfg.model.name} (true: the hub; or a weights file)"))
     if cfg.data.img_size == "auto":
-        sizes = image_sizes(paths)
-        side = SIDE["cuda" if device.type == "cuda" else "cpu"]
-        cfg.data.img_size = list(img_size_for(sizes, side, upsample=bool(cfg.model.pretrained)))
-        w, h = np.median(np.array(sizes), axis=0)
-        reasons.append(f"data.img_size={cfg.data.img_size} from the data's {w:.0f}x{h:.0f} (w x h, median) "
-                       f"images, about {side}x{side} pixels on {device.type}"
-                       + (" (smaller images upsampled: pretrained weights)" if cfg.model.pretrained else ""))
+        reasons.append(resolve_img_size(cfg, paths, device))
     if cfg.train.batch_size == "data":
         cfg.train.batch_size = batch_for(n_train, world, device)
         reasons.append(f"train.batch_size={cfg.train.batch_size} because {n_train} training images "
@@ -146,12 +161,7 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
             "pretrained weights (one head-only epoch, then everything)" if cfg.freeze.preset == "fine_tune"
             else "from scratch" if not cfg.model.pretrained else "the module names no head"))
     if cfg.train.channels_last == "auto":
-        probe = bare(cfg.model, 2) if is_custom(cfg.model.name) else shapes_only(cfg.model, 2)
-        cfg.train.channels_last = wants_channels_last(probe, device)
-        reasons.append(f"train.channels_last={str(cfg.train.channels_last).lower()}: " + (
-            "on a GPU" if device.type == "cuda" else
-            f"{cfg.model.name} is a conv net (NHWC is 1.04-1.73x faster on the CPU)" if cfg.train.channels_last
-            else f"{cfg.model.name} is no conv net (NHWC measured slower for a ViT on the CPU)"))
+        reasons.append(resolve_channels_last(cfg, device))
     if cfg.data.num_workers == "auto":
         cfg.data.num_workers = workers_for(device, cores)
         reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type} ({cores} core(s) per process)")
