@@ -63,14 +63,16 @@ def test_hyperband_stops_a_trial_and_ends_its_process_group(ray_cluster, synth_r
     from baseline.ray_sweep import group_alive
 
     lrs = [0.02, 0.01, 1e-6, 1e-7]  # two that learn, two that cannot: ASHA stops at least one of those
+    # 8 epochs: a tiny epoch takes a tenth of a second and the trainable polls metrics.csv every half second;
+    # a stop that reaches a run after its last epoch is no prune (the run finished)
     rc, out = finish(start_sweep(sweep_file(tmp_path, "hb", lrs, hyperband=True), synth_root, tmp_path / "runs",
-                                 ray_cluster, **{"train.epochs": 2}), timeout=300)
+                                 ray_cluster, **{"train.epochs": 8}), timeout=300)
     assert rc == 0, out[-3000:]
     sweep = tmp_path / "runs" / "sweeps" / "hb"
     table = pd.read_csv(sweep / "results.csv")
     pruned = table[table.status == "pruned"]
     assert len(table) == 4 and len(pruned) >= 1, table.to_string()
-    assert (pruned.pruned_epoch < 2).all() and (table[table.status == "complete"].epochs == 2).all()
+    assert (pruned.pruned_epoch < 8).all() and (table[table.status == "complete"].epochs == 8).all()
     for name in pruned.trial:
         pgid = int((sweep / f"{name}.pgid").read_text())
         assert not group_alive(pgid)  # the trial's run and anything it started are gone
