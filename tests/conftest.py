@@ -69,3 +69,8 @@ def postgres_url():
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-golden", action="store_true",
+                     help="write tests/golden/ from this code (only when a change of behaviour is meant)")
