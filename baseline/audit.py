@@ -6,13 +6,14 @@ age, so their out-of-fold probabilities are summed into each field's marginal (g
 3-way) and averaged over the photos before cleanlab sees them; the mask state is per photo. Elsewhere the
 unit is the image. Several experiments on the same data are voted: their out-of-fold probabilities are
 averaged per image before anything is flagged (a stronger, steadier OOF). Every flag is listed for review;
-the `sure` ones are confident (audit.min_score) and, for an age, not at a bucket edge (audit.age_margin)
-unless very confident (audit.edge_score): where the age cue grows year by year, a 60 and a 58 look alike and
-a model's bucket probabilities rarely say which side of 60 a person is on (measured on the contest-like
-sets: most age flags at the edge were true 60s suggested 30-59; people given an age next to the edge gave
-the other bucket 0.51-0.84, a true 60 written 56 gave 58+ 0.87-0.91). Nothing is changed: `--corrections
-FILE` writes the sure gender and age suggestions in the `data.corrections` format, which training uses
-only when the user passes it."""
+the `sure` ones are confident (audit.min_score), within what the field's OOF supports (bound_sure: its
+accuracy and cleanlab's estimate of its wrong labels), for a mask state one half of a swap, and for an age
+not at a bucket edge (audit.age_margin) unless very confident (audit.edge_score): where the age cue grows
+year by year, a 60 and a 58 look alike and a model's bucket probabilities rarely say which side of 60 a
+person is on (measured on the contest-like sets: most age flags at the edge were true 60s suggested 30-59;
+people given an age next to the edge gave the other bucket 0.51-0.84, a true 60 written 56 gave 58+
+0.87-0.91). Nothing is changed: `--corrections FILE` writes the sure gender and age suggestions in the
+`data.corrections` format, which training uses only when the user passes it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from cleanlab.count import num_label_issues
 from cleanlab.filter import find_label_issues
 
 from . import files
@@ -105,13 +107,44 @@ def issues(labels: np.ndarray, probs: np.ndarray, min_score: float | None = None
     are many, and a weak model's confident mistakes on them would swamp the list (a 48-px test_resnet cv:
     19 people with sure flags for 6 wrong), so they get cleanlab alone."""
     confident = (probs.argmax(1) != labels) & (probs.max(1) >= (np.inf if min_score is None else min_score))
+    shown = _cleanlab_view(labels, probs)
+    return confident if shown is None else find_label_issues(*shown, filter_by="prune_by_noise_rate") | confident
+
+
+def support(labels: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
+    """What the OOF can support for one field: its accuracy against the given labels, and cleanlab's
+    estimate of how many of those labels are wrong (the calibrated confident joint's off-diagonal)."""
+    accuracy = float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0
+    shown = _cleanlab_view(labels, probs)
+    if shown is None:
+        return accuracy, 0
+    return accuracy, int(num_label_issues(*shown, estimation_method="off_diagonal_calibrated"))
+
+
+def _cleanlab_view(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The labels and probabilities over the classes present (cleanlab needs an example of every class it
+    is shown), or None where it has too little to count."""
     if len(labels) < probs.shape[1] or len(np.unique(labels)) < 2:
-        return confident
-    present = np.unique(labels)  # cleanlab needs an example of every class it is shown
+        return None
+    present = np.unique(labels)
     keep = probs[:, present]
     keep = keep / np.clip(keep.sum(1, keepdims=True), 1e-12, None)
-    relabel = np.searchsorted(present, labels)
-    return find_label_issues(relabel, keep, filter_by="prune_by_noise_rate") | confident
+    return np.searchsorted(present, labels), keep
+
+
+def bound_sure(rows: pd.DataFrame, of_field: pd.Series, field: str, accuracy: float, wrong: int,
+               min_accuracy: float) -> pd.DataFrame:
+    """A field's sure flags (the rows `of_field`) bounded by what its OOF supports: none where its accuracy
+    is under min_accuracy (a weak OOF's confident mistakes outnumber the wrong labels), and at most the
+    estimated number of wrong labels, the most confident first. The rest stay listed for review."""
+    keep = wrong if accuracy >= min_accuracy else 0
+    mine = rows.index[of_field & rows["sure"]]
+    dropped = rows.loc[mine, "score"].sort_values(ascending=False, kind="stable").index[keep:]
+    rows.loc[dropped, "sure"] = False
+    log.info("data audit: %s: out-of-fold accuracy %.3f (sure flags need %.2f), cleanlab estimates %d wrong "
+             "label(s): %d sure flag(s) of %d listed", field, accuracy, min_accuracy, wrong,
+             len(mine) - len(dropped), int(of_field.sum()))
+    return rows
 
 
 def person_ages(table) -> pd.Series:
@@ -120,10 +153,11 @@ def person_ages(table) -> pd.Series:
 
 
 def near_edge(age: int, suggested: int, margin: int, edges=OFFICIAL_EDGES) -> bool:
-    """Whether `age` is within `margin` years of the suggested age bucket (with margin 2 and the official
-    edges, 58-59 are at the edge of >=60 and 60-61 at that of 30-59; a 58 suggested <30 is not)."""
-    lo, hi = age_ranges(edges)[suggested]
-    return lo - margin <= age <= hi + margin
+    """Whether `age` is within `margin` years of the suggested age bucket under `edges` or the official
+    ones (with margin 2, 58-59 are at the edge of >=60 and 60-61 at that of 30-59; a 58 suggested <30 is
+    not; with [30, 58] a 60 suggested 30-57 is, since the score asks whether they are 60)."""
+    ranges = (age_ranges(e)[suggested] for e in (edges, OFFICIAL_EDGES))
+    return any(lo - margin <= age <= hi + margin for lo, hi in ranges)
 
 
 def given_values(oof: pd.DataFrame, person: np.ndarray, ages: pd.Series, edges) -> dict[str, pd.Series]:
@@ -141,12 +175,12 @@ def given_values(oof: pd.DataFrame, person: np.ndarray, ages: pd.Series, edges) 
     return {"gender": gender, "age": ages.loc[trained.index].map(lambda a: age_bucket(a, edges))}
 
 
-def audit_people(oof: pd.DataFrame, table, min_score: float = AuditCfg.min_score,
-                 age_margin: int = AuditCfg.age_margin, edges=OFFICIAL_EDGES,
-                 edge_score: float = AuditCfg.edge_score) -> pd.DataFrame:
+def audit_people(oof: pd.DataFrame, table, a: AuditCfg | None = None, edges=OFFICIAL_EDGES) -> pd.DataFrame:
     """Mask layout: one row per suspected (person, field): id, field, given, suggested, score (the mean
-    out-of-fold probability of the suggested value), sure (confident, and for an age at the edge at least
-    edge_score), a photo. Ages are in the buckets of `edges`, the ones the experiment trained with."""
+    out-of-fold probability of the suggested value), sure (confident, for an age at the edge at least
+    edge_score, and within what the field's OOF supports: bound_sure), a photo. Ages are in the buckets of
+    `edges`, the ones the experiment trained with."""
+    a = a or AuditCfg()
     by_path = table.df.set_index("path")
     missing = ~oof["path"].isin(by_path.index)
     if missing.any():
@@ -154,42 +188,66 @@ def audit_people(oof: pd.DataFrame, table, min_score: float = AuditCfg.min_score
                           f"data.root, e.g. '{oof['path'][missing].iloc[0]}' (another data root or data set?)")
     probs = oofs.probs(oof)
     person = by_path.loc[oof["path"], "group"].astype(str).to_numpy()
-    ages = person_ages(table)
-    names = {"gender": GENDERS, "age": age_names(edges)}
-    givens = given_values(oof, person, ages, edges)
     first = pd.Series(oof["path"].to_numpy()).groupby(person).first()  # the picture shows one photo
-    rows = []
-    for field in ("gender", "age"):
-        m = pd.DataFrame(marginal(probs, field)).groupby(person).mean()
-        given = givens[field].loc[m.index].to_numpy()
-        flagged = issues(given, m.to_numpy(), min_score)
-        for pid, g, p in zip(m.index[flagged], given[flagged], m.to_numpy()[flagged]):
-            s = int(p.argmax())
-            edge = field == "age" and near_edge(int(ages[pid]), s, age_margin, edges) and p[s] < edge_score
-            rows.append({"id": pid, "field": field, "given": names[field][g], "suggested": names[field][s],
-                         "score": round(float(p[s]), 4), "sure": bool(p[s] >= min_score and not edge),
-                         "path": first[pid]})
+    rows, supports = person_flags(probs, oof, person, person_ages(table), a, edges)
     labels = oof["label"].to_numpy()
     mask_p, mask_y = marginal(probs, "mask"), field_of(labels, "mask")
-    flagged = issues(mask_y, mask_p)
-    for i in np.flatnonzero(flagged):
+    for i in np.flatnonzero(issues(mask_y, mask_p)):
         s = int(mask_p[i].argmax())
         rows.append({"id": person[i], "field": "mask", "given": MASK_NAMES[mask_y[i]], "suggested": MASK_NAMES[s],
-                     "score": round(float(mask_p[i, s]), 4), "sure": bool(mask_p[i, s] >= min_score),
+                     "score": round(float(mask_p[i, s]), 4), "sure": bool(mask_p[i, s] >= a.min_score),
                      "path": oof["path"].iloc[i]})
+    supports["mask"] = support(mask_y, mask_p)
     out = pd.DataFrame(rows, columns=["id", "field", "given", "suggested", "score", "sure", "path"])
+    out["sure"] &= (out["field"] != "mask") | swapped(out)
+    out["path"] = out["path"].fillna(out["id"].map(first))
+    for field, (accuracy, wrong) in supports.items():
+        out = bound_sure(out, out["field"] == field, field, accuracy, wrong, a.min_accuracy)
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def audit_images(oof: pd.DataFrame, classes: list[str], min_score: float = AuditCfg.min_score) -> pd.DataFrame:
+def swapped(rows: pd.DataFrame) -> pd.Series:
+    """Whether a mask flag has its other half: a photo of the same person flagged the other way round. A
+    person's photos hold each mask state a fixed number of times (the file names say which), so a wrong
+    mask label is two files swapped; one photo alone that looks worn when named incorrect is the model
+    confusing the two states (measured: 3 such sure flags at 0.75-0.98 on a 64-px cv, no mask label wrong)."""
+    mask = rows[rows["field"] == "mask"]
+    pairs = set(zip(mask["id"], mask["given"], mask["suggested"]))
+    other_half = [(i, s, g) in pairs for i, g, s in zip(mask["id"], mask["given"], mask["suggested"])]
+    return pd.Series(other_half, index=mask.index, dtype=bool).reindex(rows.index, fill_value=False)
+
+
+def person_flags(probs: np.ndarray, oof: pd.DataFrame, person: np.ndarray, ages: pd.Series, a: AuditCfg,
+                 edges) -> tuple[list[dict], dict[str, tuple[float, int]]]:
+    """The gender and age flags, one per person and field, on the mean of the person's photos' marginals;
+    and each field's support (accuracy, estimated wrong labels) over the people."""
+    names = {"gender": GENDERS, "age": age_names(edges)}
+    givens = given_values(oof, person, ages, edges)
+    rows, supports = [], {}
+    for field in ("gender", "age"):
+        m = pd.DataFrame(marginal(probs, field)).groupby(person).mean()
+        given, p = givens[field].loc[m.index].to_numpy(), m.to_numpy()
+        supports[field] = support(given, p)
+        flagged = issues(given, p, a.min_score)
+        for pid, g, q in zip(m.index[flagged], given[flagged], p[flagged]):
+            s = int(q.argmax())
+            edge = field == "age" and near_edge(int(ages[pid]), s, a.age_margin, edges) and q[s] < a.edge_score
+            rows.append({"id": pid, "field": field, "given": names[field][g], "suggested": names[field][s],
+                         "score": round(float(q[s]), 4), "sure": bool(q[s] >= a.min_score and not edge), "path": None})
+    return rows, supports
+
+
+def audit_images(oof: pd.DataFrame, classes: list[str], a: AuditCfg | None = None) -> pd.DataFrame:
     """CSV / folder layouts: one row per suspected image."""
+    a = a or AuditCfg()
     probs, labels = oofs.probs(oof), oof["label"].to_numpy()
     flagged = issues(labels, probs)
     rows = [{"image": oof["image"].iloc[i] if "image" in oof.columns else oof["path"].iloc[i],
              "given": classes[labels[i]], "suggested": classes[int(probs[i].argmax())],
-             "score": round(float(probs[i].max()), 4), "sure": bool(probs[i].max() >= min_score),
+             "score": round(float(probs[i].max()), 4), "sure": bool(probs[i].max() >= a.min_score),
              "path": oof["path"].iloc[i]} for i in np.flatnonzero(flagged)]
     out = pd.DataFrame(rows, columns=["image", "given", "suggested", "score", "sure", "path"])
+    out = bound_sure(out, pd.Series(True, index=out.index), "label", *support(labels, probs), a.min_accuracy)
     return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -227,8 +285,7 @@ def run(cfg: Config, sources: list[str], corrections_out: str | None = None) -> 
     edges = trained_edges(paths) if cfg.data.format == "mask" else OFFICIAL_EDGES
     if edges != OFFICIAL_EDGES:
         log.info("data audit: ages in the buckets the experiment trained with, data.age_edges=%s", list(edges))
-    found = (audit_people(oof, table, a.min_score, a.age_margin, edges, a.edge_score)
-             if cfg.data.format == "mask" else audit_images(oof, table.classes, a.min_score))
+    found = audit_people(oof, table, a, edges) if cfg.data.format == "mask" else audit_images(oof, table.classes, a)
     out = folder / "label_issues.csv"
     files.write_csv(out, found)
     picture(found, folder / "label_issues.png")

@@ -222,6 +222,9 @@ class AuditCfg:
     min_score: float = 0.6
     age_margin: int = 2
     edge_score: float = 0.85
+    # and a field's sure flags are bounded by what its OOF supports: none where the field's out-of-fold
+    # accuracy is under min_accuracy, at most cleanlab's estimate of its wrong labels (audit.bound_sure)
+    min_accuracy: float = 0.85
 
 
 @dataclass
@@ -502,7 +505,7 @@ RANGES = [  # (key, lowest, highest, how the message says it)
     ("train.sampler_power", 0, 1, "in 0..1"), ("pseudo.threshold", 0, 1, "a probability in 0..1"),
     ("train.cutmix_same_class", 0, 1, "a probability in 0..1"),
     ("audit.min_score", 0, 1, "a probability in 0..1"), ("audit.age_margin", 0, 60, "years, 0..60"),
-    ("audit.edge_score", 0, 1, "a probability in 0..1"),
+    ("audit.edge_score", 0, 1, "a probability in 0..1"), ("audit.min_accuracy", 0, 1, "an accuracy in 0..1"),
     ("train.mixup", 0, None, "0 (off) or more"), ("train.cutmix", 0, None, "0 (off) or more"),
     ("train.early_stop", 0, None, "0 (off) or more"), ("data.num_workers", 0, 64, "0..64 or 'auto'"),
     ("train.threads", 1, 1024, "1..1024 or 'auto'"),

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from baseline.cli import main
-from baseline.config import load_config
+from baseline.config import AuditCfg, load_config
 from baseline.data.layouts import read_table
 from baseline.data.synth import inject_label_errors, write_synth
 from tests.conftest import tiny_overrides
@@ -96,7 +96,7 @@ def test_audit_is_sure_of_confident_flags_away_from_an_age_edge_and_corrects_onl
              ("902", 0, 24, 1, 0, 0.95),   # given male, looks female: sure
              ("903", 0, 58, 0, 2, 0.92)]   # given 58, looks >=60 at 0.94: at the edge but past edge_score
     oof, table = _people_oof(clean + wrong)
-    found = audit_people(oof, table, min_score=0.6, age_margin=2, edge_score=0.85)
+    found = audit_people(oof, table, AuditCfg(min_score=0.6, age_margin=2, edge_score=0.85))
     by = found.set_index(["id", "field"])
     assert set(by.index) == {("900", "age"), ("901", "age"), ("902", "gender"), ("903", "age")}
     assert by.loc[("900", "age"), "sure"] and by.loc[("902", "gender"), "sure"] and by.loc[("903", "age"), "sure"]
@@ -105,17 +105,20 @@ def test_audit_is_sure_of_confident_flags_away_from_an_age_edge_and_corrects_onl
     assert set(zip(fixes["id"], fixes["field"])) == {("900", "age"), ("902", "gender"), ("903", "age")}
     assert fixes.set_index("id").loc["900", "value"] == 29  # the nearest age of the suggested bucket
     assert fixes.set_index("id").loc["903", "value"] == 60
-    assert "903" not in set(corrections(audit_people(oof, table, 0.6, 2, edge_score=1.0), table)["id"])
-    assert set(corrections(audit_people(oof, table, 0.6, 0), table)["id"]) == {"900", "901", "902", "903"}
+    assert "903" not in set(corrections(audit_people(oof, table, AuditCfg(edge_score=1.0)), table)["id"])
+    no_margin = corrections(audit_people(oof, table, AuditCfg(age_margin=0)), table)
+    assert set(no_margin["id"]) == {"900", "901", "902", "903"}
     assert near_edge(58, 2, 2) and near_edge(61, 1, 2) and not near_edge(57, 2, 2)  # (age, suggested, margin)
     assert near_edge(29, 1, 2) and not near_edge(45, 0, 2)
     assert not near_edge(60, 0, 2) and not near_edge(58, 0, 2, (30, 58))  # two buckets away: no edge question
-    assert not near_edge(60, 1, 2, (30, 58)) and near_edge(59, 1, 2, (30, 58))
+    # trained at [30, 58], a 60 suggested 30-57 is still at the official edge: the score asks whether they are 60
+    assert near_edge(60, 1, 2, (30, 58)) and near_edge(59, 1, 2, (30, 58)) and not near_edge(63, 1, 2, (30, 58))
 
 
 def test_audit_lists_a_confident_contradiction_that_cleanlab_does_not_count():
     """A strong model predicts every clean person's gender at 0.97, so cleanlab's threshold for a class
-    is 0.97 and a flipped person predicted at 0.85 for the other gender is not in its confident joint."""
+    is 0.97 and a flipped person predicted at 0.85 for the other gender is not in its confident joint:
+    listed for review, but not sure, since cleanlab estimates no wrong gender to support it."""
     import numpy as np
     from cleanlab.filter import find_label_issues
 
@@ -128,9 +131,51 @@ def test_audit_lists_a_confident_contradiction_that_cleanlab_does_not_count():
                                       .mean(0), include_groups=False))
     given = by_person["label"].first().map(lambda y: field_of(np.array(y), "gender")).to_numpy()
     assert not find_label_issues(given, gender, filter_by="prune_by_noise_rate")[-1]  # cleanlab alone misses it
-    found = audit_people(oof, table, min_score=0.6, age_margin=2).set_index(["id", "field"])
-    assert ("900", "gender") in found.index and found.loc[("900", "gender"), "sure"]
+    found = audit_people(oof, table, AuditCfg()).set_index(["id", "field"])
+    assert ("900", "gender") in found.index and not found.loc[("900", "gender"), "sure"]
     assert len(found) == 1  # and nothing clean is listed
+
+
+def test_sure_flags_are_bounded_by_what_the_fields_oof_supports(caplog):
+    """Ten people given the wrong gender, seen at 0.9 by an OOF that is right on the others: every one is
+    sure. The same flags from an age OOF that gets a quarter of the people wrong are listed, none sure;
+    and a field's sure flags never outnumber cleanlab's estimate of its wrong labels."""
+    import logging
+
+    import numpy as np
+
+    from baseline.audit import audit_people, bound_sure
+
+    ages = [20, 24, 27, 35, 41, 45, 52]
+    clean = [(f"{i:03d}", i % 2, ages[i % 7], i % 2, ages[i % 7] // 30, 0.9) for i in range(90)]
+    flipped = [(f"9{i:02d}", 0, 24, 1, 0, 0.9) for i in range(10)]
+    with caplog.at_level(logging.INFO, logger="baseline"):
+        found = audit_people(*_people_oof(clean + flipped), AuditCfg()).set_index(["id", "field"])
+    assert found["sure"].sum() == 10 and found.index.get_level_values("field").unique().tolist() == ["gender"]
+    assert "gender: out-of-fold accuracy 0.900 (sure flags need 0.85), cleanlab estimates" in caplog.text
+    # an age OOF that puts 25 of 100 people (20-year-olds) in 30-59 at 0.9: a field it cannot be sure of
+    confused = [(f"{i:03d}", i % 2, 20, i % 2, 1 if i < 25 else 0, 0.9) for i in range(100)]
+    found = audit_people(*_people_oof(confused), AuditCfg())
+    assert (found["field"] == "age").sum() > 0 and not found["sure"].any()
+    rows = pd.DataFrame({"field": "age", "score": [0.7, 0.9, 0.8, 0.95], "sure": [True, True, True, False]})
+    kept = bound_sure(rows.copy(), rows["field"] == "age", "age", 0.95, 2, 0.85)
+    assert kept["sure"].tolist() == [False, True, True, False]  # the two most confident of the sure ones
+    assert not bound_sure(rows.copy(), rows["field"] == "age", "age", 0.8, 2, 0.85)["sure"].any()
+    assert np.isfinite(found["score"]).all()
+
+
+def test_a_mask_flag_is_sure_only_with_its_swapped_other_half():
+    """A person's incorrect-mask photo that looks worn is the model confusing two states; the same photo
+    with a worn one of the same person that looks incorrect is two files swapped."""
+    from baseline.audit import swapped
+
+    rows = pd.DataFrame([
+        {"id": "1", "field": "mask", "given": "incorrect", "suggested": "wear"},
+        {"id": "2", "field": "mask", "given": "incorrect", "suggested": "wear"},
+        {"id": "2", "field": "mask", "given": "wear", "suggested": "incorrect"},
+        {"id": "3", "field": "mask", "given": "wear", "suggested": "incorrect"},
+        {"id": "3", "field": "gender", "given": "incorrect", "suggested": "wear"}])
+    assert swapped(rows).tolist() == [False, True, True, False, False]
 
 
 def test_audit_votes_several_experiments_by_averaging_their_oof(tmp_path):
@@ -181,14 +226,14 @@ def test_audit_reads_ages_in_the_buckets_the_experiment_trained_with(tmp_path):
              ("902", 0, 57, 0, 2, 0.7),    # given 57, looks 58+ (0.79): at the edge of 58, listed but not sure
              ("903", 0, 58, 0, 0, 0.85)]   # given 58, looks under 30: two buckets away, sure
     oof, table = _people_oof(clean + wrong)
-    found = audit_people(oof, table, 0.6, 2, edges).set_index(["id", "field"])
+    found = audit_people(oof, table, AuditCfg(), edges).set_index(["id", "field"])
     assert set(found.index) == {("901", "age"), ("902", "age"), ("903", "age")}  # clean 58s predicted 58+: fine
     assert found.loc[("901", "age"), "sure"] and found.loc[("901", "age"), "suggested"] == "30-57"
     assert not found.loc[("902", "age"), "sure"]
     fixes = corrections(found.reset_index(), table, edges)
     assert sorted(fixes.to_dict("records"), key=str) == [{"id": "901", "field": "age", "value": 57},
                                                          {"id": "903", "field": "age", "value": 29}]
-    official = audit_people(oof, table, 0.6, 2)  # the same OOF read at the official edges: the 58s flagged
+    official = audit_people(oof, table, AuditCfg())  # the same OOF read at the official edges: the 58s flagged
     fifty_eights = {f"{i:03d}" for i in range(7, 60, 10)}
     assert fifty_eights <= set(official["id"]) and not official["sure"][official["id"].isin(fifty_eights)].any()
 
@@ -203,7 +248,7 @@ def test_audit_reads_ages_in_the_buckets_the_experiment_trained_with(tmp_path):
 
     table.df.loc[table.df["group"] == "901", "age"] = 45  # the data says 45, the experiment trained a 60
     with pytest.raises(ConfigError, match="person 901 is aged 45"):
-        audit_people(oof, table, 0.6, 2, edges)
+        audit_people(oof, table, AuditCfg(), edges)
 
 
 def test_injected_ages_are_errors_a_photo_can_show(tmp_path):

@@ -273,3 +273,18 @@ def test_age_edges_and_sampler_auto_are_decided_by_the_training_part_alone():
     old_in_train = np.where((np.arange(len(ages)) >= 6) & (np.arange(len(ages)) < 12), 0, 1)
     out = train.resolve_defaults(cfg, env, Table(df, ["a"]), old_in_train)
     assert out.data.age_edges == [30, 58] and out.train.sampler == "balanced"
+
+
+def test_contest_benchmark_scores_the_audit_pipeline_against_its_own_first_cv():
+    """The audit row's gain is over the cv it started from, not over `base`; its table puts the eval gain
+    beside the CV gains like for like and overall."""
+    from baseline import contest_bench
+
+    rows = pd.DataFrame([
+        {"set": "contest_a", "seed": s, "switch": "base", "eval_f1": 0.50, "seconds": 10} for s in (0, 1)] + [
+        {"set": "contest_a", "seed": s, "switch": "audit", "eval_f1": 0.60 + d, "seconds": 30, "eval_before": 0.62,
+         "eval_gain": d - 0.02, "cv_gain": 0.05, "cv_gain_like_for_like": -0.01 + d} for s, d in ((0, 0.0), (1, 0.02))])
+    t = contest_bench.table(rows).set_index("switch")
+    assert t.loc["audit", "gain"] == "-0.010" and t.loc["base", "gain"] == "+0.000"
+    assert contest_bench.pipeline_table(rows).splitlines()[-1] == \
+        "| contest_a | -0.010 ± 0.010 | +0.000 ± 0.010 | +0.050 ± 0.000 |"
