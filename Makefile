@@ -113,8 +113,9 @@ test: $(STAMP) ## run the whole test suite (slow end-to-end tests included; inst
 test-fast: $(STAMP) ## the unit tests only (nothing trains), well under a minute
 	$(BIN)/pytest -q -m "not slow" $(ARGS)
 
-lint: $(STAMP) ## ruff and hadolint
+lint: $(STAMP) ## ruff, the package's import floors (lint-imports) and hadolint
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
 docker-build: ## build the image (ARGS="--build-arg BASE=<image>"; extra CA certs: certs/*.crt)

@@ -172,7 +172,7 @@ def run_roots(cfg: Config, dirs: list[str] | None) -> list[Path]:
 def ensemble_command(cfg: Config, args) -> int:
     import time
 
-    from . import ensemble
+    from .submit import ensemble
 
     roots = run_roots(cfg, args.dir)
     spec = ensemble.fit([ensemble.find_member(m, roots) for m in args.members], offsets=args.offsets)
@@ -183,7 +183,7 @@ def ensemble_command(cfg: Config, args) -> int:
 
 
 def ledger_command(cfg: Config, args) -> int:
-    from . import ledger
+    from .submit import ledger
 
     book = ledger.path(cfg)
     if args.command == "lb":
@@ -201,7 +201,7 @@ def ledger_command(cfg: Config, args) -> int:
 
 def lb_score(cfg: Config, book: Path, args) -> float:
     """The SCORE given, else the submission's macro-F1 against the data's truth file."""
-    from . import ledger
+    from .submit import ledger
 
     if args.score is not None:
         try:
@@ -255,7 +255,7 @@ def parse(argv: list[str] | None):
 def dispatch(args, cfg: Config) -> int:
     """Run the command; its exit code."""
     if args.command == "sweep":
-        from . import sweep
+        from .sweeps import sweep
 
         table = sweep.run(args.sweep, args.config, args.overrides, args.nproc)
         print(table.to_string(index=False))
@@ -265,12 +265,12 @@ def dispatch(args, cfg: Config) -> int:
 
         return gpus.main()
     if args.command == "sweep-dashboard":
-        from .sweep_report import dashboard
+        from .sweeps.report import dashboard
 
         dashboard(cfg, args.name, args.port)
         return 0
     if args.command == "sweep-report":
-        from .sweep_report import report
+        from .sweeps.report import report
 
         print(report(cfg, args.name))
         return 0
@@ -292,11 +292,12 @@ def dispatch(args, cfg: Config) -> int:
     if args.command == "data":
         return data_command(args.action, cfg, args)
     if args.command == "train":
+        from .sweeps.trial import Reporter
         from .train import run
 
-        run(cfg)
+        run(cfg, Reporter if cfg.sweep.trial >= 0 else None)  # a sweep's trial: its pruner may stop the run
         return 0
-    from .predict import submit
+    from .submit.predict import submit
 
     submit(cfg)
     return 0
@@ -305,7 +306,7 @@ def dispatch(args, cfg: Config) -> int:
 def contest_command(args, cfg: Config) -> int:
     """pseudo | refit | lr-find."""
     if args.command == "pseudo":
-        from . import pseudo
+        from .submit import pseudo
 
         out, rows = pseudo.write(cfg)
         print(f"wrote {out}: {len(rows)} pseudo-labelled test images; train with data.pseudo={out}")
@@ -325,18 +326,18 @@ def contest_command(args, cfg: Config) -> int:
 
 def bench_command(what: str, cfg: Config, overrides: list[str]) -> int:
     if what == "gpu":
-        from . import gpucheck
+        from .bench import gpucheck
 
         return gpucheck.main(cfg, overrides)
     if what == "contest":
-        from . import contest_bench
+        from .bench import contest as contest_bench
 
         return contest_bench.main(cfg, overrides)
     if what == "recipe":
-        from . import recipe
+        from .bench import recipe
 
         return recipe.main(cfg, overrides)
-    from . import bench
+    from .bench import speed as bench
 
     print(bench.loader_report(bench.loader_run(cfg)) if what == "loader" else bench.report(bench.run(cfg)))
     return 0

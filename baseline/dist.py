@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import signal
 import sys
 import tempfile
 import uuid
@@ -44,6 +46,18 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies, so a killed sweep worker leaves no
+    trial training on without it (the trial's retry would find the run folder busy)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: a killed worker's trial runs to its end
+        pass
+
+
 def setup(device: str = "auto") -> Env:
     """Read torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE) and join the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -52,8 +66,6 @@ def setup(device: str = "auto") -> Env:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     dev = pick_device(device, local_rank)
     if os.environ.get(REPORT_ENV):  # a process of our own launcher (launch): it goes when the launcher goes
-        from .trial import die_with_parent
-
         die_with_parent()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

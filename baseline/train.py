@@ -15,8 +15,10 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -28,26 +30,11 @@ import timm.utils
 import torch
 
 from . import checkpoint as ckpt
-from . import (
-    cpus,
-    defaults,
-    dist,
-    engine,
-    files,
-    freeze,
-    losses,
-    memory,
-    models,
-    plots,
-    progress,
-    pseudo,
-    rundir,
-    trial,
-)
+from . import cpus, defaults, dist, engine, files, freeze, losses, memory, models, plots, progress, rundir
 from . import oof as oofs
 from .config import Config, ConfigError, age_edges, img_hw, save_yaml, to_dict
 from .data import dataset as ds
-from .data import store
+from .data import pseudo, store
 from .data.batch_aug import BatchAug
 from .data.competition import OFFICIAL_EDGES
 from .data.competition import label as age_label
@@ -59,12 +46,26 @@ from .tracking import NullTracker, Tracker, resolve_mode, truncate_metrics
 log = logging.getLogger("baseline")
 
 
-def run(cfg: Config) -> dict:
+class Judge(Protocol):
+    """Asked after every epoch whether the run stops there (a sweep trial's pruner: sweeps/trial.py)."""
+
+    def should_stop(self, epoch: int, row: dict, last: bool) -> bool: ...
+
+
+class KeepGoing:
+    """Outside a sweep: no one stops the run."""
+
+    def should_stop(self, epoch: int, row: dict, last: bool) -> bool:
+        return False
+
+
+def run(cfg: Config, judge: Callable[[Config, dist.Env, float | None], Judge] | None = None) -> dict:
+    """Train one run; `judge(cfg, env, best so far)` makes the per-epoch stop question (default: none)."""
     with dist.session(cfg.train.device) as env:
-        return _train(cfg, env)
+        return _train(cfg, env, judge)
 
 
-def _train(cfg: Config, env: dist.Env) -> dict:
+def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
     seed_everything(cfg.seed)
     preflight(cfg)
     share = watch_machine(env)
@@ -101,11 +102,11 @@ def _train(cfg: Config, env: dist.Env) -> dict:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, run_dir / "config.yaml")
         with file_log(run_dir / "train.log", env, notes), Preemption(env, cfg.train.log_interval) as stop:
-            return train_in_folder(cfg, env, table, fold, state, run_dir, saved, cache, stop)
+            return train_in_folder(cfg, env, table, fold, state, run_dir, saved, cache, stop, judge)
 
 
 def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, state: TrainState, run_dir: Path,
-                    saved: dict | None, cache: np.ndarray | None, stop: Preemption) -> dict:
+                    saved: dict | None, cache: np.ndarray | None, stop: Preemption, judge=None) -> dict:
     """Everything that happens inside the locked run folder: build, (restore), fit, summary."""
     if env.is_main:
         write_data_record(run_dir, table)
@@ -134,7 +135,8 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     tracker = (Tracker(run_dir, cfg.log.wandb, {**to_dict(cfg), **state.batch_sizes}, run_dir.name, state.wandb_id,
                        cfg.log.tensorboard, state.step) if env.is_main else NullTracker())
     state.wandb_id = tracker.wandb_id
-    run = Run(cfg, env, learner, loaders, state, tracker, saver, run_dir, trial.Reporter(cfg, env, state.best))
+    judged = judge(cfg, env, state.best) if judge else KeepGoing()
+    run = Run(cfg, env, learner, loaders, state, tracker, saver, run_dir, judged)
     try:
         fit(run)
         return write_summary(run)
@@ -606,7 +608,7 @@ class Run:
     tracker: Tracker | NullTracker
     saver: ckpt.Saver
     dir: Path
-    sweep_trial: trial.Reporter
+    sweep_trial: Judge
     epoch_started: float = 0.0  # perf_counter at the start of the current epoch
     epoch_wall: float = 0.0  # seconds the last epoch took, evaluation and checkpoints included
     epoch_extra: float = 0.0  # of those, outside the training steps

@@ -58,7 +58,7 @@ def test_refit_trains_every_fold_for_the_chosen_epochs_and_stands_in_with_the_ex
         synth_root, tmp_path, monkeypatch):
     import torch
 
-    from baseline import ensemble
+    from baseline.submit import ensemble
 
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"

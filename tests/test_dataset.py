@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from baseline import bench
+from baseline.bench import speed as bench
 from baseline.cli import main
 from baseline.config import load_config
 from baseline.data import dataset as ds

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from baseline import defaults, models, recipe, train
+from baseline import defaults, models, train
+from baseline.bench import recipe
 from baseline.cli import main
 from baseline.config import load_config
 
@@ -239,7 +240,7 @@ def test_table_puts_the_held_out_set_last_and_checks_the_bar():
 @pytest.mark.slow
 def test_contest_benchmark_tiny_mode_runs_every_switch_and_pipeline(tmp_path, capsys):
     out = tmp_path / "bench"
-    from baseline import ledger
+    from baseline.submit import ledger
 
     # one switch and one pipeline (the whole list is the same code, per name; make bench-contest runs it all;
     # refit and audit run there and in test_cv / test_audit, a cv each: too slow to repeat here)
@@ -278,7 +279,7 @@ def test_age_edges_and_sampler_auto_are_decided_by_the_training_part_alone():
 def test_contest_benchmark_scores_the_audit_pipeline_against_its_own_first_cv():
     """The audit row's gain is over the cv it started from, not over `base`; its table puts the eval gain
     beside the CV gains like for like and overall."""
-    from baseline import contest_bench
+    from baseline.bench import contest as contest_bench
 
     rows = pd.DataFrame([
         {"set": "contest_a", "seed": s, "switch": "base", "eval_f1": 0.50, "seconds": 10} for s in (0, 1)] + [

@@ -37,7 +37,7 @@ def test_train_then_submit(synth_root, tmp_path, caplog, monkeypatch):
     assert ckpt["config"]["model"]["name"] == "test_resnet" and len(ckpt["classes"]) == 18
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
     assert ckpt["config"]["train"]["channels_last"] is True  # auto, resolved: a conv net on the CPU
-    from baseline.predict import load_model
+    from baseline.submit.predict import load_model
 
     model = load_model(run / "checkpoints" / "best.pt", torch.device("cpu"))[0]  # predicts in that layout
     assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)

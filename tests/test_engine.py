@@ -17,7 +17,7 @@ from baseline.cli import main
 from baseline.config import load_config
 from baseline.data.layouts import read_table
 from baseline.data.split import load_or_write_folds
-from baseline.predict import load_model
+from baseline.submit.predict import load_model
 from tests.conftest import tiny_overrides
 
 METRICS = ["val_loss", "val_acc", "val_f1", "train_loss"]

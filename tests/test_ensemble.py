@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from baseline import ensemble
 from baseline.cli import main
 from baseline.config import ConfigError
+from baseline.submit import ensemble
 
 
 def write_run(folder, probs, labels, split_hash="abc", fold=0, paths=None):
@@ -141,7 +141,7 @@ def test_a_single_fold_members_halves_split_by_person_not_by_image():
 
 def test_offsets_tuned_without_tta_are_refused_with_tta(tmp_path):
     from baseline.config import load_config
-    from baseline.predict import check_offsets_match_tta
+    from baseline.submit.predict import check_offsets_match_tta
 
     spec = {"offsets": [0.0, 0.4]}
     check_offsets_match_tta(load_config(None, ["submit.tta=false"]), spec)
@@ -154,7 +154,7 @@ def test_offsets_tuned_without_tta_are_refused_with_tta(tmp_path):
 def test_offsets_go_on_each_folds_mix_not_on_the_flatter_mean_of_the_folds():
     """Tuned on one model per image, offsets applied to the mean of two fold models would flip a decision
     that either model alone keeps: one fold is sure of class 0 (0.95), the other leans to 1 (0.65)."""
-    from baseline import predict
+    from baseline.submit import predict
 
     folds = [np.array([[0.95, 0.05]]), np.array([[0.35, 0.65]])]
     offsets = [0.0, 0.7]

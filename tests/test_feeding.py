@@ -302,7 +302,7 @@ def test_a_run_can_augment_on_the_device(tiny, tmp_path):
 
 
 def test_bench_loader_reports_each_worker_count(synth_root):
-    from baseline import bench
+    from baseline.bench import speed as bench
 
     r = bench.loader_run(load_config(None, [f"data.root={synth_root}"]), hw=(64, 64), batch=16, images=64,
                          workers=[0, 1])

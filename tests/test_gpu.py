@@ -50,7 +50,7 @@ def test_out_of_memory_is_one_line_and_exit_3(tiny, tmp_path):
 
 
 def test_gpu_check_forced_oom_says_exit_3(synth_root, tmp_path):
-    from baseline import gpucheck
+    from baseline.bench import gpucheck
 
     over = [f"data.root={synth_root}", "log.wandb.mode=disabled", "model.name=test_resnet"]
     assert gpucheck.forced_oom(over, str(tmp_path)).startswith("exit 3: error: out of memory")

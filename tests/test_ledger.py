@@ -8,8 +8,8 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from baseline import ledger
 from baseline.cli import main
+from baseline.submit import ledger
 
 
 def fake_member(folder, val_f1, paths=("a.png", "b.png", "c.png"), labels=(0, 1, 1), probs=((0.9, 0.1),) * 3,

@@ -82,7 +82,7 @@ def test_a_pseudo_table_naming_an_unknown_class_or_image_is_refused_by_row(synth
 
 
 def test_an_older_ledger_is_upgraded_before_a_row_is_appended(tmp_path):
-    from baseline import ledger
+    from baseline.submit import ledger
 
     book = tmp_path / "ledger.csv"
     old = ledger.COLUMNS[:-2]  # before pseudo and labels

@@ -60,7 +60,7 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
 
 
 def test_hyperband_stops_a_trial_and_ends_its_process_group(ray_cluster, synth_root, tmp_path):
-    from baseline.ray_sweep import group_alive
+    from baseline.sweeps.ray_sweep import group_alive
 
     lrs = [0.02, 0.01, 1e-6, 1e-7]  # two that learn, two that cannot: ASHA stops at least one of those
     # 8 epochs: a tiny epoch takes a tenth of a second and the trainable polls metrics.csv every half second;

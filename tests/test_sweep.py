@@ -17,13 +17,13 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from baseline import sweep
 from baseline.cli import main
 from baseline.config import ConfigError, load_config
 from baseline.dist import Env
 from baseline.rundir import _alive
-from baseline.study import pruner
-from baseline.trial import Reporter
+from baseline.sweeps import sweep
+from baseline.sweeps.study import pruner
+from baseline.sweeps.trial import Reporter
 
 BASE = {"method": "grid", "metric": {"name": "val_f1", "goal": "maximize"},
         "parameters": {"optim.lr": {"values": [0.1]}}}

@@ -15,7 +15,7 @@ from baseline import checkpoint as ckpt
 from baseline import dist, losses, plots
 from baseline.data import layouts
 from baseline.data.layouts import DataError
-from baseline.predict import check_submission
+from baseline.submit.predict import check_submission
 
 
 # ---------------------------------------------------------------- losses

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import files, ledger
-from . import oof as oofs
-from .config import Config
-from .data.contest import write_contest
+from .. import files
+from .. import oof as oofs
+from ..config import Config
+from ..data.contest import write_contest
+from ..submit import ledger
 
 log = logging.getLogger("baseline")
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .config import Config, ConfigError  # noqa: E402
+from ..config import Config, ConfigError  # noqa: E402
 from .study import storage
 from .sweep import results, storage_url  # noqa: E402
 

@@ -3,24 +3,13 @@ the study's pruner; every rank receives the answer (a collective), so all ranks 
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import signal
 
-from . import dist
-from .config import Config
+from .. import dist
+from ..config import Config
+from ..dist import die_with_parent
 
 log = logging.getLogger("baseline")
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Linux: the kernel kills this process when its parent dies, so a killed sweep worker leaves no
-    trial training on without it (the trial's retry would find the run folder busy)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: a killed worker's trial runs to its end
-        pass
 
 
 class Reporter:

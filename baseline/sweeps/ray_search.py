@@ -10,8 +10,8 @@ from pathlib import Path
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from .ray_sweep import finished_run, last_error
-from .rundir import read_json
+from ..rundir import read_json
+from .launch import finished_run, last_error
 
 
 class StudySearch(OptunaSearch):

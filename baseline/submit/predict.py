@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import checkpoint as ckpt
-from . import cpus, defaults, dist, engine, ensemble, files, ledger, models, progress
-from .config import Config, ConfigError, DataCfg, from_dict, img_hw
-from .data import dataset as ds
-from .data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
+from .. import checkpoint as ckpt
+from .. import cpus, defaults, dist, engine, files, models, progress
+from ..config import Config, ConfigError, DataCfg, from_dict, img_hw
+from ..data import dataset as ds
+from ..data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
+from . import ensemble, ledger
 
 log = logging.getLogger("baseline")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from .config import Config, ConfigError
-from .dist import launch_command
+from ..config import Config, ConfigError
+from ..dist import die_with_parent, launch_command
+from .launch import TrialFailed, finished_run, last_error, override
 from .study import storage
-from .trial import die_with_parent
 
 log = logging.getLogger("baseline")
 
@@ -59,7 +59,6 @@ class TrialSpec:
 
 
 def trial_overrides(spec: TrialSpec, params: dict, name: str) -> list[str]:
-    from .sweep import override
 
     chosen = [override(k, v) for k, v in {**spec.constants, **params}.items()]
     return [*spec.args, f"train.monitor={spec.metric}", *chosen, f"run.dir={spec.sweep_dir}", f"run.name={name}",
@@ -110,25 +109,14 @@ def report_rows(spec: TrialSpec, rows: list[dict], best: float | None) -> float 
     return best
 
 
-def finished_run(run_dir: Path) -> bool:
-    """The run ended on its own (all its epochs, or its early stop): not stopped by a scheduler, not failed."""
-    from .rundir import read_json
-
-    return (read_json(run_dir / "summary.json") or {}).get("status") == "finished"
-
-
 def drop_stale_rows(run_dir: Path) -> None:
     """metrics.csv cut to the epochs its last.pt holds, before a resumed trial reports anything: the resumed
     run cuts them too, but only once it starts, and rows it then writes again would never be reported."""
-    from . import checkpoint as ckpt
-    from .tracking import truncate_metrics
+    from .. import checkpoint as ckpt
+    from ..tracking import truncate_metrics
 
     last = run_dir / "checkpoints" / "last.pt"
     truncate_metrics(run_dir / "metrics.csv", int(ckpt.load(last, mmap=True)["epoch"]) if last.is_file() else 0)
-
-
-class TrialFailed(RuntimeError):
-    """The trial's run exited with an error; its .log in the sweep folder has the whole output."""
 
 
 def epochs_of(run_dir: Path) -> list[dict]:
@@ -139,12 +127,6 @@ def epochs_of(run_dir: Path) -> list[dict]:
         return pd.read_csv(path).to_dict("records")
     except (pd.errors.EmptyDataError, pd.errors.ParserError):
         return []  # being written: read it again next time
-
-
-def last_error(out: Path) -> str:
-    lines = [ln for ln in out.read_text().splitlines() if ln.strip()] if out.is_file() else []
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    return (errors or lines or ["(no output)"])[-1]
 
 
 def end_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

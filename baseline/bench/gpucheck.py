@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from . import bench, dist, memory
-from .config import Config, load_config
+from .. import dist, memory
+from ..config import Config, load_config
+from . import speed as bench
 
 GPU = ["model.name=resnet50", "data.img_size=224", "train.amp=bf16", "train.channels_last=true"]
 TINY = ["model.name=test_resnet", "data.img_size=32"]  # amp auto: full precision on the CPU

@@ -6,7 +6,7 @@ The same YAML works with `wandb sweep FILE` (its `command:` block runs our train
 `${args_no_hyphens}`) and with `baseline sweep FILE`, which needs no W&B server. Each trial is a
 normal run (a subprocess; torchrun with --nproc) in runs/sweeps/<name>/trialNNN; its rank 0 reports
 the metric to the study after every epoch and all ranks stop together when the pruner says so
-(baseline/trial.py). The study is the only bookkeeping: which trials ran, their state and value.
+(baseline/sweeps/trial.py). The study is the only bookkeeping: which trials ran, their state and value.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from . import files
-from .config import Config, ConfigError, SweepCfg, load_config, to_dict
-from .dist import launch_command
-from .rundir import LOCK, read_json
+from .. import files
+from ..config import Config, ConfigError, SweepCfg, load_config, to_dict
+from ..dist import die_with_parent, launch_command
+from ..rundir import LOCK, read_json
+from .launch import TrialFailed, override
 from .study import pruner, storage
-from .trial import die_with_parent
 
 log = logging.getLogger("baseline")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -54,10 +54,6 @@ TOP_KEYS = {"program", "method", "metric", "parameters", "run_cap", "command", "
 HYPERBAND_KEYS = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
 METRICS = ("val_f1", "val_acc", "val_loss")  # what every epoch records and summary.json keeps
 DEFAULT_CAP = 10  # random / bayes without run_cap (W&B would run until stopped)
-
-
-class TrialFailed(Exception):
-    """The trial's run exited with an error (recorded on the trial; the sweep goes on)."""
 
 
 class Skipped(Exception):
@@ -294,15 +290,6 @@ def hyperband(et, epochs: int, where: str) -> dict | None:
         raise ConfigError(f"{where}: early_terminate: expected integer epochs 1 <= min_iter <= max_iter, "
                           f"got {lo!r}, {hi!r}")
     return {"min_resource": lo, "max_resource": hi, "reduction_factor": eta}
-
-
-def override(key: str, value) -> str:
-    """`key=value` as our CLI (and W&B's ${args_no_hyphens}) writes it."""
-    if isinstance(value, (list, dict)):
-        return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
-    if isinstance(value, bool):
-        return f"{key}={'true' if value else 'false'}"
-    return f"{key}={value}"
 
 
 # ---------------------------------------------------------------- the study

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from . import files, oof
-from .checkpoint import provenance
-from .config import ConfigError
+from .. import files, oof
+from ..checkpoint import provenance
+from ..config import ConfigError
 
 log = logging.getLogger("baseline")
 
@@ -266,7 +266,7 @@ def point_labels(scored: pd.DataFrame) -> dict[tuple[float, float], str]:
 
 
 def _scatter(scored: pd.DataFrame, rho: float | None, out: Path) -> None:
-    from .plots import plt  # the headless backend
+    from ..plots import plt  # the headless backend
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter(scored["cv"], scored["lb"], color="tab:blue")

@@ -23,9 +23,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from . import cpus, dist, engine, models, train
-from .config import Config, img_hw
-from .data.layouts import read_table
+from .. import cpus, dist, engine, models, train
+from ..config import Config, img_hw
+from ..data.layouts import read_table
 
 
 class NaiveDataset(Dataset):
@@ -237,9 +237,9 @@ def loader_run(cfg: Config, hw: tuple[int, int] = (224, 224), batch: int = 64, i
     """The training loader alone at `hw` with the configured augmentation (aug.*), from the decode-once
     cache, for each worker count (0: the main process); and the same augmentation on whole batches
     (aug.on_device) on this machine's CPU. images/s, best of two passes after a warm-up pass."""
-    from .data import dataset as ds
-    from .data.batch_aug import BatchAug
-    from .data.transforms import train_transform
+    from ..data import dataset as ds
+    from ..data.batch_aug import BatchAug
+    from ..data.transforms import train_transform
 
     table = read_table(cfg)
     paths = (table.df["path"].tolist() * (images // len(table.df) + 1))[:images]

@@ -28,9 +28,9 @@ import pandas as pd
 import yaml
 from sklearn.metrics import f1_score
 
-from . import files
-from . import oof as oofs
-from .config import ConfigError
+from .. import files
+from .. import oof as oofs
+from ..config import ConfigError
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)
 

@@ -1,5 +1,5 @@
 """A sweep's Optuna study: its database (SQLite file or PostgreSQL) and its pruner. The sweep runner
-(sweep.py), each trial's own run (trial.py) and the report (sweep_report.py) all open it here."""
+(sweep.py), each trial's own run (trial.py) and the report (report.py) all open it here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 
 import optuna
 
-from .config import ConfigError, SweepCfg
+from ..config import ConfigError, SweepCfg
 
 
 def storage(url: str, sw: SweepCfg | None = None) -> optuna.storages.RDBStorage:

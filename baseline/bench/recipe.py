@@ -32,11 +32,11 @@ from PIL import Image
 from sklearn.metrics import f1_score
 from torch import nn
 
-from . import train
-from .config import Config, TrainCfg, load_config
-from .data import suite
-from .data.layouts import read_table
-from .data.split import load_or_write_folds
+from .. import train
+from ..config import Config, TrainCfg, load_config
+from ..data import suite
+from ..data.layouts import read_table
+from ..data.split import load_or_write_folds
 
 log = logging.getLogger("baseline")
 
@@ -116,8 +116,9 @@ def test_labels(names: list[str], classes: list[str], fmt: str) -> np.ndarray:
 
 def kit_test_f1(run_dir: Path, paths: list[str], y: np.ndarray) -> float:
     """The kit's best.pt on the test part, predicted the way `baseline submit` predicts."""
-    from . import dist, engine, models, predict
-    from .data import dataset as ds
+    from .. import dist, engine, models
+    from ..data import dataset as ds
+    from ..submit import predict
 
     env = dist.Env()
     model, mcfg, _ = predict.load_model(run_dir / "checkpoints" / "best.pt", env.device)
