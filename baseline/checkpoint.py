@@ -1,5 +1,5 @@
 """Checkpoints: atomic writes, best / last / top-k, RNG state for exact resume, and what a checkpoint
-holds (its schema, below: train.checkpoint_state writes it; train.restore, the resume guard in rundir
+holds (its schema, below: loop.checkpoint_state writes it; loop.restore, the resume guard in rundir
 and predict read it through the accessors here)."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from . import oof as oofs
 from .config import Config, ConfigError
 from .dist import launch_command
 from .rundir import read_json, state
-from .train import preflight
+from .session import preflight
 
 log = logging.getLogger("baseline")
 

@@ -24,7 +24,7 @@ MIN_STEPS = 30  # optimizer steps per epoch that the batch should leave, where t
 # train.batch_size=data stays in 32..cap: below 32 a step costs nearly as much as at 32; on the CPU an
 # image costs as much at 64 as at 32 (resnet18 at 72x56: about 80-85 img/s at either), so
 # larger batches only take optimizer steps away.
-# On a GPU the cap is high and memory decides (train.fit_data_batch halves it until a probe step fits).
+# On a GPU the cap is high and memory decides (session.fit_data_batch halves it until a probe step fits).
 MIN_BATCH, MAX_BATCH = 32, {"cpu": 32, "cuda": 256}
 TINY = 320  # fewer training images than this: batch 16, else an epoch is under 10 steps
 SIDE = {"cpu": 64, "cuda": 224}  # img_size=auto aims at about SIDE x SIDE pixels on this device

@@ -54,7 +54,7 @@ class StepCtx:
 
 @dataclass
 class Learner:
-    """The model and everything that updates it; train.enter_phase sets the last three at every
+    """The model and everything that updates it; phases.enter_phase sets the last three at every
     freeze-phase boundary."""
 
     model: torch.nn.Module  # the bare model: checkpoints, evaluation, EMA

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import cpus, dist, engine, files, train
+from . import cpus, dist, engine, files, phases, session
 from .config import Config
 
 log = logging.getLogger("baseline")
@@ -26,19 +26,19 @@ def run(cfg: Config) -> dict:
 
 
 def _find(cfg: Config, env: dist.Env) -> dict:
-    train.seed_everything(cfg.seed)
-    train.preflight(cfg)
-    share = train.watch_machine(env)
-    table, fold, _ = train.prepare_data(cfg, env)
-    cfg = train.resolve_defaults(cfg, env, table, fold, share=share)
-    train.say(env, cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers))
-    cache = train.decode_images(cfg, table, env)
-    learner = train.build_learner(cfg, env, table, stop=lambda step: False,
-                                  train_labels=train.training_part(cfg, table, fold)[1])
-    train_ds, val_ds = train.build_datasets(cfg, table, fold, cache)
-    batch = train.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
-    loaders = train.build_loaders(cfg, env, train_ds, val_ds, batch)
-    train.enter_phase(cfg, learner, 0, loaders.steps)
+    session.seed_everything(cfg.seed)
+    session.preflight(cfg)
+    share = session.watch_machine(env)
+    table, fold, _ = session.prepare_data(cfg, env)
+    cfg = session.resolve_defaults(cfg, env, table, fold, share=share)
+    session.say(env, cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers))
+    cache = session.decode_images(cfg, table, env)
+    learner = session.build_learner(cfg, env, table, stop=lambda step: False,
+                                  train_labels=session.training_part(cfg, table, fold)[1])
+    train_ds, val_ds = session.build_datasets(cfg, table, fold, cache)
+    batch = session.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
+    loaders = session.build_loaders(cfg, env, train_ds, val_ds, batch)
+    phases.enter_phase(cfg, learner, 0, loaders.steps)
     learner.scheduler = None  # the range test sets the LR itself
     rows = range_test(cfg, learner, loaders.train)
     out = Path(cfg.run.dir) / "lr-find" / (cfg.run.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from baseline import defaults, models, train
+from baseline import defaults, models, phases, session, train
 from baseline.bench import recipe
 from baseline.cli import main
 from baseline.config import load_config
@@ -37,7 +37,7 @@ def test_img_size_follows_the_median_aspect_ratio(sizes, side, expected):
     (840, 1, "cuda", 32),
     (1920, 1, "cuda", 64),  # 30 steps at 64
     (1920, 1, "cpu", 32),  # on the CPU 64 is no faster per image: keep the steps
-    (11200, 1, "cuda", 256),  # 43 steps at 256; memory may halve it (train.fit_data_batch)
+    (11200, 1, "cuda", 256),  # 43 steps at 256; memory may halve it (session.fit_data_batch)
     (60000, 1, "cuda", 256),  # the cap
     (11200, 4, "cuda", 64),
     (1344, 2, "cpu", 32),  # per process under DDP: 672 images each
@@ -149,7 +149,7 @@ def test_exif_rotation_counts_in_the_aspect_ratio(tmp_path):
 def test_warmup_is_a_share_of_all_optimizer_steps(steps_per_epoch):
     cfg = load_config(None, ["train.epochs=10", "sched.warmup=0.1"])
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
-    sched = train.make_scheduler(cfg, opt, steps_per_epoch)
+    sched = phases.make_scheduler(cfg, opt, steps_per_epoch)
     lrs = []
     for u in range(10 * steps_per_epoch + 1):
         sched.step_update(num_updates=u)
@@ -269,10 +269,10 @@ def test_age_edges_and_sampler_auto_are_decided_by_the_training_part_alone():
                              "train.batch_size=4", "data.num_workers=0"])
     env = dist.Env()
     old_in_val = np.where(np.arange(len(ages)) < 6, 0, 1)  # the 60s are fold 0, the validation fold
-    out = train.resolve_defaults(cfg, env, Table(df, ["a"]), old_in_val)
+    out = session.resolve_defaults(cfg, env, Table(df, ["a"]), old_in_val)
     assert out.data.age_edges == [30, 60] and out.train.sampler == "shuffle"
     old_in_train = np.where((np.arange(len(ages)) >= 6) & (np.arange(len(ages)) < 12), 0, 1)
-    out = train.resolve_defaults(cfg, env, Table(df, ["a"]), old_in_train)
+    out = session.resolve_defaults(cfg, env, Table(df, ["a"]), old_in_train)
     assert out.data.age_edges == [30, 58] and out.train.sampler == "balanced"
 
 

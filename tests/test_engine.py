@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from baseline import dist, engine, memory, models, train
+from baseline import dist, engine, memory, models, session
 from baseline.cli import main
 from baseline.config import load_config
 from baseline.data.layouts import read_table
@@ -98,7 +98,7 @@ BALANCED_DRAW = """
 import json, sys
 from pathlib import Path
 
-from baseline import dist, train
+from baseline import dist, session
 from baseline.config import load_config
 from baseline.data.layouts import read_table
 from baseline.data.split import load_or_write_folds
@@ -107,7 +107,7 @@ with dist.session("cpu") as env:
     cfg = load_config(None, sys.argv[2:])
     table = read_table(cfg)
     fold, _ = load_or_write_folds(cfg, table)
-    data = train.build_loaders(cfg, env, *train.build_datasets(cfg, table, fold, None), 8)
+    data = session.build_loaders(cfg, env, *session.build_datasets(cfg, table, fold, None), 8)
     data.train.sampler.set_epoch(2)
     draws = dist.gather_objects(env, [int(i) for i, _ in data.train.sampler])
     if env.is_main:
@@ -164,7 +164,8 @@ def test_nproc_2_relaunches_under_torchrun_and_evaluates_exactly_like_one_proces
     env = dist.Env()
     table = read_table(cfg)
     fold, _ = load_or_write_folds(cfg, table)
-    data = train.build_loaders(cfg, env, *train.build_datasets(cfg, table, fold, train.decode_images(cfg, table)), 8)
+    cache = session.decode_images(cfg, table)
+    data = session.build_loaders(cfg, env, *session.build_datasets(cfg, table, fold, cache), 8)
     model, _, _ = load_model(runs / "ddp" / "checkpoints" / "last.pt", env.device)
     mean, std = models.data_stats(model)
     ctx = engine.StepCtx(env, torch.tensor(mean), torch.tensor(std))
@@ -299,7 +300,7 @@ def test_ema_warms_up_so_the_random_start_does_not_stay_in_the_evaluated_weights
     cfg = load_config(None, [f"data.root={synth_root}", "model.name=test_resnet", "train.ema=0.999",
                              "model.pretrained=false"])
     table = Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"])
-    learner = train.build_learner(cfg, dist.Env(), table, stop=lambda step: False)
+    learner = session.build_learner(cfg, dist.Env(), table, stop=lambda step: False)
     start = {k: v.clone() for k, v in learner.ema.module.state_dict().items()}
     for step in range(1, 201):  # the model moves away from its start; the EMA should follow
         with torch.no_grad():
@@ -316,15 +317,15 @@ def test_mixup_keeps_focal_loss_and_class_weights(synth_root):
     labels = np.array([0, 0, 0, 1, 2, 2])
     for loss in ("ce", "focal"):
         over = [f"data.root={synth_root}", f"train.loss={loss}", "train.class_weights=true", "train.label_smoothing=0"]
-        hard = train.build_loss(load_config(None, over), labels, 3, torch.device("cpu"))
-        soft = train.build_loss(load_config(None, [*over, "train.mixup=0.2"]), labels, 3, torch.device("cpu"))
+        hard = session.build_loss(load_config(None, over), labels, 3, torch.device("cpu"))
+        soft = session.build_loss(load_config(None, [*over, "train.mixup=0.2"]), labels, 3, torch.device("cpu"))
         logits, y = torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 1, 2, 2, 1])
         torch.testing.assert_close(soft(logits, torch.nn.functional.one_hot(y, 3).float()), hard(logits, y))
 
 
 def test_class_weights_come_from_the_training_fold_alone(synth_root):
     cfg = load_config(None, [f"data.root={synth_root}", "train.class_weights=true"])
-    loss = train.build_loss(cfg, np.array([0, 0, 0, 1]), 2, torch.device("cpu"))
+    loss = session.build_loss(cfg, np.array([0, 0, 0, 1]), 2, torch.device("cpu"))
     torch.testing.assert_close(loss.weight, torch.tensor([0.5, 1.5]))  # 1/3 and 1/1, normalised to mean 1
 
 
@@ -343,7 +344,7 @@ def test_clipping_bounds_the_update_and_channels_last_reaches_weights_and_batche
     for value in ("true", "auto"):  # auto: a conv net on the CPU is faster channels_last
         cfg = load_config(None, [f"data.root={synth_root}", "model.name=test_resnet",
                                  f"train.channels_last={value}", "model.pretrained=false"])
-        learner = train.build_learner(cfg, dist.Env(), Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"]),
+        learner = session.build_learner(cfg, dist.Env(), Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"]),
                                       stop=lambda step: False)
         conv = next(p for p in learner.model.parameters() if p.dim() == 4)
         assert conv.is_contiguous(memory_format=torch.channels_last)
@@ -374,7 +375,7 @@ def test_grad_checkpointing_reaches_the_model_and_still_trains(synth_root):
     table = Table(pd.DataFrame({"label": [0, 1]}), ["a", "b"])
     cfg = load_config(None, [f"data.root={synth_root}", "model.name=test_resnet", "train.grad_checkpointing=true",
                              "model.pretrained=false"])
-    learner = train.build_learner(cfg, dist.Env(), table, stop=lambda step: False)
+    learner = session.build_learner(cfg, dist.Env(), table, stop=lambda step: False)
     assert learner.model.grad_checkpointing is True
     learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)
     learner.train_view = learner.model

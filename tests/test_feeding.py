@@ -167,7 +167,7 @@ def _decode_in_rank(rank: int, world: int, port: int, overrides: list[str], out)
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from baseline import dist, train
+    from baseline import dist, session
 
     real, mode = ds._decode, {"now": ""}
 
@@ -180,7 +180,7 @@ def _decode_in_rank(rank: int, world: int, port: int, overrides: list[str], out)
     with dist.session("cpu") as env:
         for mode["now"] in ("ram", "disk"):
             cfg = load_config(None, [*overrides, f"data.cache={mode['now']}"])
-            cache = train.decode_images(cfg, read_table(cfg), env)
+            cache = session.decode_images(cfg, read_table(cfg), env)
             np.save(out / f"cache-{mode['now']}{rank}.npy", np.asarray(cache))
             if mode["now"] == "ram":
                 dist.barrier(env)
@@ -335,14 +335,14 @@ def test_a_snapshot_does_not_follow_the_live_tensors():
 
 
 def test_the_train_and_val_datasets_index_the_one_cache_not_copies_of_it(synth_root):
-    from baseline import train
+    from baseline import session
 
     cfg = load_config(None, [f"data.root={synth_root}", "data.img_size=16", "model.pretrained=false",
                              "data.interpolation=bilinear", "split.folds=3", "data.age_edges=[30,60]"])
     table = read_table(cfg)
     fold = np.arange(len(table.df)) % 3
     cache = ds.build_cache(table.df.path.tolist(), (16, 16), "ram", None, 1)
-    tr, va = train.build_datasets(cfg, table, fold, cache)
+    tr, va = session.build_datasets(cfg, table, fold, cache)
     assert tr.cache is cache and va.cache is cache  # one array for the machine, shared by both (and by ranks)
     first_val = int(np.flatnonzero(fold == 0)[0])
     assert torch.equal(va[0][0], torch.from_numpy(cache[first_val]).permute(2, 0, 1))

