@@ -31,6 +31,7 @@ from . import oof as oofs
 from .config import AuditCfg, Config, ConfigError
 from .data.competition import GENDERS, MASK_NAMES, OFFICIAL_EDGES, age_bucket, age_names, age_ranges
 from .data.layouts import read_table
+from .runfolder import Experiment, RunFolder
 
 log = logging.getLogger("baseline")
 
@@ -49,7 +50,7 @@ def marginal(probs: np.ndarray, field: str) -> np.ndarray:
 
 def read_oof(source: Path) -> pd.DataFrame:
     """An experiment's joined oof.csv (every training image once), or one run's (its fold only)."""
-    path = source / "oof.csv"
+    path = Experiment(source).oof  # a run's oof.csv has the same name
     if not path.is_file():
         raise ConfigError(f"data audit: no oof.csv in '{source}' (run `baseline cv` first; its experiment folder "
                           "holds the out-of-fold predictions of every training image)")
@@ -89,7 +90,7 @@ def trained_edges(sources: list[Path]) -> tuple[int, int]:
     so the audit buckets the given ages the same way."""
     found = {}
     for source in sources:
-        path = next((p for p in (source / "fold0" / "config.yaml", source / "config.yaml") if p.is_file()), None)
+        path = next((p for p in (Experiment(source).fold(0).config, RunFolder(source).config) if p.is_file()), None)
         edges = ((yaml.safe_load(path.read_text()) or {}).get("data", {}).get("age_edges") if path else None)
         found[source] = tuple(int(e) for e in edges) if isinstance(edges, list) else OFFICIAL_EDGES
     if len(set(found.values())) > 1:

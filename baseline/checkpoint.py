@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .runfolder import BEST, LAST
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what was asked."""
@@ -202,7 +204,7 @@ class Saver:
     def save_last(self, state: dict) -> None:
         """last.pt alone (a preempted epoch), written before this returns."""
         self.wait()
-        save_atomic({**state, "top": [list(t) for t in self.top]}, self.dir / "last.pt")
+        save_atomic({**state, "top": [list(t) for t in self.top]}, self.dir / LAST)
 
     def better(self, a: float, b: float | None, a_loss: float = math.inf, b_loss: float = math.inf) -> bool:
         """Whether metric `a` beats `b`; an equal metric goes to the lower validation loss. Validation that
@@ -220,7 +222,7 @@ class Saver:
     def save(self, state: dict, epoch: int, metric: float, is_best: bool, loss: float = math.inf) -> None:
         """Serialize once; best.pt and a top-k file are links to the same bytes. `loss`: the epoch's
         validation loss, which breaks a tie on the metric."""
-        copies = [self.dir / "best.pt"] if is_best else []
+        copies = [self.dir / BEST] if is_best else []
         if self.k > 1:
             name = f"epoch{epoch:03d}.pt"
             self.top.append((metric, name, loss))
@@ -229,7 +231,7 @@ class Saver:
                 copies.append(self.dir / name)
         self.wait()  # one write at a time, in epoch order
         evicted, self.top = self.top[self.k:], self.top[: self.k]
-        args = ({**state, "top": [list(t) for t in self.top]}, self.dir / "last.pt", copies, [t[1] for t in evicted])
+        args = ({**state, "top": [list(t) for t in self.top]}, self.dir / LAST, copies, [t[1] for t in evicted])
         if not self.background:
             self._write(*args)
             return

@@ -14,6 +14,7 @@ from .data.layouts import DataError
 from .dist import LOST_PEER, LostPeer, report_lost_peer
 from .memory import OutOfMemory
 from .models import ModelError
+from .runfolder import RunFolder
 from .tracking import TrackingError
 
 USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrackingError)
@@ -220,7 +221,7 @@ def lb_score(cfg: Config, book: Path, args) -> float:
 
 def _run_folder(cfg: Config, name: str) -> Path:
     for p in (Path(name), Path(cfg.run.dir) / name):
-        if (p / "oof.csv").is_file():
+        if RunFolder(p).oof.is_file():
             return p
     raise ConfigError(f"runs --compare: no run folder with an oof.csv at {name} or {Path(cfg.run.dir) / name} "
                       "(a run writes oof.csv after its first validation)")

@@ -23,7 +23,8 @@ from . import files
 from . import oof as oofs
 from .config import Config, ConfigError
 from .dist import launch_command
-from .rundir import read_json, state
+from .rundir import state
+from .runfolder import Experiment
 from .session import preflight
 
 log = logging.getLogger("baseline")
@@ -45,8 +46,7 @@ def run(cfg: Config, config_file: str | None, overrides: list[str], nproc: int =
     exp_dir = Path(cfg.run.dir) / experiment_name(cfg)
     exp_dir.mkdir(parents=True, exist_ok=True)
     for k in range(cfg.split.folds):
-        fold_dir = exp_dir / f"fold{k}"
-        if state(fold_dir) == "finished":
+        if state(Experiment(exp_dir).fold(k).path) == "finished":
             log.info("cv %s: fold %d finished, skipped", exp_dir.name, k)
             continue
         log.info("cv %s: fold %d of %d", exp_dir.name, k, cfg.split.folds)
@@ -63,13 +63,13 @@ def summarize(exp_dir: Path, folds: int) -> dict:
     """cv.json and the experiment's oof.csv from the fold folders."""
     rows, frames = [], []
     for k in range(folds):
-        run = exp_dir / f"fold{k}"
-        summary = json.loads((run / "summary.json").read_text())
+        run = Experiment(exp_dir).fold(k)
+        summary = json.loads(run.summary_file.read_text())
         rows.append({"fold": k, "best_metric": summary["best_metric"], "best_epoch": summary["best_epoch"],
                      "val_f1": summary["val_f1"], "split_hash": summary.get("split_hash")})
-        frames.append(pd.read_csv(run / "oof.csv", dtype={"group": str}).assign(fold=k))  # ids keep their zeros
+        frames.append(pd.read_csv(run.oof, dtype={"group": str}).assign(fold=k))  # ids keep their zeros
     oof = oofs.joined(frames)
-    files.write_csv(exp_dir / "oof.csv", oof)
+    files.write_csv(Experiment(exp_dir).oof, oof)
     metric = np.array([r["best_metric"] for r in rows], dtype=float)
     out = {
         "experiment": exp_dir.name, "folds": rows, "metric_name": summary["metric_name"],
@@ -78,9 +78,9 @@ def summarize(exp_dir: Path, folds: int) -> dict:
         "oof_rows": int(len(oof)), "split_hashes": sorted({str(r["split_hash"]) for r in rows}),
         "labels": oofs.labels_key(oof), **corrected(exp_dir, folds, oof),
     }
-    files.write_json(exp_dir / "cv.json", out)
+    files.write_json(Experiment(exp_dir).cv_file, out)
     log.info("cv %s: %s %.4f ± %.4f over %d folds, OOF macro-F1 %.4f on %d images -> %s", exp_dir.name,
-             out["metric_name"], out["mean"], out["std"], folds, out["oof_f1"], len(oof), exp_dir / "cv.json")
+             out["metric_name"], out["mean"], out["std"], folds, out["oof_f1"], len(oof), Experiment(exp_dir).cv_file)
     if out.get("corrected_people"):
         log.warning("cv %s: validated on labels data.corrections changed for %d people (the model's own "
                     "suggestions): OOF macro-F1 %.4f on the %d images of the people it left alone compares with an "
@@ -95,7 +95,7 @@ def corrected(exp_dir: Path, folds: int, oof: pd.DataFrame) -> dict:
     macro-F1 over the others' images: the part of the score that does not grade the corrections."""
     changed = set()
     for k in range(folds):
-        applied = exp_dir / f"fold{k}" / "corrections_applied.csv"
+        applied = Experiment(exp_dir).fold(k).corrections
         if applied.is_file():
             changed |= set(pd.read_csv(applied, dtype=str)["id"])
     if not changed or "group" not in oof.columns:
@@ -105,12 +105,12 @@ def corrected(exp_dir: Path, folds: int, oof: pd.DataFrame) -> dict:
             "oof_f1_unchanged": float(f1_score(rest["label"], rest["pred"], average="macro", zero_division=0))}
 
 
-REFIT = "refit"  # the refit's run folder inside its experiment
+REFIT = Experiment.REFIT
 
 
 def refit_epochs(exp_dir: Path) -> int:
     """The epoch count the folds chose: the mean of their best epochs, rounded (at least 1)."""
-    cv = read_json(exp_dir / "cv.json")
+    cv = Experiment(exp_dir).cv()
     if not cv.get("folds"):
         raise ConfigError(f"baseline refit: '{exp_dir}' has no cv.json; finish `baseline cv` first (the folds choose "
                           "the epoch count)")
@@ -123,7 +123,7 @@ def refit(exp_dir: Path, overrides: list[str], nproc: int = 1) -> Path:
     out-of-fold predictions (ensemble.load_member). Run again to resume it."""
     exp_dir = Path(exp_dir)
     epochs = refit_epochs(exp_dir)
-    config = exp_dir / "fold0" / "config.yaml"
+    config = Experiment(exp_dir).fold(0).config
     keep = [o for o in overrides if not o.startswith(("split.fold=", "run.name=", "run.dir=", "run.resume="))]
     log.info("refit %s: every fold together for %d epochs (the folds' mean best epoch)", exp_dir.name, epochs)
     cmd = launch_command(nproc, ["train", "--config", str(config), f"train.epochs={epochs}", "train.early_stop=0",
@@ -132,4 +132,4 @@ def refit(exp_dir: Path, overrides: list[str], nproc: int = 1) -> Path:
     rc = subprocess.call(cmd)
     if rc != 0:
         raise SystemExit(rc)
-    return exp_dir / REFIT
+    return Experiment(exp_dir).refit.path

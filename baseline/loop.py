@@ -26,6 +26,7 @@ from . import oof as oofs
 from .config import Config, img_hw, to_dict
 from .data import dataset as ds
 from .phases import enter_phase, phase_state
+from .runfolder import AVERAGED, RunFolder
 from .session import Loaders, amp_mode
 from .tracking import NullTracker, Tracker
 
@@ -204,7 +205,8 @@ def average_best(run: Run) -> None:
         return
     saved = checkpoint_state(cfg, learner, state, rngs)
     saved["averaged_epochs"] = epochs
-    ckpt.save_atomic(saved, run.saver.dir / "averaged.pt", *([run.saver.dir / "best.pt"] if better else []))
+    folder = RunFolder(run.dir)
+    ckpt.save_atomic(saved, folder.checkpoints / AVERAGED, *([folder.best] if better else []))
     if better:
         state.best, state.best_row = m[cfg.train.monitor], {**(state.best_row or {}), **m}
         write_oof(run.dir, run.loaders, logits, cfg.data.root)
@@ -244,7 +246,7 @@ def train_epoch(run: Run) -> dict:
         result = engine.train_one_epoch(run.learner, loader, state.step, on_log=lines)
     except torch.OutOfMemoryError:
         if env.is_main:
-            with open(run.dir / "train.log", "a") as f:
+            with open(RunFolder(run.dir).log, "a") as f:
                 f.write(traceback.format_exc())
         raise memory.OutOfMemory(memory.oom_message(
             env.device, loaders.batch_size, f"in epoch {state.epoch + 1} after step {state.step}")) from None
@@ -363,13 +365,13 @@ def write_oof(run_dir: Path, loaders: Loaders, logits: torch.Tensor, data_root: 
     """Out-of-fold predictions of the best epoch: for error analysis and stacking. `image` is the path
     inside the data set, so a teammate's run (data elsewhere) lines up with yours in an ensemble."""
     images = [Path(os.path.relpath(p, data_root)).as_posix() for p in loaders.val_paths]
-    files.write_csv(run_dir / "oof.csv", oofs.frame(loaders.val_paths, images, loaders.val_labels, loaders.val_groups,
-                                                   logits.softmax(1).numpy()))
+    frame = oofs.frame(loaders.val_paths, images, loaders.val_labels, loaders.val_groups, logits.softmax(1).numpy())
+    files.write_csv(RunFolder(run_dir).oof, frame)
 
 
 def write_figures(run_dir: Path, classes: list[str], oof: pd.DataFrame | None) -> None:
-    if (run_dir / "metrics.csv").is_file():
-        plots.learning_curves(run_dir / "metrics.csv", run_dir / "learning_curves.png")
+    if RunFolder(run_dir).metrics.is_file():
+        plots.learning_curves(RunFolder(run_dir).metrics, run_dir / "learning_curves.png")
     if oof is not None:
         y, pred = oof["label"].to_numpy(), oof["pred"].to_numpy()
         plots.confusion(y, pred, classes, run_dir / "confusion_matrix.png")
@@ -380,7 +382,7 @@ def write_figures(run_dir: Path, classes: list[str], oof: pd.DataFrame | None) -
 def say_ties(run: Run) -> list[int] | None:
     """The epochs that tied with the best on the monitored metric (saturated validation), said in the log;
     None without a tie."""
-    cfg, state, path = run.cfg, run.state, run.dir / "metrics.csv"
+    cfg, state, path = run.cfg, run.state, RunFolder(run.dir).metrics
     tied = tied_epochs(pd.read_csv(path), cfg.train.monitor, state.best) if path.is_file() else []
     if len(tied) < 2:
         return None
@@ -405,9 +407,9 @@ def write_summary(run: Run) -> dict:
     }
     if run.env.is_main:
         summary["best_tied_epochs"] = say_ties(run)
-        files.write_json(run_dir / "summary.json", summary)
+        files.write_json(RunFolder(run_dir).summary_file, summary)
         run.tracker.summary({k: v for k, v in summary.items() if v is not None})
-        oof = pd.read_csv(run_dir / "oof.csv") if (run_dir / "oof.csv").is_file() else None
+        oof = pd.read_csv(RunFolder(run_dir).oof) if RunFolder(run_dir).oof.is_file() else None
         if cfg.log.figures:
             write_figures(run_dir, state.classes, oof)
         if oof is not None:
@@ -421,7 +423,7 @@ def write_summary(run: Run) -> dict:
 def lost_peer_message(run: Run, e: BaseException) -> str:
     """Where the run stood when a peer went, and how to go on."""
     where = f"in epoch {run.state.epoch + 1} (step {run.state.step})"
-    done = run.state.epoch if (run.dir / "checkpoints" / "last.pt").is_file() else 0
+    done = run.state.epoch if RunFolder(run.dir).last.is_file() else 0
     then = (f"last.pt holds epoch {done}: resume with run.resume=auto run.name={run.dir.name} (the same --nproc)"
             if done else "no epoch was finished, so there is nothing to resume: start it again")
     return f"lost another process of this run {where} ({dist.peer_error(e)}); {then}"

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import dist
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, to_dict
+from .runfolder import RunFolder, read_json  # noqa: F401 (read_json: its callers')
 
 log = logging.getLogger("baseline")
 
@@ -52,7 +53,7 @@ def resume_point(cfg: Config) -> Path | None:
     if cfg.run.resume == "auto":
         if not cfg.run.name:
             raise ConfigError("run.resume=auto needs run.name (the run folder to continue)")
-        last = Path(cfg.run.dir) / cfg.run.name / "checkpoints" / "last.pt"
+        last = RunFolder(Path(cfg.run.dir) / cfg.run.name).last
         return last if last.is_file() else None
     if cfg.run.resume:
         path = Path(cfg.run.resume)
@@ -186,23 +187,15 @@ def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, 
 
 
 # ---------------------------------------------------------------- state
-def read_json(path: Path) -> dict:
-    """A run folder's summary.json (or an experiment's cv.json); {} when missing or half-written."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def state(run_dir: Path) -> str:
     """finished | pruned at epoch N | running | failed: <line> | stopped | empty."""
-    if (run_dir / "summary.json").is_file() and not (run_dir / LOCK).is_file():
-        pruned = read_json(run_dir / "summary.json").get("pruned_epoch")
+    run = RunFolder(run_dir)
+    if run.summary_file.is_file() and not (run_dir / LOCK).is_file():
+        pruned = run.summary().get("pruned_epoch")
         return f"pruned at epoch {pruned}" if pruned else "finished"
     held = _holder(run_dir / LOCK)
     if held and (held.get("host") != socket.gethostname() or _alive(int(held.get("pid", 0)))):
         return "running"
     if (run_dir / ERROR).is_file():
         return "failed: " + (run_dir / ERROR).read_text().strip()
-    last = run_dir / "checkpoints" / "last.pt"
-    return "stopped" if last.is_file() else "empty"
+    return "stopped" if run.last.is_file() else "empty"

@@ -18,6 +18,7 @@ import yaml
 from . import files
 from . import oof as oofs
 from .config import WandbCfg
+from .runfolder import Experiment, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _numbers(row: dict) -> dict[str, float]:
 class Tracker(NullTracker):
     def __init__(self, run_dir: Path, cfg: WandbCfg, config: dict, name: str, wandb_id: str = "",
                  tensorboard: bool = False, resume_step: int = 0):
-        self.metrics_path = run_dir / "metrics.csv"
+        self.metrics_path = RunFolder(run_dir).metrics
         self.run = None
         self.tb = None
         if tensorboard:
@@ -156,7 +157,7 @@ class Tracker(NullTracker):
                 self.run.log({png[:-4] + "_png": wandb.Image(str(run_dir / png))})
         if log_model:
             art = wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"classes": classes})
-            art.add_file(str(run_dir / "checkpoints" / "best.pt"))
+            art.add_file(str(RunFolder(run_dir).best))
             self.run.log_artifact(art)
 
     def _tb_pictures(self, run_dir: Path) -> None:
@@ -193,15 +194,16 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
 
 
 def _run_row(run_dir: Path, runs_dir: Path, team_split: str | None) -> dict:
-    from .rundir import read_json, state
+    from .rundir import state
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    run = RunFolder(run_dir)
+    cfg = yaml.safe_load(run.config.read_text()) or {}
     data = cfg.get("data", {})
-    classes = run_dir / "classes.json"
+    classes = run.classes
     n_cls = len(json.loads(classes.read_text())) if classes.is_file() else None
-    d = read_json(run_dir / "summary.json")
+    d = run.summary()
     split = d.get("split_hash") or ""
-    cv = read_json(run_dir.parent / "cv.json")  # the run is a fold of a `baseline cv` experiment
+    cv = Experiment(run_dir.parent).cv()  # the run is a fold of a `baseline cv` experiment
     return {"run": str(run_dir.relative_to(runs_dir)), "root": str(runs_dir),
             # the data set's folder name, not its path: a teammate's copy lives elsewhere
             "data": f"{data.get('format')}:{Path(str(data.get('root'))).name} ({n_cls} classes)",
@@ -220,7 +222,7 @@ def leaderboard(runs_dirs: Path | list[Path], team_split: str | None = None) -> 
     `team_split` (its scores do not compare, and it must not join an ensemble)."""
     roots = [Path(r) for r in (runs_dirs if isinstance(runs_dirs, list) else [runs_dirs])]
     rows = [_run_row(c.parent, root, team_split) for root in roots for c in sorted(root.glob("**/config.yaml"))
-            if (c.parent / "checkpoints").is_dir()]
+            if RunFolder(c.parent).is_run()]
     cols = ["run", "root", "data", "owner", "model", "fold", "split", "val_f1", "cv_oof_f1", "labels", "val_acc",
             "epochs", "train_s", "state"]
     board = pd.DataFrame(rows, columns=cols).sort_values(["data", "val_f1"], ascending=[True, False],
@@ -240,11 +242,11 @@ def label_notes(board: pd.DataFrame, roots: list[Path]) -> list[str]:
             continue
         folder = [_experiment_of(r, roots) for r in group["run"]]
         best = max(range(len(group)), key=lambda i: group["cv_oof_f1"].iloc[i] or 0)
-        ref = pd.read_csv(folder[best] / "oof.csv")
+        ref = pd.read_csv(Experiment(folder[best]).oof)
         for i in range(len(group)):
             if i == best:
                 continue
-            m = oofs.like_for_like(ref, pd.read_csv(folder[i] / "oof.csv"))
+            m = oofs.like_for_like(ref, pd.read_csv(Experiment(folder[i]).oof))
             notes.append(f"note: {folder[i].name} (labels {group['labels'].iloc[i]}) and {folder[best].name} (labels "
                          f"{group['labels'].iloc[best]}) were validated on different labels; on the {m['images']} of "
                          f"{m['of']} images they label alike: {m['b']:.4f} vs {m['a']:.4f} ({m['difference']:+.4f})")
@@ -266,14 +268,14 @@ def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, Path]:
     from . import plots
 
     names = [Path(r).name for r in run_dirs]
-    classes = [json.loads((Path(r) / "classes.json").read_text()) for r in run_dirs]
+    classes = [json.loads(RunFolder(r).classes.read_text()) for r in run_dirs]
     for name, c in zip(names[1:], classes[1:]):
         if c != classes[0]:
             raise TrackingError(f"runs --compare: {name} has other classes than {names[0]} ({len(c)} vs "
                              f"{len(classes[0])}); per-class F1 compares runs on the same classes")
     f1s = {}
     for name, r in zip(names, run_dirs):
-        oof = pd.read_csv(Path(r) / "oof.csv")
+        oof = pd.read_csv(RunFolder(r).oof)
         f1s[name] = f1_score(oof["label"], oof["pred"], labels=list(range(len(classes[0]))), average=None,
                              zero_division=0)
     out = Path(run_dirs[0]).parent / f"compare_{'_vs_'.join(names)}.png"

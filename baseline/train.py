@@ -21,6 +21,7 @@ from .data import pseudo
 from .data.competition import OFFICIAL_EDGES
 from .data.layouts import Table
 from .data.split import Hashes, hash_cache, split_path
+from .runfolder import RunFolder
 from .tracking import NullTracker, Tracker, truncate_metrics
 
 log = logging.getLogger("baseline")
@@ -57,8 +58,8 @@ def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
                 rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from,
                                     session.amp_mode(cfg, env.device), env.world_size)
             cache = session.decode_images(cfg, table, env)  # every image decoded before the run folder is touched
-            run_dir = resume_from.parent.parent if resume_from else Path(cfg.run.dir) / dist.broadcast_object(
-                env, rundir.run_name(cfg))
+            run_dir = (RunFolder.of_checkpoint(resume_from).path if resume_from else
+                       Path(cfg.run.dir) / dist.broadcast_object(env, rundir.run_name(cfg)))
             held.enter_context(rundir.locked(run_dir, env))
         except Exception:
             if new_split is not None and env.is_main:  # a refused run leaves no split file it drew
@@ -66,9 +67,9 @@ def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
             raise
         if env.is_main:
             hashes.save()  # an accepted run keeps the image hashes for the next one (a refused one, nothing)
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, run_dir / "config.yaml")
-        with file_log(run_dir / "train.log", env, notes), loop.Preemption(env, cfg.train.log_interval) as stop:
+            RunFolder(run_dir).checkpoints.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, RunFolder(run_dir).config)
+        with file_log(RunFolder(run_dir).log, env, notes), loop.Preemption(env, cfg.train.log_interval) as stop:
             return train_in_folder(cfg, env, table, fold, state, run_dir, saved, cache, stop, judge)
 
 
@@ -91,12 +92,12 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     loaders = session.build_loaders(cfg, env, train_ds, val_ds, batch)
     loaders.val_groups = table.df["group"].astype(str).to_numpy()[fold == cfg.split.fold].tolist()
     phases.enter_phase(cfg, learner, 0, loaders.steps)
-    saver = ckpt.Saver(run_dir / "checkpoints", "min" if cfg.train.monitor == "val_loss" else "max",
+    saver = ckpt.Saver(RunFolder(run_dir).checkpoints, "min" if cfg.train.monitor == "val_loss" else "max",
                        cfg.train.keep_top_k, background=session.on_cuda_or(cfg.train.async_save, env.device))
     if saved is not None:
         loop.restore(cfg, learner, state, saver, saved, loaders.steps)
     if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale
-        truncate_metrics(run_dir / "metrics.csv", state.epoch)
+        truncate_metrics(RunFolder(run_dir).metrics, state.epoch)
     state.batch_sizes = {"world_size": env.world_size, "batch_size_per_process": batch,
                          "global_batch_size": batch * env.world_size * cfg.train.accum_steps}
     tracker = (Tracker(run_dir, cfg.log.wandb, {**to_dict(cfg), **state.batch_sizes}, run_dir.name, state.wandb_id,
@@ -117,10 +118,10 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
 
 def write_data_record(run_dir: Path, table: Table) -> None:
     """The class list (index -> name) and any label corrections applied, next to the run."""
-    files.write_json(run_dir / "classes.json", table.classes, indent=1)
+    files.write_json(RunFolder(run_dir).classes, table.classes, indent=1)
     fixes = table.df.attrs.get("corrections")
     if fixes:
-        pd.DataFrame(fixes).to_csv(run_dir / "corrections_applied.csv", index=False)
+        pd.DataFrame(fixes).to_csv(RunFolder(run_dir).corrections, index=False)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ scored against eval/truth.csv. contest_c is held out: nothing was tuned on it.""
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from .. import files
 from .. import oof as oofs
 from ..config import Config
 from ..data.contest import write_contest
+from ..runfolder import Experiment, RunFolder
 from ..submit import ledger
 
 log = logging.getLogger("baseline")
@@ -71,7 +71,7 @@ def audit_hits(root: Path, issues: Path, fixes: Path) -> dict:
 
 
 def seconds(folder: Path) -> float:
-    return float(json.loads((folder / "summary.json").read_text())["train_seconds"])
+    return float(RunFolder(folder).summary()["train_seconds"])
 
 
 def one_set(name: str, root: Path, work: Path, seed: int, base: list[str], only: list[str] | None,
@@ -120,8 +120,9 @@ def audit_pipeline(root: Path, runs: Path, work: Path, seed: int, common: list[s
     cli("cv", *common, f"data.corrections={fixes}", "run.name=audit_fixed")
     before = score(root, runs, str(runs / "audit_cv"), work / f"audit_cv_s{seed}.csv")
     after = score(root, runs, str(runs / "audit_fixed"), work / f"audit_s{seed}.csv")
-    a, b = (json.loads((runs / n / "cv.json").read_text()) for n in ("audit_cv", "audit_fixed"))
-    same = oofs.like_for_like(*(pd.read_csv(runs / n / "oof.csv") for n in ("audit_cv", "audit_fixed")))
+    a, b = (Experiment(runs / n) for n in ("audit_cv", "audit_fixed"))
+    same = oofs.like_for_like(pd.read_csv(a.oof), pd.read_csv(b.oof))
+    a, b = a.cv(), b.cv()
     return {"seed": seed, "switch": "audit", "eval_f1": after,
             "seconds": sum(seconds(runs / n / f"fold{k}") for n in ("audit_cv", "audit_fixed") for k in range(3)),
             "eval_before": before, "eval_gain": after - before, "cv_gain": b["oof_f1"] - a["oof_f1"],

@@ -37,6 +37,7 @@ from ..config import Config, TrainCfg, load_config
 from ..data import suite
 from ..data.layouts import read_table
 from ..data.split import load_or_write_folds
+from ..runfolder import RunFolder
 
 log = logging.getLogger("baseline")
 
@@ -121,7 +122,7 @@ def kit_test_f1(run_dir: Path, paths: list[str], y: np.ndarray) -> float:
     from ..submit import predict
 
     env = dist.Env()
-    model, mcfg, _ = predict.load_model(run_dir / "checkpoints" / "best.pt", env.device)
+    model, mcfg, _ = predict.load_model(RunFolder(run_dir).best, env.device)
     mean, std, interp = predict.norm_of(mcfg, model)
     ctx = engine.StepCtx(env, torch.tensor(mean), torch.tensor(std),
                          channels_last=models.channels_last(mcfg.train.channels_last, model, env.device))

@@ -18,7 +18,6 @@ Writes ensembles/<name>.yaml, which `baseline submit submit.ensemble=ensembles/<
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from sklearn.metrics import f1_score
 from .. import files
 from .. import oof as oofs
 from ..config import ConfigError
+from ..runfolder import Experiment, RunFolder
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)
 
@@ -45,9 +45,9 @@ class Member:
 
 
 def _runs_in(folder: Path) -> list[Path]:
-    if (folder / "checkpoints").is_dir():  # a run folder (an experiment has its own joined oof.csv too)
+    if RunFolder(folder).is_run():  # a run folder (an experiment has its own joined oof.csv too)
         return [folder]
-    runs = sorted(p.parent for p in folder.glob("*/oof.csv"))
+    runs = sorted(p.parent for p in folder.glob(f"*/{RunFolder(folder).oof.name}"))
     if not runs:
         raise ConfigError(f"ensemble member '{folder}': no oof.csv in it or in its sub-folders (a run writes "
                           "oof.csv after its first validation)")
@@ -70,9 +70,8 @@ def find_member(name: str, roots: list[Path]) -> str:
 
 def refit_of(folder: Path) -> Path | None:
     """The experiment a refit run (split.fold=-1, no validation, so no OOF of its own) belongs to."""
-    summary = folder / "summary.json"
-    info = json.loads(summary.read_text()) if summary.is_file() else {}
-    return folder.parent if info.get("fold") == -1 and (folder.parent / "oof.csv").is_file() else None
+    info = RunFolder(folder).summary()
+    return folder.parent if info.get("fold") == -1 and Experiment(folder.parent).oof.is_file() else None
 
 
 def load_member(folder: str | Path) -> Member:
@@ -87,10 +86,9 @@ def load_member(folder: str | Path) -> Member:
     runs = _runs_in(folder)
     frames, hashes = [], set()
     for k, run in enumerate(runs):
-        summary = run / "summary.json"
-        info = json.loads(summary.read_text()) if summary.is_file() else {}
+        info = RunFolder(run).summary()
         hashes.add(info.get("split_hash") or "")
-        df = pd.read_csv(run / "oof.csv")
+        df = pd.read_csv(RunFolder(run).oof)
         frames.append(df.assign(fold=info.get("fold", k)))
     if len(hashes) > 1:
         raise ConfigError(f"ensemble member '{folder}': its runs were made on different split files {sorted(hashes)}")
@@ -284,7 +282,7 @@ def checkpoints_and_weights(spec: dict) -> tuple[list[Path], list[float]]:
         if m["weight"] <= 0:
             continue
         for run in m["runs"]:
-            p = Path(run) / "checkpoints" / "best.pt"
+            p = RunFolder(run).best
             if not p.is_file():
                 raise ConfigError(f"ensemble member run '{run}' has no checkpoints/best.pt")
             paths.append(p)

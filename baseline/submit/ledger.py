@@ -10,7 +10,6 @@ import csv
 import fcntl
 import getpass
 import hashlib
-import json
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from sklearn.metrics import f1_score
 from .. import files, oof
 from ..checkpoint import provenance
 from ..config import ConfigError
+from ..runfolder import Experiment, RunFolder
 
 log = logging.getLogger("baseline")
 
@@ -48,28 +48,26 @@ def locked(ledger: Path):
 
 
 def _run_folder(checkpoint: Path) -> Path:
-    return Path(checkpoint).parent.parent
+    return RunFolder.of_checkpoint(checkpoint).path
 
 
 def member_f1(checkpoint: Path) -> float | None:
-    summary = _run_folder(checkpoint) / "summary.json"
-    return json.loads(summary.read_text()).get("val_f1") if summary.is_file() else None
+    return RunFolder.of_checkpoint(checkpoint).summary().get("val_f1")
 
 
 def member_labels(checkpoint: Path) -> str:
     """The labelling the member was validated on: its experiment's cv.json `labels` (a run of its own: its
     oof.csv's key); "" where neither is there."""
-    run = _run_folder(checkpoint)
-    cv = run.parent / "cv.json"
-    key = json.loads(cv.read_text()).get("labels") if cv.is_file() else None
-    return key or (oof.labels_key(pd.read_csv(run / "oof.csv")) if (run / "oof.csv").is_file() else "")
+    run = RunFolder.of_checkpoint(checkpoint)
+    key = Experiment(run.path.parent).cv().get("labels")
+    return key or (oof.labels_key(pd.read_csv(run.oof)) if run.oof.is_file() else "")
 
 
 def member_pseudo(checkpoint: Path) -> str:
     """The pseudo-label table (data.pseudo) the member trained with, "" if none."""
     import yaml
 
-    config = _run_folder(checkpoint) / "config.yaml"
+    config = RunFolder.of_checkpoint(checkpoint).config
     data = (yaml.safe_load(config.read_text()) or {}).get("data", {}) if config.is_file() else {}
     return str(data.get("pseudo") or "")
 
@@ -92,7 +90,7 @@ def upgrade(ledger: Path) -> None:
 
 def member_name(checkpoint: Path) -> str:
     run = _run_folder(checkpoint)
-    return f"{run.parent.name}/{run.name}" if (run.parent / "cv.json").is_file() else run.name
+    return f"{run.parent.name}/{run.name}" if Experiment(run.parent).cv_file.is_file() else run.name
 
 
 def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
@@ -100,10 +98,11 @@ def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
     (same split and fold); the experiment's OOF macro-F1 when they are the folds of one `baseline cv`
     experiment; None otherwise. One member: its own OOF macro-F1."""
     parents = {_run_folder(c).parent for c in checkpoints}
-    refit = len(checkpoints) == 1 and _run_folder(checkpoints[0]).name == "refit"  # cv.REFIT: its experiment's CV
-    if (len(checkpoints) > 1 or refit) and len(parents) == 1 and (cv := next(iter(parents)) / "cv.json").is_file():
-        return json.loads(cv.read_text()).get("oof_f1")
-    frames = [_run_folder(c) / "oof.csv" for c in checkpoints]
+    refit = len(checkpoints) == 1 and _run_folder(checkpoints[0]).name == Experiment.REFIT  # its experiment's CV
+    exp = Experiment(next(iter(parents)))
+    if (len(checkpoints) > 1 or refit) and len(parents) == 1 and exp.cv_file.is_file():
+        return exp.cv().get("oof_f1")
+    frames = [RunFolder.of_checkpoint(c).oof for c in checkpoints]
     if not all(f.is_file() for f in frames):
         return None
     runs = [pd.read_csv(f).sort_values("path", kind="stable").reset_index(drop=True) for f in frames]

@@ -20,6 +20,7 @@ from .. import cpus, defaults, dist, engine, files, models, progress
 from ..config import Config, ConfigError, DataCfg, from_dict, img_hw
 from ..data import dataset as ds
 from ..data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
+from ..runfolder import CHECKPOINTS, Experiment, RunFolder
 from . import ensemble, ledger
 
 log = logging.getLogger("baseline")
@@ -41,12 +42,12 @@ def resolve_checkpoints(cfg: Config) -> list[Path]:
     out = []
     for item in items:
         p = Path(item)
-        folds = sorted(p.glob("*/checkpoints/best.pt")) if p.is_dir() else []
-        if folds and not (p / "checkpoints").is_dir():  # an experiment folder (baseline cv): every fold
+        folds = Experiment(p).fold_checkpoints() if p.is_dir() else []
+        if folds and not RunFolder(p).is_run():  # an experiment folder (baseline cv): every fold
             out += folds
             continue
         if p.is_dir():
-            p = p / "checkpoints" / "best.pt"
+            p = RunFolder(p).best
         if not p.is_file():
             raise ConfigError(f"submit.checkpoints: '{item}' is neither a checkpoint file nor a run folder with "
                               "checkpoints/best.pt")
@@ -79,7 +80,8 @@ def probs_file(path: Path, test: TestTable, hw: tuple[int, int], tta: bool, scal
     ensemble never predicts again."""
     st = path.stat()
     key = json.dumps([test.df["path"].tolist(), list(hw), bool(tta), sorted(scales), st.st_size, st.st_mtime_ns])
-    return path.parent.parent / "test_probs" / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return RunFolder.of_checkpoint(path).test_probs / f"{path.stem}-{digest}.npy"
 
 
 def scaled(hw: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -120,7 +122,7 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
 
 def member_name(path: Path) -> str:
     """A checkpoint as the log names it: its run folder (runs/<run>/checkpoints/best.pt)."""
-    return path.parent.parent.name if path.parent.name == "checkpoints" else path.name
+    return RunFolder.of_checkpoint(path).name if path.parent.name == CHECKPOINTS else path.name
 
 
 def predict_workers(cfg: Config, env: dist.Env) -> int:
@@ -153,7 +155,7 @@ def fold_groups(spec: dict) -> list[tuple[list[Path], list[float]]]:
     if uneven:
         raise ConfigError(f"ensemble members {uneven} have another number of fold runs than {folds}: per-class "
                           "offsets need one model per member for every fold; refit the ensemble without --offsets")
-    return [([Path(m["runs"][k if len(m["runs"]) > 1 else 0]) / "checkpoints" / "best.pt" for m in members],
+    return [([RunFolder(m["runs"][k if len(m["runs"]) > 1 else 0]).best for m in members],
              [m["weight"] for m in members]) for k in range(folds)]
 
 
@@ -274,7 +276,7 @@ def submit(cfg: Config) -> Path:
             log.info("%s", line)
         classes = check_classes(paths, class_names(cfg), f"the {cfg.data.format} data under '{cfg.data.root}'")
         check_test_labels(test, classes, cfg.data.test_csv or "test set")
-        name = (Path(cfg.submit.ensemble).stem if spec else paths[0].parent.parent.name if len(paths) == 1
+        name = (Path(cfg.submit.ensemble).stem if spec else RunFolder.of_checkpoint(paths[0]).name if len(paths) == 1
                 else f"ensemble{len(paths)}-{datetime.now():%Y%m%d-%H%M%S}")
         out = Path(cfg.submit.out or f"submissions/{name}.csv")
         writable_target(out)

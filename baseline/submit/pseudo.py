@@ -24,6 +24,7 @@ from .. import checkpoint as ckpt
 from .. import dist, files
 from ..config import Config, ConfigError
 from ..data.layouts import class_names, read_test_table
+from ..runfolder import RunFolder
 from . import ensemble, predict
 
 log = logging.getLogger("baseline")
@@ -53,9 +54,9 @@ def write(cfg: Config) -> tuple[Path, pd.DataFrame]:
             parts.append(confident(cfg, test, probs, classes).assign(
                 fold=name, teachers=names, split_hash=split_hash))
         rows = pd.concat(parts, ignore_index=True)
-        runs = {p.parent.parent for p in paths}  # one run, or an experiment's folds: named after it
+        runs = {RunFolder.of_checkpoint(p).path for p in paths}  # one run, or an experiment's folds: named after it
         name = Path(cfg.submit.ensemble).stem if spec else next(iter(runs)).name if len(runs) == 1 else \
-            paths[0].parent.parent.parent.name
+            RunFolder.of_checkpoint(paths[0]).path.parent.name
         out = Path(cfg.pseudo.out or f"pseudo/{name}.csv")
         if env.is_main:
             files.write_csv(out, rows)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ..rundir import read_json
+from ..runfolder import RunFolder
 
 
 class TrialFailed(RuntimeError):
@@ -27,7 +27,7 @@ def override(key: str, value) -> str:
 
 def finished_run(run_dir: Path) -> bool:
     """The run ended on its own (all its epochs, or its early stop): not stopped by a scheduler, not failed."""
-    return (read_json(run_dir / "summary.json") or {}).get("status") == "finished"
+    return RunFolder(run_dir).summary().get("status") == "finished"
 
 
 def last_error(out: Path) -> str:

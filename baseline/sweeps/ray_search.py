@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from ..rundir import read_json
+from ..runfolder import RunFolder
 from .launch import finished_run, last_error
 
 
@@ -40,7 +40,7 @@ class StudySearch(OptunaSearch):
             self._completed_trials.add(trial_id)  # actor's end reported as a failure)
             return None
         run_dir = Path(self._sweep_dir) / ot.user_attrs.get("run", "")
-        summary = read_json(run_dir / "summary.json") if finished_run(run_dir) else {}
+        summary = RunFolder(run_dir).summary() if finished_run(run_dir) else {}
         if result and summary:  # what the run reached, also where a late stop cut Tune's reports short
             result = {**result, self._metric: summary["best_metric"], "epoch": summary["epochs_done"]}
         done = int((result or {}).get("epoch", 0))

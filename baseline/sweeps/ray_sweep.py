@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..config import Config, ConfigError
 from ..dist import die_with_parent, launch_command
+from ..runfolder import RunFolder
 from .launch import TrialFailed, finished_run, last_error, override
 from .study import storage
 
@@ -115,12 +116,12 @@ def drop_stale_rows(run_dir: Path) -> None:
     from .. import checkpoint as ckpt
     from ..tracking import truncate_metrics
 
-    last = run_dir / "checkpoints" / "last.pt"
-    truncate_metrics(run_dir / "metrics.csv", int(ckpt.load(last, mmap=True)["epoch"]) if last.is_file() else 0)
+    run = RunFolder(run_dir)
+    truncate_metrics(run.metrics, int(ckpt.load(run.last, mmap=True)["epoch"]) if run.last.is_file() else 0)
 
 
 def epochs_of(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.csv"
+    path = RunFolder(run_dir).metrics
     if not path.is_file():
         return []
     try:

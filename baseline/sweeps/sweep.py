@@ -30,7 +30,8 @@ from optuna.trial import TrialState
 from .. import files
 from ..config import Config, ConfigError, SweepCfg, load_config, to_dict
 from ..dist import die_with_parent, launch_command
-from ..rundir import LOCK, read_json
+from ..rundir import LOCK
+from ..runfolder import RunFolder
 from .launch import TrialFailed, override
 from .study import pruner, storage
 
@@ -377,7 +378,7 @@ class Worker:
             release_dead_lock(self.sweep_dir / name)
         log.info("sweep %s: trial %d (%s) %s", self.plan.name, trial.number, name, params)
         rc, err = self.launch(trial, name, params)
-        summary = read_json(self.sweep_dir / name / "summary.json")
+        summary = RunFolder(self.sweep_dir / name).summary()
         if rc != 0 or not summary:
             trial.set_user_attr("error", err or f"exit code {rc}")
             raise TrialFailed(err)
@@ -502,7 +503,7 @@ def write_results(study: optuna.Study, plan: Plan, sweep_dir: Path, config_file:
     if (table.status == "complete").any():
         best = study.best_trial
         params = [override(k, v) for k, v in {**plan.constants, **best.params}.items()]
-        write_best_config(sweep_dir / best.user_attrs.get("run", "-") / "config.yaml", sweep_dir / "best.yaml",
+        write_best_config(RunFolder(sweep_dir / best.user_attrs.get("run", "-")).config, sweep_dir / "best.yaml",
                           lambda: load_config(config_file, [*base_overrides, *params]))
     return table
 
