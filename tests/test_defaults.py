@@ -103,6 +103,10 @@ def test_the_age_edge_and_balanced_sampling_follow_a_contest_shaped_data_set(tmp
     for other in ([20, 45, 60, 64, 70, 75] * 5, [20, 30, 59] * 9):  # 60-75 (the built-in data); nobody 60+
         out = resolved(other)
         assert out.data.age_edges == [30, 60] and out.train.sampler == "shuffle"
+    # a fold's training part of a small contest-like set, a correction having moved one of its 60s to 57:
+    # still the contest's shape (a cv's folds, and a cv before and after corrections, keep one recipe)
+    assert resolved([20, 25, 41, 55, 57, 58] * 5 + [60] * 3).train.sampler == "balanced"
+    assert resolved([20, 25, 41, 55, 57, 58] * 5 + [60]).train.sampler == "shuffle"  # one: too few to tell
     csv = load_config(None, ["model.name=resnet18", "data.img_size=32", "data.format=csv"])
     assert resolved(contest, csv).train.sampler == "shuffle"  # no ages off the mask layout
     mine = load_config(None, ["model.name=resnet18", "data.img_size=32", "train.sampler=shuffle",
