@@ -21,6 +21,7 @@ from baseline.cli import main
 from baseline.config import ConfigError, load_config
 from baseline.dist import Env
 from baseline.rundir import _alive
+from baseline.sweeps import plan as plans
 from baseline.sweeps import sweep
 from baseline.sweeps.study import pruner
 from baseline.sweeps.trial import Reporter
@@ -29,8 +30,8 @@ BASE = {"method": "grid", "metric": {"name": "val_f1", "goal": "maximize"},
         "parameters": {"optim.lr": {"values": [0.1]}}}
 
 
-def plan_of(spec: dict, epochs: int = 10) -> sweep.Plan:
-    return sweep.plan_sweep(spec, "s.yaml", epochs)
+def plan_of(spec: dict, epochs: int = 10) -> plans.Plan:
+    return plans.plan_sweep(spec, "s.yaml", epochs)
 
 
 def write(tmp_path, spec) -> str:
@@ -42,9 +43,9 @@ def write(tmp_path, spec) -> str:
 # ---------------------------------------------------------------- the mapping
 @pytest.mark.parametrize("name", ["grid", "random", "bayes"])
 def test_packaged_sweeps_map_onto_optuna(name):
-    path = sweep.sweep_file(name)
-    spec = sweep.read_sweep(path)
-    plan = sweep.plan_sweep(spec, path, 10)
+    path = plans.sweep_file(name)
+    spec = plans.read_sweep(path)
+    plan = plans.plan_sweep(spec, path, 10)
     assert plan.method == name and plan.metric == "val_f1" and plan.goal == "maximize"
     assert "${args_no_hyphens}" in spec["command"] and "baseline" in spec["command"]  # `wandb sweep` runs it too
     sampler = plan.sampler(0, 4)
@@ -52,8 +53,8 @@ def test_packaged_sweeps_map_onto_optuna(name):
                                 "bayes": optuna.samplers.TPESampler}[name])
     if name == "bayes":
         assert plan.hyperband == {"min_resource": 1, "max_resource": 10, "reduction_factor": 3}
-        assert sweep.read_sweep(sweep.sweep_file("random"))["parameters"] == spec["parameters"]  # the same search
-        assert plan.cap == plan_of(sweep.read_sweep(sweep.sweep_file("random"))).cap == 12
+        assert plans.read_sweep(plans.sweep_file("random"))["parameters"] == spec["parameters"]  # the same search
+        assert plan.cap == plan_of(plans.read_sweep(plans.sweep_file("random"))).cap == 12
 
 
 @pytest.mark.parametrize("param, expected", [
@@ -69,7 +70,7 @@ def test_packaged_sweeps_map_onto_optuna(name):
     ({"distribution": "log_uniform", "min": -4, "max": 0}, FloatDistribution(math.exp(-4), 1.0, log=True)),
 ])
 def test_every_supported_distribution_maps_to_its_optuna_twin(param, expected):
-    assert sweep.parameter("k", param, "random", "w") == expected
+    assert plans.parameter("k", param, "random", "w") == expected
 
 
 @pytest.mark.parametrize("param, choices", [
@@ -77,7 +78,7 @@ def test_every_supported_distribution_maps_to_its_optuna_twin(param, expected):
     ({"distribution": "q_uniform", "min": 0.0, "max": 0.2, "q": 0.1}, [0.0, 0.1, 0.2]),
 ])
 def test_a_grid_enumerates_the_discrete_distributions(param, choices):
-    assert sweep.parameter("k", param, "grid", "w").choices == tuple(choices)
+    assert plans.parameter("k", param, "grid", "w").choices == tuple(choices)
 
 
 def test_constants_go_to_every_trial_and_grid_size_is_the_cap():
@@ -90,7 +91,7 @@ def test_constants_go_to_every_trial_and_grid_size_is_the_cap():
     assert plan.cap == 6
     assert plan_of({**BASE, "run_cap": 2, "parameters": {"optim.lr": {"values": [0.1, 0.2, 0.3]}}}).cap == 2
     unbounded = {**BASE, "method": "random", "parameters": {"optim.lr": {"min": 0.1, "max": 0.2}}}
-    assert plan_of(unbounded).cap == sweep.DEFAULT_CAP
+    assert plan_of(unbounded).cap == plans.DEFAULT_CAP
 
 
 @pytest.mark.parametrize("early, expected", [
@@ -145,7 +146,7 @@ def test_metric_target_stops_the_sweep_once_reached(tmp_path):
     ({"early_terminate": {"type": "hyperband", "min_iter": 5, "max_iter": 2}}, "min_iter <= max_iter"),
 ] + [({"method": "random", "parameters": {"optim.lr": {"distribution": d, "min": 0.1, "max": 1.0}}},
       f"'{d}' cannot run locally")
-     for d in sorted(sweep.REFUSED)])
+     for d in sorted(plans.REFUSED)])
 def test_what_cannot_be_mapped_is_refused_by_name_before_any_trial(tmp_path, change, message):
     spec = {**BASE, **change}
     with pytest.raises(ConfigError, match=message):
@@ -154,7 +155,7 @@ def test_what_cannot_be_mapped_is_refused_by_name_before_any_trial(tmp_path, cha
 
 
 def test_random_draws_depend_on_seed_and_trial_number_only():
-    plan = sweep.read_sweep(sweep.sweep_file("random"))
+    plan = plans.read_sweep(plans.sweep_file("random"))
     plan = plan_of(plan)
 
     def draws(seed, numbers):
@@ -170,7 +171,7 @@ def test_random_draws_depend_on_seed_and_trial_number_only():
     for t in a:
         assert 0.0003 <= t["optim.lr"] <= 0.01 and t["train.batch_size"] in (32, 64)
         assert t["train.label_smoothing"] in (0.0, 0.05, 0.1, 0.15, 0.2)
-    tpe = optuna.create_study(sampler=plan_of(sweep.read_sweep(sweep.sweep_file("bayes"))).sampler(1, 4))
+    tpe = optuna.create_study(sampler=plan_of(plans.read_sweep(plans.sweep_file("bayes"))).sampler(1, 4))
     startup = [{k: sweep.suggest(t, k, d) for k, d in plan.space.items()} for t in (tpe.ask() for _ in range(3))]
     assert startup == a  # bayes starts with exactly random's trials: the comparison is fair
 
@@ -215,7 +216,7 @@ def study_with_leaders(tmp_path, early: dict, leaders: int):
             "parameters": {"optim.lr": {"values": [0.005]}}}
     path = write(tmp_path, spec)
     cfg = load_config(None, [f"run.dir={tmp_path / 'runs'}", "train.epochs=3"])
-    plan = sweep.plan_sweep(sweep.read_sweep(path), path, 3)
+    plan = plans.plan_sweep(plans.read_sweep(path), path, 3)
     sweep_dir = tmp_path / "runs" / "sweeps" / "p"
     sweep_dir.mkdir(parents=True)
     url = sweep.storage_url(cfg.sweep, sweep_dir)
