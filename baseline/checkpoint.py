@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, best / last / top-k, RNG state for exact resume, and what a checkpoint
-holds (its schema, below: loop.checkpoint_state writes it; loop.restore, the resume guard in rundir
-and predict read it through the accessors here)."""
+holds (the Checkpoint type: loop.checkpoint_state makes one; `read` gives one to loop.restore, the resume
+guard in rundir, predict and the sweeps)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import threading
+from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -26,26 +27,75 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what was asked."""
 
 
-# The keys of a checkpoint, in groups:
-#   weights:  model, model_ema (None without EMA)
-#   update:   optimizer, scheduler, scaler (None where unused), phase {index, start_step}
-#   progress: epoch (the next to run), step, batches_done, loss_sum, best, best_epoch, best_row,
-#             bad_epochs, seconds, wandb_id, top (the Saver's top-k), rng (rank 0), rng_ranks (every rank)
-#   identity: config (resolved, as a dict), classes, split_hash, norm {mean, std}, amp (as resolved), and
-#             provenance(): versions, lock hash, git commit
+PROGRESS = ("epoch", "step", "best", "best_epoch", "best_row", "wandb_id", "bad_epochs", "seconds", "batches_done",
+            "loss_sum")  # epoch: the next to run; batches_done, loss_sum: of a preempted epoch
+PROVENANCE = ("versions", "lock_sha256", "git_commit")
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, in groups. On disk it is a flat dict with these keys (`to_dict`), so a
+    file written before this type existed reads back (`from_dict` fills what it lacks)."""
+
+    # weights: the model's, and the EMA's (None without EMA)
+    model: dict
+    model_ema: dict | None = None
+    # the update: optimizer, scheduler, scaler (None where unused) and the freeze phase {index, start_step}
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    scaler: dict | None = None
+    phase: dict = field(default_factory=dict)
+    # progress (PROGRESS), the Saver's top-k list, every rank's random state (rng: rank 0's)
+    progress: dict = field(default_factory=dict)
+    top: list | None = None
+    rng: dict | None = None
+    rng_ranks: list = field(default_factory=list)
+    # identity: the resolved config (a dict), classes, split file hash, AMP as resolved, the batch sizes
+    # (world size, per process, global), provenance() and, for averaged.pt, the epochs averaged
+    config: dict = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    split_hash: str = ""
+    amp: str = ""
+    batch_sizes: dict | None = None
+    provenance: dict = field(default_factory=dict)
+    averaged_epochs: list[int] | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The next epoch to run."""
+        return int(self.progress.get("epoch", 0))
+
+    @property
+    def step(self) -> int:
+        return int(self.progress.get("step", 0))
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("progress", "provenance")}
+        return {**out, **self.progress, **self.provenance}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Checkpoint:
+        own = {f.name for f in fields(cls)} - {"progress", "provenance"}
+        kept = {k: d[k] for k in own if k in d}
+        kept["phase"], kept["rng_ranks"] = kept.get("phase") or {}, kept.get("rng_ranks") or []
+        return cls(**{"model": {}, **kept, "progress": {k: d[k] for k in PROGRESS if k in d},
+                      "provenance": {k: d[k] for k in PROVENANCE if k in d}})
+
+
 IDENTITY = ("config", "classes")  # what every use of a checkpoint needs
 
 
-def require_identity(saved: dict, path: Path) -> dict:
-    """`saved` if it is a baseline checkpoint (config and class list inside)."""
+def read(path: str | Path, mmap: bool = False) -> Checkpoint:
+    """A baseline checkpoint file as a Checkpoint (refused, with its path, if it is not one)."""
+    saved = load(path, mmap)
     if any(k not in saved for k in IDENTITY):
         raise CheckpointError(f"'{path}' is not a baseline checkpoint (no {'/'.join(IDENTITY)} inside)")
-    return saved
+    return Checkpoint.from_dict(saved)
 
 
-def inference_weights(saved: dict) -> dict:
+def inference_weights(saved: Checkpoint) -> dict:
     """The weights that were evaluated, kept as best and are submitted: the EMA's where there is one."""
-    return saved["model_ema"] if saved.get("model_ema") is not None else saved["model"]
+    return saved.model_ema if saved.model_ema is not None else saved.model
 
 
 def save_atomic(obj: dict, path: Path, *copies: Path) -> None:
@@ -201,10 +251,10 @@ class Saver:
         has no loss: such an entry loses every tie)."""
         self.top = [(t[0], t[1], t[2] if len(t) > 2 else math.inf) for t in (top or [])]
 
-    def save_last(self, state: dict) -> None:
+    def save_last(self, state: Checkpoint) -> None:
         """last.pt alone (a preempted epoch), written before this returns."""
         self.wait()
-        save_atomic({**state, "top": [list(t) for t in self.top]}, self.dir / LAST)
+        save_atomic(replace(state, top=[list(t) for t in self.top]).to_dict(), self.dir / LAST)
 
     def better(self, a: float, b: float | None, a_loss: float = math.inf, b_loss: float = math.inf) -> bool:
         """Whether metric `a` beats `b`; an equal metric goes to the lower validation loss. Validation that
@@ -219,7 +269,7 @@ class Saver:
         metric, _, loss = entry
         return (metric if self.mode == "min" else -metric, loss)
 
-    def save(self, state: dict, epoch: int, metric: float, is_best: bool, loss: float = math.inf) -> None:
+    def save(self, state: Checkpoint, epoch: int, metric: float, is_best: bool, loss: float = math.inf) -> None:
         """Serialize once; best.pt and a top-k file are links to the same bytes. `loss`: the epoch's
         validation loss, which breaks a tie on the metric."""
         copies = [self.dir / BEST] if is_best else []
@@ -231,7 +281,8 @@ class Saver:
                 copies.append(self.dir / name)
         self.wait()  # one write at a time, in epoch order
         evicted, self.top = self.top[self.k:], self.top[: self.k]
-        args = ({**state, "top": [list(t) for t in self.top]}, self.dir / LAST, copies, [t[1] for t in evicted])
+        args = (replace(state, top=[list(t) for t in self.top]).to_dict(), self.dir / LAST, copies,
+                [t[1] for t in evicted])
         if not self.background:
             self._write(*args)
             return

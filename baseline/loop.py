@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -65,49 +65,45 @@ class TrainState:
     averaged: dict | None = None  # train.avg_top_k: the averaged weights' epochs, metrics and whether they won
 
 
-RESTORED = ("epoch", "step", "best", "best_epoch", "best_row", "wandb_id", "bad_epochs", "seconds", "batches_done",
-            "loss_sum")
+RESTORED = ckpt.PROGRESS  # what a resume puts back into the TrainState
 
 
-def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState, rngs: list[dict]) -> dict:
+def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState, rngs: list[dict]) -> ckpt.Checkpoint:
     """Everything a resume needs; the Saver adds its own top-k list. `rngs`: every rank's random state
     (dist.gather_objects), so each rank resumes its own stream."""
-    return {
-        "model": learner.model.state_dict(),
-        "model_ema": learner.ema.module.state_dict() if learner.ema is not None else None,
-        "optimizer": learner.optimizer.state_dict(),
-        "scheduler": learner.scheduler.state_dict() if learner.scheduler is not None else None,
-        "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
-        "phase": phase_state(learner), "norm": learner.ctx.norm, "amp": amp_mode(cfg, learner.ctx.env.device),
-        **{k: getattr(state, k) for k in RESTORED}, "rng": rngs[0], "rng_ranks": rngs, "config": to_dict(cfg),
-        "batch_sizes": state.batch_sizes,
-        "classes": state.classes, "split_hash": state.split_hash, **ckpt.provenance(),
-    }
+    return ckpt.Checkpoint(
+        model=learner.model.state_dict(),
+        model_ema=learner.ema.module.state_dict() if learner.ema is not None else None,
+        optimizer=learner.optimizer.state_dict(),
+        scheduler=learner.scheduler.state_dict() if learner.scheduler is not None else None,
+        scaler=learner.scaler.state_dict() if learner.scaler is not None else None,
+        phase=phase_state(learner), progress={k: getattr(state, k) for k in RESTORED}, rng=rngs[0], rng_ranks=rngs,
+        config=to_dict(cfg), classes=state.classes, split_hash=state.split_hash,
+        amp=amp_mode(cfg, learner.ctx.env.device), batch_sizes=state.batch_sizes, provenance=ckpt.provenance())
 
 
-def restore(cfg: Config, learner: engine.Learner, state: TrainState, saver: ckpt.Saver, saved: dict,
+def restore(cfg: Config, learner: engine.Learner, state: TrainState, saver: ckpt.Saver, saved: ckpt.Checkpoint,
             steps_per_epoch: int) -> None:
     """Continue from a checkpoint that rundir.check_resume has accepted: into the phase it was written
     in (fit then enters the next one, if due, as an uninterrupted run does)."""
-    phase = saved.get("phase") or {}
-    index = phase.get("index")
+    index = saved.phase.get("index")
     if index is None:  # a checkpoint from before phases were saved: epoch-end saves hold the last epoch's
-        index = learner.freezer.index_at(max(saved["epoch"] - (0 if saved.get("batches_done") else 1), 0))
-    enter_phase(cfg, learner, saved["epoch"], steps_per_epoch, saved["step"], index=index,
-                start_step=phase.get("start_step", 0))
-    learner.model.load_state_dict(saved["model"])
-    if learner.ema is not None and saved.get("model_ema") is not None:
-        learner.ema.module.load_state_dict(saved["model_ema"])
-    learner.optimizer.load_state_dict(saved["optimizer"])
-    if learner.scheduler is not None and saved.get("scheduler"):
-        learner.scheduler.load_state_dict(saved["scheduler"])
-    if learner.scaler is not None and saved.get("scaler"):
-        learner.scaler.load_state_dict(saved["scaler"])
+        index = learner.freezer.index_at(max(saved.epoch - (0 if saved.progress.get("batches_done") else 1), 0))
+    enter_phase(cfg, learner, saved.epoch, steps_per_epoch, saved.step, index=index,
+                start_step=saved.phase.get("start_step", 0))
+    learner.model.load_state_dict(saved.model)
+    if learner.ema is not None and saved.model_ema is not None:
+        learner.ema.module.load_state_dict(saved.model_ema)
+    learner.optimizer.load_state_dict(saved.optimizer)
+    if learner.scheduler is not None and saved.scheduler:
+        learner.scheduler.load_state_dict(saved.scheduler)
+    if learner.scaler is not None and saved.scaler:
+        learner.scaler.load_state_dict(saved.scaler)
     for k in RESTORED:
-        setattr(state, k, saved.get(k, getattr(state, k)))
-    saver.restore(saved.get("top"))
-    env, ranks = learner.ctx.env, saved.get("rng_ranks") or []
-    ckpt.set_rng_state(ranks[env.rank] if len(ranks) == env.world_size else saved["rng"])
+        setattr(state, k, saved.progress.get(k, getattr(state, k)))
+    saver.restore(saved.top)
+    env, ranks = learner.ctx.env, saved.rng_ranks
+    ckpt.set_rng_state(ranks[env.rank] if len(ranks) == env.world_size else saved.rng)
     log.info("resumed from epoch %d (step %d)", state.epoch, state.step)
 
 
@@ -203,10 +199,9 @@ def average_best(run: Run) -> None:
     rngs = dist.gather_objects(run.env, ckpt.rng_state())
     if not run.env.is_main:
         return
-    saved = checkpoint_state(cfg, learner, state, rngs)
-    saved["averaged_epochs"] = epochs
+    saved = replace(checkpoint_state(cfg, learner, state, rngs), averaged_epochs=epochs)
     folder = RunFolder(run.dir)
-    ckpt.save_atomic(saved, folder.checkpoints / AVERAGED, *([folder.best] if better else []))
+    ckpt.save_atomic(saved.to_dict(), folder.checkpoints / AVERAGED, *([folder.best] if better else []))
     if better:
         state.best, state.best_row = m[cfg.train.monitor], {**(state.best_row or {}), **m}
         write_oof(run.dir, run.loaders, logits, cfg.data.root)

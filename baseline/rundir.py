@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import dist
-from .checkpoint import CheckpointError
+from .checkpoint import Checkpoint, CheckpointError
 from .config import Config, ConfigError, to_dict
 from .runfolder import RunFolder, read_json  # noqa: F401 (read_json: its callers')
 
@@ -161,24 +161,24 @@ def config_diff(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     return refused, allowed
 
 
-def check_resume(cfg: Config, saved: dict, classes: list[str], split_hash: str, path: Path, amp: str = "",
+def check_resume(cfg: Config, saved: Checkpoint, classes: list[str], split_hash: str, path: Path, amp: str = "",
                  world_size: int | None = None) -> None:
     """Refuse a resume that would change what is learned, before anything is written. `amp`: the precision
     this device would train in (train.amp=auto is bf16 on a GPU and off on the CPU, so moving a run changes it).
     `world_size`: this run's processes; another number would change the global batch, the LR schedule's
     steps and which rows a mid-epoch resume skips."""
-    refused, allowed = config_diff(saved.get("config", {}), to_dict(cfg))
-    was = (saved.get("batch_sizes") or {}).get("world_size")
+    refused, allowed = config_diff(saved.config, to_dict(cfg))
+    was = (saved.batch_sizes or {}).get("world_size")
     if world_size is not None and was is not None and was != world_size:
         refused.append(f"processes: the checkpoint trained with {was}, this run has {world_size} (resume with "
                        f"--nproc {was})")
-    if amp and saved.get("amp") and saved["amp"] != amp:
-        refused.append(f"precision: the checkpoint trained with amp {saved['amp']}, this device would use {amp} "
-                       f"(set train.amp={saved['amp']} to keep it)")
-    if saved.get("classes") != classes:
-        refused.append(f"classes: {len(saved.get('classes') or [])} in the checkpoint, {len(classes)} in the data")
-    if saved.get("split_hash") != split_hash:
-        refused.append(f"split file: sha {saved.get('split_hash')} in the checkpoint, {split_hash} now")
+    if amp and saved.amp and saved.amp != amp:
+        refused.append(f"precision: the checkpoint trained with amp {saved.amp}, this device would use {amp} "
+                       f"(set train.amp={saved.amp} to keep it)")
+    if saved.classes != classes:
+        refused.append(f"classes: {len(saved.classes)} in the checkpoint, {len(classes)} in the data")
+    if saved.split_hash != split_hash:
+        refused.append(f"split file: sha {saved.split_hash or None} in the checkpoint, {split_hash} now")
     if refused:
         raise CheckpointError(f"cannot resume from '{path}': " + "; ".join(refused) +
                               ". Set these back, or start a new run (another run.name)")

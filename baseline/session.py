@@ -18,6 +18,7 @@ import timm.scheduler
 import timm.utils
 import torch
 
+from . import checkpoint as ckpt
 from . import cpus, defaults, dist, engine, freeze, losses, memory, models, rundir
 from .config import Config, ConfigError, age_edges, img_hw
 from .data import dataset as ds
@@ -170,11 +171,11 @@ class Loaders:
     steps: int = 0  # batches in a whole epoch (len(train) shrinks while a resumed epoch skips its first batches)
 
 
-def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, saved: dict | None, notes: list[str]) -> Config:
+def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, saved: ckpt.Checkpoint | None, notes: list[str]) -> Config:
     """train.batch_size=data on a GPU: halved until a probe step of this model fits in the GPU's memory
     (the data's choice goes up to 256). A resume keeps the batch its checkpoint trained with."""
     if saved is not None:
-        return replace(cfg, train=replace(cfg.train, batch_size=saved["config"]["train"]["batch_size"]))
+        return replace(cfg, train=replace(cfg.train, batch_size=saved.config["train"]["batch_size"]))
     if env.device.type != "cuda":
         return cfg
     probe = models.create(replace(cfg.model, pretrained=False), n_cls).to(env.device)
@@ -195,11 +196,11 @@ def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, saved: dict | None, n
 
 
 def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls: int, n_train: int,
-                      saved: dict | None = None) -> int:
+                      saved: ckpt.Checkpoint | None = None) -> int:
     """train.batch_size as a number: as given, or (auto) the largest that fits, found before any
     loader exists; a resumed auto run keeps the batch its checkpoint trained with (a new probe may find
     another, and the schedule's steps and the mid-epoch skip would no longer match)."""
-    trained = ((saved or {}).get("batch_sizes") or {}).get("batch_size_per_process")
+    trained = ((saved.batch_sizes if saved else None) or {}).get("batch_size_per_process")
     if cfg.train.batch_size == "auto" and trained:
         return int(trained)
     if isinstance(cfg.train.batch_size, int):

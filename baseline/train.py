@@ -51,7 +51,7 @@ def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
             session.say(env, cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers), notes)
             state = loop.TrainState(split_hash=split_hash, classes=table.classes)
             resume_from = rundir.resume_point(cfg)
-            saved = ckpt.load(resume_from) if resume_from else None
+            saved = ckpt.read(resume_from) if resume_from else None
             if batch_from_data:
                 cfg = session.fit_data_batch(cfg, env, len(table.classes), saved, notes)
             if saved is not None:
@@ -74,7 +74,7 @@ def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
 
 
 def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, state: loop.TrainState, run_dir: Path,
-                    saved: dict | None, cache: np.ndarray | None, stop: loop.Preemption, judge=None) -> dict:
+                    saved: ckpt.Checkpoint | None, cache: np.ndarray | None, stop: loop.Preemption, judge=None) -> dict:
     """Everything that happens inside the locked run folder: build, (restore), fit, summary."""
     if env.is_main:
         write_data_record(run_dir, table)

@@ -52,13 +52,17 @@ def test_resume_guard_refuses_what_changes_learning(change, refused):
 
 def test_resume_guard_refuses_another_number_of_processes(tmp_path):
     cfg = load_config()
-    saved = {"config": to_dict(cfg), "classes": ["a"], "split_hash": "h",
-             "batch_sizes": {"world_size": 2, "batch_size_per_process": 16}}
+    from dataclasses import replace
+
+    from baseline.checkpoint import Checkpoint
+
+    saved = Checkpoint.from_dict({"config": to_dict(cfg), "classes": ["a"], "split_hash": "h",
+                                  "batch_sizes": {"world_size": 2, "batch_size_per_process": 16}})
     rundir.check_resume(cfg, saved, ["a"], "h", tmp_path / "last.pt", world_size=2)
     with pytest.raises(rundir.CheckpointError, match="processes: the checkpoint trained with 2, this run has 1 "
                                                      "\\(resume with --nproc 2\\)"):
         rundir.check_resume(cfg, saved, ["a"], "h", tmp_path / "last.pt", world_size=1)
-    rundir.check_resume(cfg, {**saved, "batch_sizes": None}, ["a"], "h", tmp_path / "last.pt", world_size=1)  # old
+    rundir.check_resume(cfg, replace(saved, batch_sizes=None), ["a"], "h", tmp_path / "last.pt", world_size=1)  # old
 
 
 @pytest.mark.slow

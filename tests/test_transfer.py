@@ -102,7 +102,7 @@ def test_real_weights_train_with_their_normalisation_recorded(tiny, tmp_path):
     cfg = (run / "config.yaml").read_text()
     assert "interpolation: bicubic" in cfg and "mean:" in cfg
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert saved["norm"]["mean"] == [0.5, 0.5, 0.5] and saved["config"]["data"]["interpolation"] == "bicubic"
+    assert saved["config"]["data"]["mean"] == [0.5, 0.5, 0.5] and saved["config"]["data"]["interpolation"] == "bicubic"
     # pretrained: freeze.preset=auto is fine_tune, and its head-only epoch converges (timm's head init on
     # these features started at loss 7 and ended the epoch near 10; log(18) = 2.89 is a guess's loss)
     assert "default: freeze.preset=fine_tune" in log and "freeze phase 1/2" in log

@@ -59,13 +59,13 @@ def test_rng_state_round_trips_python_numpy_and_torch():
 def test_a_resumed_saver_keeps_evicting_in_top_k_order(tmp_path):
     saver = ckpt.Saver(tmp_path, "min", keep_top_k=2)
     for epoch, loss in enumerate([0.9, 0.5], start=1):
-        saver.save({"w": torch.tensor([float(epoch)])}, epoch, loss, is_best=True)
+        saver.save(ckpt.Checkpoint(model={"w": torch.tensor([float(epoch)])}), epoch, loss, is_best=True)
     resumed = ckpt.Saver(tmp_path, "min", keep_top_k=2)
     resumed.restore(ckpt.load(tmp_path / "last.pt")["top"])
-    resumed.save({"w": torch.tensor([3.0])}, 3, 0.7, is_best=False)
+    resumed.save(ckpt.Checkpoint(model={"w": torch.tensor([3.0])}), 3, 0.7, is_best=False)
     assert [t[:2] for t in resumed.top] == [(0.5, "epoch002.pt"), (0.7, "epoch003.pt")]
     assert not (tmp_path / "epoch001.pt").exists() and (tmp_path / "epoch003.pt").exists()
-    resumed.save_last({"w": torch.tensor([4.0])})
+    resumed.save_last(ckpt.Checkpoint(model={"w": torch.tensor([4.0])}))
     assert [t[:2] for t in ckpt.load(tmp_path / "last.pt")["top"]] == [[0.5, "epoch002.pt"], [0.7, "epoch003.pt"]]
 
 
@@ -74,14 +74,14 @@ def test_a_tie_on_the_metric_goes_to_the_lower_val_loss_in_best_and_top_k(tmp_pa
     assert saver.better(1.0, 1.0, 0.09, 0.13) and not saver.better(1.0, 1.0, 0.13, 0.09)
     assert saver.better(0.9, 0.8, 5.0, 0.1) and not saver.better(0.8, 0.9, 0.01, 5.0)  # the metric first
     for epoch, (f1, loss) in enumerate([(1.0, 0.136), (0.95, 0.11), (1.0, 0.087), (1.0, 0.101)], start=1):
-        saver.save({"w": torch.tensor([float(epoch)])}, epoch, f1, is_best=False, loss=loss)
+        saver.save(ckpt.Checkpoint(model={"w": torch.tensor([float(epoch)])}), epoch, f1, is_best=False, loss=loss)
     assert [t[1] for t in saver.top] == ["epoch003.pt", "epoch004.pt"]  # the first of the tie is evicted
 
 
 def test_a_saver_resumes_a_top_k_list_written_before_ties_were_broken(tmp_path):
     saver = ckpt.Saver(tmp_path, "max", keep_top_k=2)
     saver.restore([[0.9, "epoch001.pt"], [0.8, "epoch002.pt"]])  # the old checkpoints' (metric, name)
-    saver.save({"w": torch.tensor([3.0])}, 3, 0.9, is_best=False, loss=0.2)
+    saver.save(ckpt.Checkpoint(model={"w": torch.tensor([3.0])}), 3, 0.9, is_best=False, loss=0.2)
     assert [t[1] for t in saver.top] == ["epoch003.pt", "epoch001.pt"]  # the new entry wins the tie
 
 
@@ -167,5 +167,5 @@ def test_a_resumed_auto_batch_keeps_the_batch_its_checkpoint_trained_with():
     from baseline.config import load_config
 
     cfg = load_config(None, ["train.batch_size=auto"])
-    saved = {"batch_sizes": {"world_size": 1, "batch_size_per_process": 24}}
+    saved = ckpt.Checkpoint(model={}, batch_sizes={"world_size": 1, "batch_size_per_process": 24})
     assert session.settle_batch_size(cfg, dist.Env(), None, 18, 1000, saved) == 24  # no new probe

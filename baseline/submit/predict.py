@@ -56,13 +56,13 @@ def resolve_checkpoints(cfg: Config) -> list[Path]:
 
 
 def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Config, list[str]]:
-    saved = ckpt.require_identity(ckpt.load(path), path)
-    cfg = from_dict(saved["config"])
-    model = models.create(replace(cfg.model, pretrained=False), len(saved["classes"]))  # its head too
+    saved = ckpt.read(path)
+    cfg = from_dict(saved.config)
+    model = models.create(replace(cfg.model, pretrained=False), len(saved.classes))  # its head too
     model.load_state_dict(ckpt.inference_weights(saved))
     if models.channels_last(cfg.train.channels_last, model, device):  # the layout it trained in
         model = model.to(memory_format=torch.channels_last)
-    return model.to(device).eval(), cfg, saved["classes"]
+    return model.to(device).eval(), cfg, saved.classes
 
 
 def norm_of(mcfg: Config, model: torch.nn.Module) -> tuple[list, list, str]:
@@ -207,7 +207,7 @@ def check_submission(sub: pd.DataFrame, test: TestTable, num_classes: int, fmt: 
 def check_classes(paths: list[Path], classes: list[str], what: str) -> list[str]:
     """Every checkpoint must predict exactly the data's classes, by name and order; returns them."""
     for path in paths:
-        got = ckpt.require_identity(ckpt.load(path, mmap=True), path)["classes"]  # mmap: weights not read here
+        got = ckpt.read(path, mmap=True).classes  # mmap: weights not read here
         if got != classes:
             extra = f", e.g. it has '{next(iter(set(got) - set(classes)))}'" if set(got) - set(classes) else ""
             raise ckpt.CheckpointError(f"checkpoint '{path}' predicts {len(got)} classes, {what} has "
@@ -247,7 +247,7 @@ def with_test_data(cfg: Config, checkpoint: Path, env: dist.Env) -> Config:
     the checkpoints trained on (the first one's saved data.* keys), said in the log. A given root that is
     not the one they trained on is said loudly (a teammate's copy of the data is fine; another data set with
     the same class names would pass every check and score nothing)."""
-    trained = from_dict(ckpt.load(checkpoint, mmap=True)["config"]).data
+    trained = from_dict(ckpt.read(checkpoint, mmap=True).config).data
     same = Path(trained.root).resolve() == Path(cfg.data.root).resolve()
     if cfg.data.root != DataCfg().root:
         if not same and env.is_main:

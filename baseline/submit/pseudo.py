@@ -71,12 +71,12 @@ def write(cfg: Config) -> tuple[Path, pd.DataFrame]:
 
 def teacher_folds(paths: list[Path]) -> tuple[str, list[int]]:
     """The split file the teachers share (its hash) and each one's validation fold (-1: a refit)."""
-    saved = [ckpt.load(p, mmap=True) for p in paths]
-    hashes = {s.get("split_hash") for s in saved}
+    saved = [ckpt.read(p, mmap=True) for p in paths]
+    hashes = {s.split_hash or None for s in saved}
     if len(hashes) > 1:
         raise ConfigError(f"pseudo: the teachers were trained on different split files ({sorted(map(str, hashes))}); "
                           "pseudo-labels per fold need one split")
-    return str(hashes.pop()), [int(s["config"]["split"]["fold"]) for s in saved]
+    return str(hashes.pop()), [int(s.config["split"]["fold"]) for s in saved]
 
 
 def with_offsets(probs: np.ndarray, spec: dict | None) -> np.ndarray:

@@ -117,7 +117,7 @@ def drop_stale_rows(run_dir: Path) -> None:
     from ..tracking import truncate_metrics
 
     run = RunFolder(run_dir)
-    truncate_metrics(run.metrics, int(ckpt.load(run.last, mmap=True)["epoch"]) if run.last.is_file() else 0)
+    truncate_metrics(run.metrics, ckpt.read(run.last, mmap=True).epoch if run.last.is_file() else 0)
 
 
 def epochs_of(run_dir: Path) -> list[dict]:
