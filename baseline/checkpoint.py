@@ -71,6 +71,8 @@ class Checkpoint:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("progress", "provenance")}
+        if self.averaged_epochs is None:  # averaged.pt's mark (and best.pt's, when the average won)
+            del out["averaged_epochs"]
         return {**out, **self.progress, **self.provenance}
 
     @classmethod
@@ -192,7 +194,7 @@ def provenance() -> dict:
 def average_weights(paths: list[Path]) -> dict:
     """The element-wise mean of the checkpoints' inference weights (what timm's avg_checkpoints.py does);
     integer buffers (BatchNorm's step counter) are the first checkpoint's."""
-    states = [inference_weights(load(p)) for p in paths]
+    states = [inference_weights(read(p)) for p in paths]
     out = {}
     for k, v in states[0].items():
         if v.is_floating_point():
