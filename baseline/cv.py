@@ -105,9 +105,6 @@ def corrected(exp_dir: Path, folds: int, oof: pd.DataFrame) -> dict:
             "oof_f1_unchanged": float(f1_score(rest["label"], rest["pred"], average="macro", zero_division=0))}
 
 
-REFIT = Experiment.REFIT
-
-
 def refit_epochs(exp_dir: Path) -> int:
     """The epoch count the folds chose: the mean of their best epochs, rounded (at least 1)."""
     cv = Experiment(exp_dir).cv()
@@ -128,7 +125,7 @@ def refit(exp_dir: Path, overrides: list[str], nproc: int = 1) -> Path:
     log.info("refit %s: every fold together for %d epochs (the folds' mean best epoch)", exp_dir.name, epochs)
     cmd = launch_command(nproc, ["train", "--config", str(config), f"train.epochs={epochs}", "train.early_stop=0",
                                  "train.avg_top_k=0", *keep, "split.fold=-1", f"run.dir={exp_dir}",
-                                 f"run.name={REFIT}", "run.resume=auto"])
+                                 f"run.name={Experiment.REFIT}", "run.resume=auto"])
     rc = subprocess.call(cmd)
     if rc != 0:
         raise SystemExit(rc)

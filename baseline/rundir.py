@@ -17,7 +17,7 @@ from pathlib import Path
 from . import dist
 from .checkpoint import Checkpoint, CheckpointError
 from .config import Config, ConfigError, to_dict
-from .runfolder import RunFolder, read_json  # noqa: F401 (read_json: its callers')
+from .runfolder import RunFolder
 
 log = logging.getLogger("baseline")
 

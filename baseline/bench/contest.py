@@ -120,9 +120,9 @@ def audit_pipeline(root: Path, runs: Path, work: Path, seed: int, common: list[s
     cli("cv", *common, f"data.corrections={fixes}", "run.name=audit_fixed")
     before = score(root, runs, str(runs / "audit_cv"), work / f"audit_cv_s{seed}.csv")
     after = score(root, runs, str(runs / "audit_fixed"), work / f"audit_s{seed}.csv")
-    a, b = (Experiment(runs / n) for n in ("audit_cv", "audit_fixed"))
-    same = oofs.like_for_like(pd.read_csv(a.oof), pd.read_csv(b.oof))
-    a, b = a.cv(), b.cv()
+    first, fixed = (Experiment(runs / n) for n in ("audit_cv", "audit_fixed"))
+    same = oofs.like_for_like(pd.read_csv(first.oof), pd.read_csv(fixed.oof))
+    a, b = first.cv(), fixed.cv()
     return {"seed": seed, "switch": "audit", "eval_f1": after,
             "seconds": sum(seconds(runs / n / f"fold{k}") for n in ("audit_cv", "audit_fixed") for k in range(3)),
             "eval_before": before, "eval_gain": after - before, "cv_gain": b["oof_f1"] - a["oof_f1"],

@@ -47,10 +47,6 @@ def locked(ledger: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _run_folder(checkpoint: Path) -> Path:
-    return RunFolder.of_checkpoint(checkpoint).path
-
-
 def member_f1(checkpoint: Path) -> float | None:
     return RunFolder.of_checkpoint(checkpoint).summary().get("val_f1")
 
@@ -89,7 +85,7 @@ def upgrade(ledger: Path) -> None:
 
 
 def member_name(checkpoint: Path) -> str:
-    run = _run_folder(checkpoint)
+    run = RunFolder.of_checkpoint(checkpoint).path
     return f"{run.parent.name}/{run.name}" if Experiment(run.parent).cv_file.is_file() else run.name
 
 
@@ -97,8 +93,9 @@ def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
     """Macro-F1 of the members' mean out-of-fold probabilities, when they predicted the same images
     (same split and fold); the experiment's OOF macro-F1 when they are the folds of one `baseline cv`
     experiment; None otherwise. One member: its own OOF macro-F1."""
-    parents = {_run_folder(c).parent for c in checkpoints}
-    refit = len(checkpoints) == 1 and _run_folder(checkpoints[0]).name == Experiment.REFIT  # its experiment's CV
+    parents = {RunFolder.of_checkpoint(c).path.parent for c in checkpoints}
+    # a refit alone is scored by its experiment's CV
+    refit = len(checkpoints) == 1 and RunFolder.of_checkpoint(checkpoints[0]).name == Experiment.REFIT
     exp = Experiment(next(iter(parents)))
     if (len(checkpoints) > 1 or refit) and len(parents) == 1 and exp.cv_file.is_file():
         return exp.cv().get("oof_f1")
