@@ -20,12 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import CheckpointError
 from .runfolder import BEST, LAST
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for what was asked."""
-
 
 PROGRESS = ("epoch", "step", "best", "best_epoch", "best_row", "wandb_id", "bad_epochs", "seconds", "batches_done",
             "loss_sum")  # epoch: the next to run; batches_done, loss_sum: of a preempted epoch

@@ -8,16 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
 from .config import Config, ConfigError, load_config
-from .data.layouts import DataError
-from .dist import LOST_PEER, LostPeer, report_lost_peer
-from .memory import OutOfMemory
-from .models import ModelError
+from .errors import LOST_PEER, OUT_OF_MEMORY, USER_ERROR, USER_ERRORS, LostPeer, OutOfMemory
 from .runfolder import RunFolder
-from .tracking import TrackingError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrackingError)
+# Nothing above imports torch, timm or pandas: --help, a typo's error and `baseline config` answer at once;
+# each command imports what it needs when it runs.
 COMMANDS = {
     "train": "train one model (one fold) and write runs/<name>/",
     "cv": "train every fold of the split file as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv",
@@ -42,6 +38,8 @@ COMMANDS = {
     "bench": "speed: images/s four ways (limit | kit step | kit | naive); loader: the loader alone at 224 px per "
              "worker count; recipe: kit defaults vs the strongest simple loop; "
              "gpu: the GPU check (make gpu-check)",
+    "config": "print the config a run would use: every key with its value, default and meaning, by section, "
+              "each auto with what it resolves to here (all keys: docs/config.md)",
     "gpus": "one line per visible GPU: free and total memory, this process's allocated / reserved / peak, what "
             "other processes hold (NVML, matched by UUID)",
 }
@@ -95,9 +93,23 @@ def parser() -> argparse.ArgumentParser:
                             help="runs (names under run.dir, or folders) whose per-class F1 to draw in one picture")
         if name in ("train", "sweep", "cv", "refit"):
             sp.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun) when > 1")
-        sp.add_argument("--config", "-c", help="YAML file with config keys (defaults < file < overrides)")
-        sp.epilog = "Any further key=value arguments override config keys, e.g. train.epochs=3 model.name=resnet18."
+        sp.add_argument("--config", "-c", action="append", metavar="FILE",
+                        help="YAML file of config keys, nested or dotted (train.epochs: 3); repeat to stack several "
+                             "(defaults < files, in order < key=value overrides)")
+        sp.epilog = ("Any further key=value arguments override config keys, e.g. train.epochs=3 model.name=resnet18. "
+                     "Every key, its default and meaning: `baseline config` or docs/config.md.")
     return p
+
+
+def config_command(cfg: Config) -> int:
+    from .config import describe
+    from .defaults import preview
+
+    resolved, note = preview(cfg)
+    print(describe.text(cfg, resolved), end="")
+    if note:
+        print(note)
+    return 0
 
 
 def data_command(action: str, cfg: Config, args=None) -> int:
@@ -265,6 +277,8 @@ def dispatch(args, cfg: Config) -> int:
         from . import gpus
 
         return gpus.main()
+    if args.command == "config":
+        return config_command(cfg)
     if args.command == "sweep-dashboard":
         from .sweeps.report import dashboard
 
@@ -355,11 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if int(os.environ.get("RANK", "0")) == 0:  # bad input is the same on every rank: one says it
             print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     except OutOfMemory as e:  # one rank's own: that rank says it
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return OUT_OF_MEMORY
     except LostPeer as e:
+        from .dist import report_lost_peer
+
         if int(os.environ.get("RANK", "0")) == 0 and not report_lost_peer(str(e)):  # else our launcher says it
             print(f"error: {e}", file=sys.stderr)
         return LOST_PEER

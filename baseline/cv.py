@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 
 from . import files
 from . import oof as oofs
-from .config import Config, ConfigError
+from .config import Config, ConfigError, config_flags, machine_resets
 from .dist import launch_command
 from .rundir import state
 from .runfolder import Experiment
@@ -41,7 +41,7 @@ def fold_overrides(cfg: Config, overrides: list[str], exp_dir: Path, k: int) -> 
     return [*keep, f"split.fold={k}", f"run.dir={exp_dir}", f"run.name=fold{k}", "run.resume=auto", *group]
 
 
-def run(cfg: Config, config_file: str | None, overrides: list[str], nproc: int = 1) -> dict:
+def run(cfg: Config, config_file: str | list[str] | None, overrides: list[str], nproc: int = 1) -> dict:
     preflight(cfg)  # a weights file that does not fit, an unknown model: refused before the folder exists
     exp_dir = Path(cfg.run.dir) / experiment_name(cfg)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,7 @@ def run(cfg: Config, config_file: str | None, overrides: list[str], nproc: int =
             log.info("cv %s: fold %d finished, skipped", exp_dir.name, k)
             continue
         log.info("cv %s: fold %d of %d", exp_dir.name, k, cfg.split.folds)
-        cmd = launch_command(nproc, ["train", *(["--config", config_file] if config_file else []),
+        cmd = launch_command(nproc, ["train", *config_flags(config_file),
                                      *fold_overrides(cfg, overrides, exp_dir, k)])
         rc = subprocess.call(cmd)
         if rc != 0:
@@ -115,17 +115,17 @@ def refit_epochs(exp_dir: Path) -> int:
 
 
 def refit(exp_dir: Path, overrides: list[str], nproc: int = 1) -> Path:
-    """Train on every fold together (split.fold=-1: no validation) with fold 0's resolved config for the
-    epochs the folds chose: `<experiment>/refit/`, an ensemble member that stands in with its experiment's
-    out-of-fold predictions (ensemble.load_member). Run again to resume it."""
+    """Train on every fold together (split.fold=-1: no validation) with fold 0's resolved config (its machine
+    keys resolved again, here) for the epochs the folds chose: `<experiment>/refit/`, an ensemble member that
+    stands in with its experiment's out-of-fold predictions (ensemble.load_member). Run again to resume it."""
     exp_dir = Path(exp_dir)
     epochs = refit_epochs(exp_dir)
     config = Experiment(exp_dir).fold(0).config
     keep = [o for o in overrides if not o.startswith(("split.fold=", "run.name=", "run.dir=", "run.resume="))]
     log.info("refit %s: every fold together for %d epochs (the folds' mean best epoch)", exp_dir.name, epochs)
-    cmd = launch_command(nproc, ["train", "--config", str(config), f"train.epochs={epochs}", "train.early_stop=0",
-                                 "train.avg_top_k=0", *keep, "split.fold=-1", f"run.dir={exp_dir}",
-                                 f"run.name={Experiment.REFIT}", "run.resume=auto"])
+    cmd = launch_command(nproc, ["train", "--config", str(config), *machine_resets(), f"train.epochs={epochs}",
+                                 "train.early_stop=0", "train.avg_top_k=0", *keep, "split.fold=-1",
+                                 f"run.dir={exp_dir}", f"run.name={Experiment.REFIT}", "run.resume=auto"])
     rc = subprocess.call(cmd)
     if rc != 0:
         raise SystemExit(rc)

@@ -1,7 +1,7 @@
-"""Defaults that depend on the data and the device: `data.img_size=auto`, `train.batch_size=data`,
-`data.num_workers=auto`, `train.channels_last=auto`, `data.age_edges=auto` and `train.sampler=auto`. Each
-is resolved once, before anything is built, logged with its reason, and saved resolved in the run's
-config.yaml and checkpoints.
+"""Every `auto` of a run, resolved once, before anything is built, from the facts it needs: the data (image
+sizes, the training part's size and ages), the weights, the device, the processes and the cores, W&B's key.
+Each choice is logged with its reason and saved resolved in the run's config.yaml and checkpoints.
+(`train.batch_size=auto`, the largest batch that fits, needs the built model: session.settle_batch_size.)
 """
 
 from __future__ import annotations
@@ -9,13 +9,17 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import netrc
+import os
 
 import numpy as np
 import torch
 
-from .config import Config
+from . import cpus
+from .config import Config, ConfigError, WandbCfg, img_hw
+from .data import dataset as ds
 from .data.competition import OFFICIAL_EDGES
-from .data.dataset import header_size
+from .errors import TrackingError
 from .models import bare, is_custom, pretrained_source, shapes_only, wants_channels_last, weights_norm
 
 log = logging.getLogger("baseline")
@@ -105,7 +109,7 @@ def contest_defaults(cfg: Config, ages: np.ndarray | None) -> list[str]:
 def image_sizes(paths: list[str], n: int = SAMPLE) -> list[tuple[int, int]]:
     """(w, h) of an evenly spaced sample of `paths`, from the headers (EXIF rotation counted)."""
     picked = paths if len(paths) <= n else [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
-    return [header_size(p) for p in picked]
+    return [ds.header_size(p) for p in picked]
 
 
 def resolve_img_size(cfg: Config, paths: list[str], device: torch.device) -> str:
@@ -129,22 +133,35 @@ def resolve_channels_last(cfg: Config, device: torch.device) -> str:
         else f"{cfg.model.name} is no conv net (NHWC measured slower for a ViT on the CPU)")
 
 
-def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int, cores: int,
+def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int, cores: int | cpus.Share,
             logger: logging.Logger | None = log, notes: list[str] | None = None,
-            ages: np.ndarray | None = None) -> Config:
-    """A copy of `cfg` with every data-aware default made concrete; each choice told to `logger` and
-    appended to `notes` (for the run's train.log, which does not exist yet). `ages`: one per person
-    (mask layout)."""
+            ages: np.ndarray | None = None, data: bool = True) -> Config:
+    """A copy of `cfg` with every default made concrete; each choice told to `logger` and appended to
+    `notes` (for the run's train.log, which does not exist yet). `cores`: this process's cores, or its
+    share of the machine (cpus.watch); `ages`: one per person (mask layout); `data=False`: no data to read,
+    only the keys that need none (`baseline config` without the data)."""
     cfg = copy.deepcopy(cfg)
-    reasons = contest_defaults(cfg, ages)
+    share = cores if isinstance(cores, cpus.Share) else cpus.Share(cores, 0.0, 1)
+    reasons = (contest_defaults(cfg, ages) if data else []) + data_defaults(cfg, paths, n_train, device, world)
+    reasons += machine_defaults(cfg, len(paths), device, share)
+    for r in reasons if logger else []:
+        logger.info("default: %s", r)
+    if notes is not None:
+        notes += [f"default: {r}" for r in reasons]
+    return cfg
+
+
+def data_defaults(cfg: Config, paths: list[str], n_train: int, device: torch.device, world: int) -> list[str]:
+    """The weights, image size, batch, normalisation and freeze preset, in place; the reasons."""
+    reasons = []
     if cfg.model.pretrained == "auto":
         cfg.model.pretrained = pretrained_source(cfg.model)
         reasons.append(f"model.pretrained={cfg.model.pretrained}: " + (
             "the real ImageNet weights the lock ships for this model" if cfg.model.pretrained else
             f"no weights ship with the kit for {cfg.model.name} (true: the hub; or a weights file)"))
-    if cfg.data.img_size == "auto":
+    if cfg.data.img_size == "auto" and paths:
         reasons.append(resolve_img_size(cfg, paths, device))
-    if cfg.train.batch_size == "data":
+    if cfg.train.batch_size == "data" and n_train:
         cfg.train.batch_size = batch_for(n_train, world, device)
         reasons.append(f"train.batch_size={cfg.train.batch_size} because {n_train} training images "
                        f"({n_train // (cfg.train.batch_size * world)} steps per epoch)")
@@ -164,13 +181,86 @@ def resolve(cfg: Config, paths: list[str], n_train: int, device: torch.device, w
         reasons.append(f"freeze.preset={cfg.freeze.preset}: " + (
             "pretrained weights (one head-only epoch, then everything)" if cfg.freeze.preset == "fine_tune"
             else "from scratch" if not cfg.model.pretrained else "the module names no head"))
+    return reasons
+
+
+def machine_defaults(cfg: Config, n_images: int, device: torch.device, share: cpus.Share) -> list[str]:
+    """The keys this machine decides (schema.setting(machine=True)), in place; the reasons."""
+    reasons = []
+    if cfg.train.device == "auto":
+        cfg.train.device = device.type  # each process picks its own GPU (dist.pick_device)
+        reasons.append(f"train.device={cfg.train.device}" + (": no GPU here" if device.type == "cpu" else ""))
+    if cfg.train.amp == "auto":
+        cfg.train.amp = "bf16" if device.type == "cuda" else "off"
+        reasons.append(f"train.amp={cfg.train.amp} on {device.type}")
     if cfg.train.channels_last == "auto":
         reasons.append(resolve_channels_last(cfg, device))
+    if cfg.train.async_save == "auto":
+        cfg.train.async_save = device.type == "cuda"
+        reasons.append(f"train.async_save={str(cfg.train.async_save).lower()} on {device.type}")
     if cfg.data.num_workers == "auto":
-        cfg.data.num_workers = workers_for(device, cores)
-        reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type} ({cores} core(s) per process)")
-    for r in reasons if logger else []:
-        logger.info("default: %s", r)
-    if notes is not None:
-        notes += [f"default: {r}" for r in reasons]
-    return cfg
+        cfg.data.num_workers = workers_for(device, share.per_process())
+        reasons.append(f"data.num_workers={cfg.data.num_workers} on {device.type} ({share.per_process()} core(s) "
+                       "per process)")
+    if cfg.train.threads == "auto":
+        cfg.train.threads = share.threads(cfg.data.num_workers)
+        reasons.append(f"train.threads={cfg.train.threads}: {share.cores} usable core(s), {share.busy:.1f} busy with "
+                       f"other processes, {share.local_world} process(es) of this run here, "
+                       f"{cfg.data.num_workers} loader worker(s) each")
+    if cfg.data.cache == "auto" and cfg.data.img_size != "auto":
+        cfg.data.cache = ds.cache_mode("auto", n_images, img_hw(cfg), cfg.data.cache_ram_gb)
+        reasons.append(f"data.cache={cfg.data.cache}: {n_images} images at {img_hw(cfg)} are "
+                       f"{'under' if cfg.data.cache == 'ram' else 'over'} data.cache_ram_gb={cfg.data.cache_ram_gb}")
+    if cfg.log.wandb.mode == "auto":
+        cfg.log.wandb.mode = resolve_mode(cfg.log.wandb)
+        reasons.append(f"log.wandb.mode={cfg.log.wandb.mode}: " + (
+            "an API key is set" if cfg.log.wandb.mode == "online" else "no API key (wandb sync later)"))
+    return reasons
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        rc = netrc.netrc(os.path.expanduser("~/.netrc"))
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return any("wandb" in host for host in rc.hosts)
+
+
+def resolve_mode(cfg: WandbCfg) -> str:
+    """auto: online with a usable API key, offline without one. A key that cannot be one (wandb's own
+    format check) is refused at once, before W&B spends seconds retrying it."""
+    if cfg.mode == "offline" or cfg.mode == "disabled":
+        return cfg.mode
+    from wandb.sdk.lib.wbauth.validation import check_api_key
+
+    key = os.environ.get("WANDB_API_KEY") or None
+    problem = check_api_key(key) if key else None
+    if problem:
+        raise TrackingError(f"WANDB_API_KEY is not usable ({problem}) Fix it, or run without W&B's server: "
+                            "log.wandb.mode=offline (sync later) or log.wandb.mode=disabled")
+    if cfg.mode == "online":
+        return "online"
+    return "online" if has_api_key() else "offline"
+
+
+def preview(cfg: Config) -> tuple[Config, str]:
+    """What a run of `cfg` on this machine would resolve every `auto` to (`baseline config`), reading the data's
+    table and split file, writing nothing; with no data (or a broken one), the keys that need none, and why."""
+    from .data.layouts import DataError, read_table
+    from .data.split import read_folds_hashed, split_path
+    from .dist import pick_device
+
+    device, share = pick_device(cfg.train.device, 0), cpus.Share(cpus.usable_cores(), 0.0, 1)
+    try:
+        table = read_table(cfg)
+    except (DataError, ConfigError) as e:
+        return resolve(cfg, [], 0, device, 1, share, None, data=False), f"(the data's defaults need the data: {e})"
+    path = split_path(cfg)
+    fold = (read_folds_hashed(cfg, table, path)[0] if path.is_file() else
+            np.arange(len(table.df)) % cfg.split.folds)  # no split file yet: its fold sizes, about
+    part = table.df[fold != cfg.split.fold]
+    ages = part.drop_duplicates("group")["age"].dropna().to_numpy() if "age" in part.columns else None
+    out = resolve(cfg, table.df["path"].tolist(), len(part), device, 1, share, None, ages=ages)
+    return out, "" if path.is_file() else f"(no split file {path} yet: the training part's size and ages estimated)"

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .errors import LOST_PEER
+
 
 @dataclass(frozen=True)
 class Env:
@@ -205,14 +207,9 @@ def gather_objects(env: Env, obj) -> list:
 # ---------------------------------------------------------------- a lost peer
 log = logging.getLogger("baseline")
 
-LOST_PEER = 4  # the exit code when a process of a multi-process run died or could not be reached
 
 _PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket Timeout",
               "NCCL communicator was aborted", "ProcessGroupNCCL", "ProcessGroupGloo", "gloo/transport")
-
-
-class LostPeer(Exception):
-    """Another process of this run died or stopped answering; the message says how to resume."""
 
 
 # launch() -> its processes: the file where rank 0 leaves its lost-peer line (where the run stood, how to

@@ -9,12 +9,9 @@ import sys
 import torch
 
 from . import dist
+from .errors import OutOfMemory
 
 log = logging.getLogger(__name__)
-
-
-class OutOfMemory(RuntimeError):
-    """Training ran out of memory; the message says where and what to try."""
 
 
 def reset_peak(device: torch.device) -> None:

@@ -21,14 +21,11 @@ import torch
 from timm.models import load_state_dict
 
 from .config import ModelCfg
+from .errors import ModelError
 
 log = logging.getLogger(__name__)
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear"}
-
-
-class ModelError(ValueError):
-    """A model name or weights file the kit cannot use."""
 
 
 # ---------------------------------------------------------------- names

@@ -16,25 +16,13 @@ from pathlib import Path
 
 from . import dist
 from .checkpoint import Checkpoint, CheckpointError
-from .config import Config, ConfigError, to_dict
+from .config import Config, ConfigError, meta, to_dict
 from .runfolder import RunFolder
 
 log = logging.getLogger("baseline")
 
 LOCK = ".lock"
 ERROR = "error.txt"
-# Keys a resume may change: they do not change what is learned (epochs extends a run; the data may
-# move to another folder, its split file is compared by hash).
-RESUMABLE = ("run.", "log.", "submit.", "bench.", "sweep.", "lrfind.", "pseudo.", "train.epochs", "train.early_stop",
-             "train.log_interval", "train.grad_checkpointing",
-             "train.log_every_s", "train.device", "train.keep_top_k", "train.avg_top_k", "data.num_workers",
-             "train.threads", "train.async_save", "train.channels_last",
-             "data.cache", "data.cache_ram_gb",
-             "data.root", "data.max_pixels", "split.file",
-             "model.pretrained",  # the checkpoint holds the weights; the initial file's path may differ per machine
-             "train.amp")  # compared as resolved on this device (check_resume), not as written
-
-
 class RunLocked(ConfigError):
     """Another training holds the run folder."""
 
@@ -157,7 +145,7 @@ def config_diff(saved: dict, now: dict) -> tuple[list[str], list[str]]:
         if a.get(key) != b.get(key):
             line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
             # a key the checkpoint lacks is newer than the kit that wrote it: allowed, and said
-            (allowed if key.startswith(RESUMABLE) or key not in a else refused).append(line)
+            (allowed if meta(key).get("resumable") or key not in a else refused).append(line)
     return refused, allowed
 
 

@@ -29,7 +29,6 @@ from .data.competition import label as age_label
 from .data.layouts import Table, read_table
 from .data.split import Hashes, load_or_write_folds, read_folds_hashed, split_path
 from .data.transforms import train_transform
-from .tracking import resolve_mode
 
 log = logging.getLogger("baseline")
 
@@ -53,7 +52,7 @@ def preflight(cfg: Config) -> None:
         models.check_weights(cfg.model)  # a file that does not fit, hub weights out of reach
     freeze.resolve_schedule(cfg)
     freeze.check_head(cfg)
-    resolve_mode(cfg.log.wandb)
+    defaults.resolve_mode(cfg.log.wandb)  # a W&B key that cannot work: before anything is read
 
 
 def prepare_data(cfg: Config, env: dist.Env, hashes: Hashes | None = None) -> tuple[Table, np.ndarray, str]:
@@ -83,14 +82,15 @@ def say(env: dist.Env, line: str, notes: list[str] | None = None) -> None:
 
 def resolve_defaults(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray,
                      notes: list[str] | None = None, share: cpus.Share | None = None) -> Config:
-    """img_size, batch size and workers from the data and the device (logged on rank 0)."""
+    """Every `auto` but train.batch_size=auto, from the data, the device and this process's `share` of the
+    machine (logged on rank 0): defaults.resolve."""
     n_train = int((fold != cfg.split.fold).sum())
     logger = log if env.is_main else None
-    cores = (share or cpus.Share(cpus.usable_cores(), 0.0, env.local_world)).per_process()
+    share = share or cpus.Share(cpus.usable_cores(), 0.0, env.local_world)
     # the training part's people decide age_edges=auto and sampler=auto: validation stays unseen
     part = table.df[fold != cfg.split.fold]
     ages = part.drop_duplicates("group")["age"].dropna().to_numpy() if "age" in part.columns else None
-    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, cores, logger, notes,
+    return defaults.resolve(cfg, table.df["path"].tolist(), n_train, env.device, env.world_size, share, logger, notes,
                             ages=ages)
 
 
@@ -171,11 +171,18 @@ class Loaders:
     steps: int = 0  # batches in a whole epoch (len(train) shrinks while a resumed epoch skips its first batches)
 
 
-def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, saved: ckpt.Checkpoint | None, notes: list[str]) -> Config:
+def trained_batch(cfg: Config, saved: ckpt.Checkpoint) -> Config:
+    """A resume of train.batch_size=data or auto keeps the batch its checkpoint trained with (a new probe
+    may find another, and the schedule's steps and the mid-epoch skip would no longer match)."""
+    batch = saved.config["train"]["batch_size"]
+    if not isinstance(batch, int):  # a checkpoint from before config.yaml held the resolved batch
+        batch = int((saved.batch_sizes or {})["batch_size_per_process"])
+    return replace(cfg, train=replace(cfg.train, batch_size=batch))
+
+
+def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, notes: list[str]) -> Config:
     """train.batch_size=data on a GPU: halved until a probe step of this model fits in the GPU's memory
-    (the data's choice goes up to 256). A resume keeps the batch its checkpoint trained with."""
-    if saved is not None:
-        return replace(cfg, train=replace(cfg.train, batch_size=saved.config["train"]["batch_size"]))
+    (the data's choice goes up to 256)."""
     if env.device.type != "cuda":
         return cfg
     probe = models.create(replace(cfg.model, pretrained=False), n_cls).to(env.device)
@@ -195,14 +202,9 @@ def fit_data_batch(cfg: Config, env: dist.Env, n_cls: int, saved: ckpt.Checkpoin
     return replace(cfg, train=replace(cfg.train, batch_size=fits))
 
 
-def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls: int, n_train: int,
-                      saved: ckpt.Checkpoint | None = None) -> int:
+def settle_batch_size(cfg: Config, env: dist.Env, learner: engine.Learner, n_cls: int, n_train: int) -> int:
     """train.batch_size as a number: as given, or (auto) the largest that fits, found before any
-    loader exists; a resumed auto run keeps the batch its checkpoint trained with (a new probe may find
-    another, and the schedule's steps and the mid-epoch skip would no longer match)."""
-    trained = ((saved.batch_sizes if saved else None) or {}).get("batch_size_per_process")
-    if cfg.train.batch_size == "auto" and trained:
-        return int(trained)
+    loader exists (a resume took its checkpoint's: trained_batch)."""
     if isinstance(cfg.train.batch_size, int):
         if cfg.train.batch_size > n_train // env.world_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the "
@@ -221,11 +223,6 @@ def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> L
         val=ds.eval_loader(val_ds, max(batch, 64) * 2, cfg.data.num_workers, env.rank, env.world_size),
         val_labels=np.asarray(val_ds.labels), val_paths=list(val_ds.paths), batch_size=batch,
     )
-
-
-def on_cuda_or(value: bool | str, device: torch.device) -> bool:
-    """A bool key whose `auto` means: on a GPU (train.async_save)."""
-    return device.type == "cuda" if value == "auto" else bool(value)
 
 
 def amp_mode(cfg: Config, device: torch.device) -> str:

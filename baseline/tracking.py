@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import netrc
 import os
 from pathlib import Path
 
@@ -18,43 +17,14 @@ import yaml
 from . import files
 from . import oof as oofs
 from .config import WandbCfg
+from .defaults import resolve_mode
+from .errors import TrackingError
 from .runfolder import Experiment, RunFolder
 
 log = logging.getLogger(__name__)
 
 
-def has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        rc = netrc.netrc(os.path.expanduser("~/.netrc"))
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return any("wandb" in host for host in rc.hosts)
-
-
 PICTURES = ("confusion_matrix.png", "worst_predictions.png", "per_class_f1.png", "learning_curves.png")
-
-
-class TrackingError(ValueError):
-    """W&B cannot be used as configured; the message says how to go on without it."""
-
-
-def resolve_mode(cfg: WandbCfg) -> str:
-    """auto: online with a usable API key, offline without one. A key that cannot be one (wandb's own
-    format check) is refused at once, before W&B spends seconds retrying it."""
-    if cfg.mode == "offline" or cfg.mode == "disabled":
-        return cfg.mode
-    from wandb.sdk.lib.wbauth.validation import check_api_key
-
-    key = os.environ.get("WANDB_API_KEY") or None
-    problem = check_api_key(key) if key else None
-    if problem:
-        raise TrackingError(f"WANDB_API_KEY is not usable ({problem}) Fix it, or run without W&B's server: "
-                            "log.wandb.mode=offline (sync later) or log.wandb.mode=disabled")
-    if cfg.mode == "online":
-        return "online"
-    return "online" if has_api_key() else "offline"
 
 
 class NullTracker:

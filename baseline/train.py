@@ -9,6 +9,7 @@ import contextlib
 import logging
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +47,19 @@ def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
         session.say(env, line, notes)
     with contextlib.ExitStack() as held:
         try:
-            batch_from_data = cfg.train.batch_size == "data"
+            batch_asked = cfg.train.batch_size
             cfg = session.resolve_defaults(cfg, env, table, fold, notes, share)
             session.say(env, cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers), notes)
             state = loop.TrainState(split_hash=split_hash, classes=table.classes)
             resume_from = rundir.resume_point(cfg)
             saved = ckpt.read(resume_from) if resume_from else None
-            if batch_from_data:
-                cfg = session.fit_data_batch(cfg, env, len(table.classes), saved, notes)
+            if saved is not None and batch_asked in ("data", "auto"):
+                cfg = session.trained_batch(cfg, saved)
+            elif batch_asked == "data":
+                cfg = session.fit_data_batch(cfg, env, len(table.classes), notes)
             if saved is not None:
-                rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from,
-                                    session.amp_mode(cfg, env.device), env.world_size)
+                rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from, cfg.train.amp,
+                                    env.world_size)
             cache = session.decode_images(cfg, table, env)  # every image decoded before the run folder is touched
             run_dir = (RunFolder.of_checkpoint(resume_from).path if resume_from else
                        Path(cfg.run.dir) / dist.broadcast_object(env, rundir.run_name(cfg)))
@@ -88,12 +91,16 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
         log.info("training labels: age buckets start at %s (official %s); %d training image(s) of ages %s left out; "
                  "validation keeps the official labels", cfg.data.age_edges, list(OFFICIAL_EDGES), n_out,
                  cfg.data.drop_ages)
-    batch = session.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds), saved)
+    batch = session.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
+    if cfg.train.batch_size == "auto":  # the one key whose default needs the built model
+        cfg = replace(cfg, train=replace(cfg.train, batch_size=batch))
+        if env.is_main:
+            save_yaml(cfg, RunFolder(run_dir).config)
     loaders = session.build_loaders(cfg, env, train_ds, val_ds, batch)
     loaders.val_groups = table.df["group"].astype(str).to_numpy()[fold == cfg.split.fold].tolist()
     phases.enter_phase(cfg, learner, 0, loaders.steps)
     saver = ckpt.Saver(RunFolder(run_dir).checkpoints, "min" if cfg.train.monitor == "val_loss" else "max",
-                       cfg.train.keep_top_k, background=session.on_cuda_or(cfg.train.async_save, env.device))
+                       cfg.train.keep_top_k, background=cfg.train.async_save)
     if saved is not None:
         loop.restore(cfg, learner, state, saver, saved, loaders.steps)
     if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from baseline import defaults, models, phases, session, train
+from baseline import cpus, defaults, models, phases, session, train
 from baseline.bench import recipe
 from baseline.cli import main
-from baseline.config import load_config
+from baseline.config import get, load_config, walk
 
 
 @pytest.mark.parametrize("sizes, side, expected", [
@@ -72,8 +72,23 @@ def test_resolve_says_why_and_keeps_explicit_values(tmp_path, caplog):
     fixed = load_config(None, ["model.name=resnet18", "model.pretrained=false", "data.img_size=48",
                                "train.batch_size=8", "data.num_workers=1", "data.mean=[0.5,.5,.5]",
                                "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic", "freeze.preset=none",
-                               "data.age_edges=[30,60]", "train.sampler=shuffle", "train.channels_last=false"])
+                               "data.age_edges=[30,60]", "train.sampler=shuffle", "train.channels_last=false",
+                               "train.device=cpu", "train.amp=off", "train.async_save=true", "train.threads=3",
+                               "data.cache=off", "log.wandb.mode=disabled"])
     assert defaults.resolve(fixed, paths, 840, torch.device("cpu"), 1, 2, ages=np.array([60] * 9)) == fixed
+
+
+def test_resolve_leaves_no_auto_and_says_each_machine_key(tmp_path, caplog):
+    paths = [str(tmp_path / "0.png")]
+    Image.new("RGB", (96, 128)).save(paths[0])
+    with caplog.at_level(logging.INFO, logger="baseline"):
+        out = defaults.resolve(load_config(), paths, 840, torch.device("cpu"), 1, cpus.Share(4, 1.0, 1),
+                               ages=np.array([60] * 9))
+    autos = [k for k, _, _ in walk() if get(out, k) in ("auto", "data")]
+    assert autos == [], autos
+    assert (out.train.device, out.train.amp, out.train.async_save, out.data.cache) == ("cpu", "off", False, "ram")
+    assert out.train.threads == 3 and out.log.wandb.mode == "offline"  # 4 cores, 1 busy; no W&B key here
+    assert "train.threads=3: 4 usable core(s), 1.0 busy" in caplog.text
 
 
 def test_channels_last_auto_is_on_for_conv_nets_and_off_for_a_vit_on_the_cpu(tmp_path):

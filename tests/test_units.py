@@ -163,9 +163,11 @@ def test_factorized_head_is_the_product_of_three_heads_and_its_loss_their_sum():
 
 
 def test_a_resumed_auto_batch_keeps_the_batch_its_checkpoint_trained_with():
-    from baseline import dist, session
-    from baseline.config import load_config
+    from baseline import session
+    from baseline.config import load_config, to_dict
 
     cfg = load_config(None, ["train.batch_size=auto"])
-    saved = ckpt.Checkpoint(model={}, batch_sizes={"world_size": 1, "batch_size_per_process": 24})
-    assert session.settle_batch_size(cfg, dist.Env(), None, 18, 1000, saved) == 24  # no new probe
+    old = ckpt.Checkpoint(model={}, config=to_dict(cfg), batch_sizes={"world_size": 1, "batch_size_per_process": 24})
+    assert session.trained_batch(cfg, old).train.batch_size == 24  # a checkpoint whose config says auto: no probe
+    new = ckpt.Checkpoint(model={}, config=to_dict(load_config(None, ["train.batch_size=40"])))
+    assert session.trained_batch(cfg, new).train.batch_size == 40

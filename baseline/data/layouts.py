@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Config
+from ..errors import DataError
 from .competition import CLASSES as MASK_CLASSES
 from .competition import GENDERS, STEMS, mask_of
 from .competition import label as mask_label
@@ -23,10 +24,6 @@ from .competition import label as mask_label
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
-
-
-class DataError(ValueError):
-    """Input data that cannot be used as it is; the message names the file, row or column."""
 
 
 @dataclass

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from .. import files
 from ..config import Config
@@ -69,6 +68,8 @@ def assign_folds(df: pd.DataFrame, folds: int, seed: int, groups: pd.Series | No
     n_groups = groups.nunique()
     if n_groups < folds:
         raise DataError(f"split.folds={folds} but the data has only {n_groups} group(s): a fold would be empty")
+    from sklearn.model_selection import StratifiedGroupKFold  # only to write a split (slow to import)
+
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold = np.full(len(df), -1)
     for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(df)), strata(df), groups)):

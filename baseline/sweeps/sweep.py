@@ -26,7 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import TrialState
 
 from .. import files
-from ..config import Config, ConfigError, SweepCfg, load_config, to_dict
+from ..config import Config, ConfigError, SweepCfg, config_flags, for_another_run, load_config, to_dict
 from ..dist import die_with_parent, launch_command
 from ..rundir import LOCK
 from ..runfolder import RunFolder
@@ -35,6 +35,7 @@ from .plan import Plan, plan_sweep, read_sweep, sweep_file
 from .study import pruner, storage
 
 log = logging.getLogger("baseline")
+ConfigFiles = str | list[str] | None  # --config, given none, once or several times
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -178,20 +179,20 @@ def release_dead_lock(run_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------- entry points
-def prepare(name_or_path: str, config_file: str | None, base_overrides: list[str]) -> tuple[Config, Plan, Path]:
+def prepare(name_or_path: str, config_file: ConfigFiles, base_overrides: list[str]) -> tuple[Config, Plan, Path]:
     path = sweep_file(name_or_path)
     base = load_config(config_file, base_overrides)
     plan = plan_sweep(read_sweep(path), path, base.train.epochs)
     return base, plan, Path(base.run.dir) / "sweeps" / plan.name
 
 
-def run(name_or_path: str, config_file: str | None, base_overrides: list[str], nproc: int = 1) -> pd.DataFrame:
+def run(name_or_path: str, config_file: ConfigFiles, base_overrides: list[str], nproc: int = 1) -> pd.DataFrame:
     """Run trials until the study holds run_cap of them (all workers together); then the table."""
     base, plan, sweep_dir = prepare(name_or_path, config_file, base_overrides)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(base.sweep, sweep_dir)
     study = open_study(plan, base, url)
-    trial_args = [*(["--config", config_file] if config_file else []), *base_overrides,
+    trial_args = [*config_flags(config_file), *base_overrides,
                   f"log.wandb.group={base.log.wandb.group or plan.name}"]
     if base.sweep.executor == "ray":
         return run_on_ray(plan, base, sweep_dir, url, trial_args, nproc, config_file, base_overrides)
@@ -205,7 +206,7 @@ def run(name_or_path: str, config_file: str | None, base_overrides: list[str], n
 
 
 def run_on_ray(plan: Plan, base: Config, sweep_dir: Path, url: str, trial_args: list[str], nproc: int,
-               config_file: str | None, base_overrides: list[str]) -> pd.DataFrame:
+               config_file: ConfigFiles, base_overrides: list[str]) -> pd.DataFrame:
     """sweep.executor=ray (ray_sweep.py); the same results.csv and best.yaml. Interrupted (Ctrl-C): the
     results so far, and exit 130; the same command resumes it."""
     from . import ray_sweep
@@ -246,7 +247,7 @@ STATUS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialSta
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 
 
-def write_results(study: optuna.Study, plan: Plan, sweep_dir: Path, config_file: str | None,
+def write_results(study: optuna.Study, plan: Plan, sweep_dir: Path, config_file: ConfigFiles,
                   base_overrides: list[str]) -> pd.DataFrame:
     table = results(study, plan.metric, plan.goal, list(plan.space))
     files.write_csv(sweep_dir / "results.csv", table)
@@ -259,9 +260,9 @@ def write_results(study: optuna.Study, plan: Plan, sweep_dir: Path, config_file:
 
 
 def write_best_config(run_config: Path, out: Path, rebuild) -> None:
-    """The best trial's resolved config, with its sweep-only keys reset: ready for --config. A trial
+    """The best trial's resolved config, with its sweep-only and machine keys reset: ready for --config. A trial
     that ran on another machine has no folder here: its config is rebuilt from its parameters."""
-    cfg = load_config(run_config) if run_config.is_file() else rebuild()
+    cfg = for_another_run(load_config(run_config) if run_config.is_file() else rebuild())
     cfg = replace(cfg, run=replace(cfg.run, name="", dir="runs", resume=""), sweep=SweepCfg())
     cfg.log.wandb.group = ""
     files.write_text(out, yaml.safe_dump(to_dict(cfg), sort_keys=False))
