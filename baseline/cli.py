@@ -153,7 +153,7 @@ def audit_command(cfg: Config, source: list[str] | None, corrections: str | None
 
 
 def runs_command(cfg: Config, compare: list[str] | None, dirs: list[str] | None = None) -> int:
-    from .tracking import compare_runs, label_notes, leaderboard
+    from .leaderboard import compare_runs, label_notes, leaderboard
 
     if compare:
         table, png = compare_runs([_run_folder(cfg, r) for r in compare])

