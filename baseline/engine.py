@@ -54,8 +54,8 @@ class StepCtx:
 
 @dataclass
 class Learner:
-    """The model and everything that updates it; phases.enter_phase sets the last three at every
-    freeze-phase boundary."""
+    """The model and everything that updates it. `phases` (phases.Phases) owns what changes at a freeze-phase
+    boundary: the optimizer, the LR schedule and the training view."""
 
     model: torch.nn.Module  # the bare model: checkpoints, evaluation, EMA
     ctx: StepCtx
@@ -64,11 +64,16 @@ class Learner:
     mixup: Any = None  # timm Mixup
     ema: Any = None  # timm ModelEmaV3
     scaler: torch.amp.GradScaler | None = None  # fp16 only
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: Any = None  # a timm scheduler, or None
-    train_view: torch.nn.Module | None = None  # what trains: the model under DDP and/or torch.compile
-    phase_start: int = 0  # the optimizer step the current freeze phase began at (its LR schedule counts from it)
     batch_aug: Any = None  # aug.on_device: a batch_aug.BatchAug, else the loader augments per item
+    phases: Any = None  # phases.Phases, once the loaders say how many steps an epoch has
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.phases.optimizer
+
+    @property
+    def train_view(self) -> torch.nn.Module:
+        return self.phases.view
 
 
 class SameClassCutMix:
@@ -120,13 +125,13 @@ def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict]
             x, y = learner.mixup(x, y)
         last_micro = (i + 1) % ctx.accum_steps == 0 or i + 1 == n
         group = min(ctx.accum_steps, n - i // ctx.accum_steps * ctx.accum_steps)  # the last one may be short
-        loss = _forward_backward(learner, x, y, sync=last_micro, group=group)
+        loss = forward_backward(learner, x, y, sync=last_micro, group=group)
         loss_sum += loss
         window += loss
         window_n, n_batches, images = window_n + 1, n_batches + 1, images + x.shape[0]
         if not last_micro:
             continue
-        step = _optimizer_step(learner, step)
+        step = optimizer_step(learner, step)
         if on_log is not None and step % ctx.log_interval == 0:
             loss_now = dist.all_mean(ctx.env, window / window_n).item()  # every rank's, at log intervals only
             on_log({"train/loss": loss_now, "train/lr": learner.optimizer.param_groups[0]["lr"], "step": step})
@@ -140,7 +145,7 @@ def train_one_epoch(learner: Learner, loader, step: int, on_log: Callable[[dict]
             "seconds": time.perf_counter() - t0, "step": step, "batches": n_batches, "interrupted": interrupted}
 
 
-def _forward_backward(learner: Learner, x: torch.Tensor, y: torch.Tensor, sync: bool, group: int) -> torch.Tensor:
+def forward_backward(learner: Learner, x: torch.Tensor, y: torch.Tensor, sync: bool, group: int) -> torch.Tensor:
     """One micro-batch of an accumulation group of `group` (its loss divided by the group's own size, so
     every step averages its micro-batches); DDP all-reduces gradients only on the group's last one."""
     model, ctx, scaler = learner.train_view, learner.ctx, learner.scaler
@@ -152,7 +157,7 @@ def _forward_backward(learner: Learner, x: torch.Tensor, y: torch.Tensor, sync: 
     return loss.detach()
 
 
-def _optimizer_step(learner: Learner, step: int) -> int:
+def optimizer_step(learner: Learner, step: int) -> int:
     """Clip, step (through the fp16 scaler), schedule, EMA; the new global step."""
     opt, scaler, clip = learner.optimizer, learner.scaler, learner.ctx.clip_grad
     if clip > 0:
@@ -166,8 +171,7 @@ def _optimizer_step(learner: Learner, step: int) -> int:
         opt.step()
     opt.zero_grad(set_to_none=True)
     step += 1
-    if learner.scheduler is not None:
-        learner.scheduler.step_update(num_updates=step - learner.phase_start)  # the phase's own schedule
+    learner.phases.after_step(step)
     if learner.ema is not None:
         learner.ema.update(learner.train_view, step=step)
     return step

@@ -25,7 +25,6 @@ from . import dist, engine, files, memory, plots, progress
 from . import oof as oofs
 from .config import Config, img_hw, to_dict
 from .data import dataset as ds
-from .phases import enter_phase, phase_state
 from .runfolder import AVERAGED, RunFolder
 from .session import Loaders, amp_mode
 from .tracking import NullTracker, Tracker
@@ -74,29 +73,21 @@ def checkpoint_state(cfg: Config, learner: engine.Learner, state: TrainState, rn
     return ckpt.Checkpoint(
         model=learner.model.state_dict(),
         model_ema=learner.ema.module.state_dict() if learner.ema is not None else None,
-        optimizer=learner.optimizer.state_dict(),
-        scheduler=learner.scheduler.state_dict() if learner.scheduler is not None else None,
+        **learner.phases.state_dict(),  # optimizer, scheduler, phase
         scaler=learner.scaler.state_dict() if learner.scaler is not None else None,
-        phase=phase_state(learner), progress={k: getattr(state, k) for k in RESTORED}, rng=rngs[0], rng_ranks=rngs,
+        progress={k: getattr(state, k) for k in RESTORED}, rng=rngs[0], rng_ranks=rngs,
         config=to_dict(cfg), classes=state.classes, split_hash=state.split_hash,
         amp=amp_mode(cfg, learner.ctx.env.device), batch_sizes=state.batch_sizes, provenance=ckpt.provenance())
 
 
-def restore(cfg: Config, learner: engine.Learner, state: TrainState, saver: ckpt.Saver, saved: ckpt.Checkpoint,
-            steps_per_epoch: int) -> None:
+def restore(learner: engine.Learner, state: TrainState, saver: ckpt.Saver, saved: ckpt.Checkpoint) -> None:
     """Continue from a checkpoint that rundir.check_resume has accepted: into the phase it was written
     in (fit then enters the next one, if due, as an uninterrupted run does)."""
-    index = saved.phase.get("index")
-    if index is None:  # a checkpoint from before phases were saved: epoch-end saves hold the last epoch's
-        index = learner.freezer.index_at(max(saved.epoch - (0 if saved.progress.get("batches_done") else 1), 0))
-    enter_phase(cfg, learner, saved.epoch, steps_per_epoch, saved.step, index=index,
-                start_step=saved.phase.get("start_step", 0))
+    learner.phases.load_state_dict({"phase": saved.phase, "optimizer": saved.optimizer, "scheduler": saved.scheduler},
+                                   saved.epoch, saved.step, mid_epoch=bool(saved.progress.get("batches_done")))
     learner.model.load_state_dict(saved.model)
     if learner.ema is not None and saved.model_ema is not None:
         learner.ema.module.load_state_dict(saved.model_ema)
-    learner.optimizer.load_state_dict(saved.optimizer)
-    if learner.scheduler is not None and saved.scheduler:
-        learner.scheduler.load_state_dict(saved.scheduler)
     if learner.scaler is not None and saved.scaler:
         learner.scaler.load_state_dict(saved.scaler)
     for k in RESTORED:
@@ -165,7 +156,7 @@ def fit(run: Run) -> None:
     log_start(run)
     while run.state.epoch < run.cfg.train.epochs:
         run.epoch_started = time.perf_counter()
-        enter_phase(run.cfg, run.learner, run.state.epoch, run.loaders.steps, run.state.step)
+        run.learner.phases.enter(run.state.epoch, run.state.step)
         result = train_epoch(run)
         if result["interrupted"]:
             stop_preempted(run)
@@ -283,8 +274,7 @@ def record_epoch(run: Run, result: dict, logits: torch.Tensor, m: dict) -> dict:
     """Scheduler, best, metrics row, tracker, checkpoints and OOF (rank 0); the row."""
     cfg, learner, state = run.cfg, run.learner, run.state
     epoch, metric = state.epoch + 1, m[cfg.train.monitor]
-    if learner.scheduler is not None:
-        learner.scheduler.step(epoch - learner.freezer.phase["epoch"], metric)
+    learner.phases.after_epoch(epoch, metric)
     row = {"epoch": epoch, "step": state.step, "train_loss": result["loss"], **m,
            "lr": learner.optimizer.param_groups[0]["lr"], "trainable_params": learner.freezer.trainable_count(),
            "images_per_s": result["images"] / max(result["seconds"], 1e-9), "epoch_s": result["seconds"],

@@ -38,8 +38,8 @@ def _find(cfg: Config, env: dist.Env) -> dict:
     train_ds, val_ds = session.build_datasets(cfg, table, fold, cache)
     batch = session.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = session.build_loaders(cfg, env, train_ds, val_ds, batch)
-    phases.enter_phase(cfg, learner, 0, loaders.steps)
-    learner.scheduler = None  # the range test sets the LR itself
+    learner.phases = phases.Phases(cfg, learner.freezer, learner.model, env, loaders.steps, schedule=False)
+    learner.phases.enter(0)  # the first phase, without its LR schedule: the range test sets the LR itself
     rows = range_test(cfg, learner, loaders.train)
     out = Path(cfg.run.dir) / "lr-find" / (cfg.run.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = suggest(rows)
@@ -68,8 +68,8 @@ def range_test(cfg: Config, learner: engine.Learner, loader) -> pd.DataFrame:
             for g, b in zip(learner.optimizer.param_groups, base):
                 g["lr"] = b * factor
             x, y = learner.ctx.batch(x, y)
-            loss = engine._forward_backward(learner, x, y, sync=True, group=1).item()  # a host sync: not a hot loop
-            engine._optimizer_step(learner, step)
+            loss = engine.forward_backward(learner, x, y, sync=True, group=1).item()  # a host sync: not a hot loop
+            engine.optimizer_step(learner, step)
             avg = 0.98 * avg + 0.02 * loss
             smooth = avg / (1 - 0.98 ** (step + 1))  # bias-corrected, as fastai
             rows.append({"step": step, "lr": top * factor, "loss": loss, "smoothed": smooth})

@@ -1,5 +1,5 @@
-"""The freeze phases' lifecycle: which parameters train in each phase, with which LR schedule and
-optimizer, in which compiled / DDP view."""
+"""The freeze phases' lifecycle (Phases): which parameters train in each phase, with which optimizer and LR
+schedule, in which compiled / DDP view; what a checkpoint keeps of it."""
 
 from __future__ import annotations
 
@@ -13,40 +13,79 @@ import timm.scheduler
 import timm.utils
 import torch
 
-from . import dist, engine
+from . import dist
 from .config import Config
 
 log = logging.getLogger("baseline")
 
 
-def enter_phase(cfg: Config, learner: engine.Learner, epoch: int, steps_per_epoch: int, step: int = 0,
-                index: int | None = None, start_step: int | None = None) -> None:
-    """The freeze schedule's phase for `epoch` (or phase `index`, as a checkpoint names it). A phase is
-    built as a unit: its trainable set, an optimizer for it (state kept for parameters trained in the
-    phase before), its own LR schedule over its own epochs, counted from `start_step` (the step it began
-    at), and a new training view, since DDP registers its gradient hooks on the trainable parameters.
-    The same code runs whether the run was interrupted or not, so a resume is exact."""
-    f = learner.freezer
-    index = f.index_at(epoch) if index is None else index
-    if not f.enter(index) and learner.optimizer is not None:
-        return
-    learner.optimizer = f.rebuild_optimizer(learner.optimizer) if learner.optimizer is not None else f.optimizer()
-    learner.phase_start = step if start_step is None else start_step
-    learner.scheduler = make_scheduler(cfg, learner.optimizer, steps_per_epoch, *f.span(index))
-    if learner.scheduler is not None and step > learner.phase_start:
-        learner.scheduler.step_update(num_updates=step - learner.phase_start)
-    learner.train_view = training_view(learner.model, cfg, learner.ctx.env)
-    if learner.ctx.env.is_main and len(f.schedule) > 1:
+class Phases:
+    """The freeze schedule's lifecycle over a run, as one object that owns what changes at a phase boundary: the
+    trainable set (the freezer), the optimizer (state kept for parameters trained in the phase before), the
+    phase's own LR schedule over its own epochs, and the training view (DDP registers its gradient hooks on
+    the trainable parameters, so a new set needs a new view). `schedule=False`: no LR schedule (lr-find sets
+    the LR itself). The same code runs whether a run was interrupted or not, so a resume is exact."""
+
+    def __init__(self, cfg: Config, freezer, model: torch.nn.Module, env: dist.Env, steps_per_epoch: int,
+                 schedule: bool = True):
+        self.cfg, self.freezer, self.model, self.env = cfg, freezer, model, env
+        self.steps_per_epoch, self.schedule = steps_per_epoch, schedule
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None  # a timm scheduler, or None
+        self.view: torch.nn.Module | None = None  # what trains: the model under DDP and/or torch.compile
+        self.start = 0  # the optimizer step the phase began at: its schedule counts from there
+
+    def enter(self, epoch: int, step: int = 0, index: int | None = None, start_step: int | None = None) -> None:
+        """The phase of `epoch` (or phase `index`, as a checkpoint names it), begun at `start_step`; nothing
+        changes while the phase goes on."""
+        f = self.freezer
+        index = f.index_at(epoch) if index is None else index
+        if not f.enter(index) and self.optimizer is not None:
+            return
+        self.optimizer = f.rebuild_optimizer(self.optimizer) if self.optimizer is not None else f.optimizer()
+        self.start = step if start_step is None else start_step
+        self.scheduler = (make_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, *f.span(index))
+                          if self.schedule else None)
+        if self.scheduler is not None and step > self.start:
+            self.scheduler.step_update(num_updates=step - self.start)
+        self.view = training_view(self.model, self.cfg, self.env)
+        if self.env.is_main and len(f.schedule) > 1:
+            self._say(index)
+
+    def _say(self, index: int) -> None:
+        f = self.freezer
         first, end = f.span(index)
-        now, peak = f.group_lrs(learner.optimizer), f.group_lrs(learner.optimizer, "initial_lr")
+        now, peak = f.group_lrs(self.optimizer), f.group_lrs(self.optimizer, "initial_lr")
         log.info("freeze phase %d/%d (epochs %d-%d, train %s): %d trainable parameters; LR starts at %s, peaks at %s",
                  index + 1, len(f.schedule), first + 1, end, f.phase["train"], f.trainable_count(),
                  ", ".join(f"{k} {v:.2e}" for k, v in now.items()), ", ".join(f"{v:.2e}" for v in peak.values()))
 
+    def after_step(self, step: int) -> None:
+        """After optimizer step number `step` (global): the phase's own schedule, per update."""
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=step - self.start)
 
-def phase_state(learner: engine.Learner) -> dict:
-    """What names the phase a checkpoint's optimizer and scheduler belong to."""
-    return {"index": learner.freezer.index, "start_step": learner.phase_start}
+    def after_epoch(self, epoch: int, metric: float) -> None:
+        """After epoch number `epoch` (1-based, global), with the monitored metric (plateau steps on it)."""
+        if self.scheduler is not None:
+            self.scheduler.step(epoch - self.freezer.phase["epoch"], metric)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the phase's name (index, start step), the optimizer, the schedule."""
+        return {"phase": {"index": self.freezer.index, "start_step": self.start},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load_state_dict(self, saved: dict, epoch: int, step: int, mid_epoch: bool = False) -> None:
+        """Into the phase a checkpoint (`saved`: what state_dict returned) was written in, at `epoch` and `step`
+        (`mid_epoch`: written on preemption, inside `epoch`), with its optimizer and schedule."""
+        index = saved["phase"].get("index")
+        if index is None:  # a checkpoint from before phases were saved: epoch-end saves hold the last epoch's
+            index = self.freezer.index_at(max(epoch - (0 if mid_epoch else 1), 0))
+        self.enter(epoch, step, index=index, start_step=saved["phase"].get("start_step", 0))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None and saved["scheduler"]:
+            self.scheduler.load_state_dict(saved["scheduler"])
 
 
 def training_view(model: torch.nn.Module, cfg: Config, env: dist.Env) -> torch.nn.Module:

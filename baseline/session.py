@@ -238,8 +238,8 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weights: bool = True,
                   train_labels: np.ndarray | None = None) -> engine.Learner:
-    """Model, freezer (in its first phase), step context, loss, mixup, EMA and scaler; enter_phase
-    adds the optimizer, scheduler and training view. A resume loads no initial weights (a run folder
+    """Model, freezer (in its first phase), step context, loss, mixup, EMA and scaler; phases.Phases adds
+    the optimizer, scheduler and training view once the loaders exist. A resume loads no initial weights (a run folder
     copied from a teammate need not find their model.pretrained file)."""
     n_cls = len(table.classes)
     model_cfg = cfg.model if initial_weights else replace(cfg.model, pretrained=False)

@@ -98,11 +98,12 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
             save_yaml(cfg, RunFolder(run_dir).config)
     loaders = session.build_loaders(cfg, env, train_ds, val_ds, batch)
     loaders.val_groups = table.df["group"].astype(str).to_numpy()[fold == cfg.split.fold].tolist()
-    phases.enter_phase(cfg, learner, 0, loaders.steps)
+    learner.phases = phases.Phases(cfg, learner.freezer, learner.model, env, loaders.steps)
+    learner.phases.enter(0)
     saver = ckpt.Saver(RunFolder(run_dir).checkpoints, "min" if cfg.train.monitor == "val_loss" else "max",
                        cfg.train.keep_top_k, background=cfg.train.async_save)
     if saved is not None:
-        loop.restore(cfg, learner, state, saver, saved, loaders.steps)
+        loop.restore(learner, state, saver, saved)
     if env.is_main:  # rows past the checkpoint (or all, for a fresh start in an old folder) are stale
         truncate_metrics(RunFolder(run_dir).metrics, state.epoch)
     state.batch_sizes = {"world_size": env.world_size, "batch_size_per_process": batch,

@@ -117,8 +117,8 @@ def test_the_bench_limit_is_a_plain_step_not_the_kits(tmp_path, monkeypatch):
 
     root = write_synth(tmp_path / "b", people=20, seed=0)
     cfg = load_config(None, tiny_overrides(root, tmp_path / "runs", **{"data.cache": "ram"}))
-    real_step = engine._optimizer_step
-    monkeypatch.setattr(engine, "_optimizer_step", lambda *a: (time.sleep(0.05), real_step(*a))[1])
+    real_step = engine.optimizer_step
+    monkeypatch.setattr(engine, "optimizer_step", lambda *a: (time.sleep(0.05), real_step(*a))[1])
     r = bench.run(cfg, batches=4, rounds=1)
     assert r["train_kit_step"] < 16 / 0.05 < r["train_limit"]  # batch 16: at most 320 img/s with the sleep
 

@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from baseline import dist, engine, memory, models, session
+from baseline import dist, engine, memory, models, phases, session
 from baseline.cli import main
 from baseline.config import load_config
 from baseline.data.layouts import read_table
@@ -266,10 +267,9 @@ def sgd_learner(accum: int) -> engine.Learner:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     ctx = engine.StepCtx(dist.Env(), torch.zeros(3), torch.ones(3), accum_steps=accum)
-    learner = engine.Learner(model, ctx, torch.nn.CrossEntropyLoss(), freezer=None,
-                             optimizer=torch.optim.SGD(model.parameters(), lr=1e-4))
-    learner.train_view = model
-    return learner
+    fixed = types.SimpleNamespace(optimizer=torch.optim.SGD(model.parameters(), lr=1e-4), view=model,
+                                  after_step=lambda step: None)  # one phase, no schedule
+    return engine.Learner(model, ctx, torch.nn.CrossEntropyLoss(), freezer=None, phases=fixed)
 
 
 def test_a_short_last_accumulation_group_is_averaged_over_its_own_batches():
@@ -282,12 +282,12 @@ def test_a_short_last_accumulation_group_is_averaged_over_its_own_batches():
         w.append(learner.model[1].weight.detach().clone())
 
     # 3 identical batches at accum 2: one step over two, then one over the last alone
-    orig = engine._optimizer_step
+    orig = engine.optimizer_step
     try:
-        engine._optimizer_step = lambda lr, st: (orig(lr, st), record(None), steps.append(st))[0]
+        engine.optimizer_step = lambda lr, st: (orig(lr, st), record(None), steps.append(st))[0]
         engine.train_one_epoch(learner, [(x, y)] * 3, 0)
     finally:
-        engine._optimizer_step = orig
+        engine.optimizer_step = orig
     first, last = w[1] - w[0], w[2] - w[1]
     assert len(steps) == 2
     # the same gradient (lr is tiny): the short group's step is as large, not half as large
@@ -377,8 +377,8 @@ def test_grad_checkpointing_reaches_the_model_and_still_trains(synth_root):
                              "model.pretrained=false"])
     learner = session.build_learner(cfg, dist.Env(), table, stop=lambda step: False)
     assert learner.model.grad_checkpointing is True
-    learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)
-    learner.train_view = learner.model
+    learner.phases = phases.Phases(cfg, learner.freezer, learner.model, dist.Env(), steps_per_epoch=1)
+    learner.phases.enter(0)
     x, y = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
     w = next(learner.model.parameters()).detach().clone()
     engine.train_one_epoch(learner, [(x, y)], 0)

@@ -132,7 +132,8 @@ def setup(cfg: Config):
     batch = session.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = session.build_loaders(cfg, env, train_ds, val_ds, batch)
     # The phase of the last epoch: where a run spends its time (after a head-only warm-up, the whole model).
-    phases.enter_phase(cfg, learner, cfg.train.epochs - 1, len(loaders.train))
+    learner.phases = phases.Phases(cfg, learner.freezer, learner.model, env, len(loaders.train))
+    learner.phases.enter(cfg.train.epochs - 1)
     return cfg, env, table, loaders, learner, cache_s
 
 
