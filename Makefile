@@ -10,10 +10,10 @@ CONFIG ?=
 SWEEP ?= grid
 ARGS ?=
 IMAGE ?= baseline:latest
-CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG),)
+CONFIG_ARG := $(foreach f,$(CONFIG),--config $(f))  # CONFIG="team.yaml exp.yaml": stacked, later wins
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock data split check train cv submit sweep sweep-report sweep-dashboard sweep-agent bench bench-loader bench-recipe bench-pretrained bench-contest gpu-check gpu-test runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
+.PHONY: help venv lock config docs data split check audit train cv refit pseudo lr-find submit submissions gpus sweep sweep-report sweep-dashboard sweep-agent bench bench-loader bench-recipe bench-pretrained bench-contest gpu-check gpu-test runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,11 +40,21 @@ $(DATA)/train/train.csv: | $(STAMP)
 
 data: $(DATA)/train/train.csv ## write the built-in dataset to data/synth (if it is not there)
 
+config: $(STAMP) ## print every config key: the value a run would use (auto: what it resolves to here), default, meaning
+	$(BIN)/baseline config $(CONFIG_ARG) $(ARGS)
+
+docs: $(STAMP) ## regenerate docs/config.md and the README's commands table from the code (a test fails while stale)
+	$(BIN)/python -m baseline.reference
+
 split: $(STAMP) ## write the shared k-fold split file (ARGS="split.folds=5")
 	$(BIN)/baseline data split $(CONFIG_ARG) $(ARGS)
 
 check: $(STAMP) ## report on the data: classes, folds, sizes, unreadable files, duplicates
 	$(BIN)/baseline data check $(CONFIG_ARG) $(ARGS)
+
+audit: $(STAMP) ## label issues from an experiment's out-of-fold predictions (EXPERIMENT=runs/<name>; ARGS="--corrections fixes.csv")
+	@test -n "$(EXPERIMENT)" || { echo "usage: make audit EXPERIMENT=runs/<name>"; exit 2; }
+	$(BIN)/baseline data audit $(EXPERIMENT) $(CONFIG_ARG) $(ARGS)
 
 # the built-in data set is written only for runs on it: not when ARGS or a CONFIG file name their own data
 BUILTIN := $(if $(findstring data.root=,$(ARGS))$(CONFIG),,data)
@@ -54,6 +64,22 @@ train: $(STAMP) $(BUILTIN) ## train (CONFIG=file.yaml, ARGS="key=value ...", NPR
 
 cv: $(STAMP) $(BUILTIN) ## train every fold as one experiment: runs/<name>/fold<k>/, cv.json, oof.csv (again: resumes)
 	$(BIN)/baseline cv --nproc $(NPROC) $(CONFIG_ARG) $(ARGS)
+
+refit: $(STAMP) ## after make cv: every fold together for the epochs the folds chose (EXPERIMENT=runs/<name>)
+	@test -n "$(EXPERIMENT)" || { echo "usage: make refit EXPERIMENT=runs/<name>"; exit 2; }
+	$(BIN)/baseline refit $(EXPERIMENT) --nproc $(NPROC) $(ARGS)
+
+pseudo: $(STAMP) ## pseudo-labels from confident test predictions: pseudo/<name>.csv (ARGS="submit.ensemble=ensembles/x.yaml")
+	$(BIN)/baseline pseudo $(CONFIG_ARG) $(ARGS)
+
+lr-find: $(STAMP) $(BUILTIN) ## an LR range test on this config: runs/lr-find/<name>/lr_find.png and a suggested optim.lr
+	$(BIN)/baseline lr-find $(CONFIG_ARG) $(ARGS)
+
+submissions: $(STAMP) ## the submission ledger: CV next to LB, their rank correlation, submissions/cv_vs_lb.png
+	$(BIN)/baseline submissions $(CONFIG_ARG) $(ARGS)
+
+gpus: $(STAMP) ## one line per visible GPU: free / total memory, this process's and other processes' use
+	$(BIN)/baseline gpus
 
 submit: $(STAMP) ## write submissions/<run>.csv from the newest run (ARGS="submit.checkpoints=[runs/a,runs/b]")
 	$(BIN)/baseline submit $(CONFIG_ARG) $(ARGS)

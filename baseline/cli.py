@@ -35,9 +35,9 @@ COMMANDS = {
     "submissions": "the submission ledger: CV next to LB, their rank correlation, submissions/cv_vs_lb.png",
     "lr-find": "an LR range test on this config (data, model, first freeze phase): <run.dir>/lr-find/<name>/ "
                "lr_find.png and a suggested optim.lr; no run folder or checkpoint is touched",
-    "bench": "speed: images/s four ways (limit | kit step | kit | naive); loader: the loader alone at 224 px per "
-             "worker count; recipe: kit defaults vs the strongest simple loop; "
-             "gpu: the GPU check (make gpu-check)",
+    "bench": "speed (default): images/s four ways (limit | kit step | kit | naive); loader: the loader alone at "
+             "224 px per worker count; recipe: kit defaults vs the strongest simple loop on a suite of data sets; "
+             "contest: each contest technique against a plain run; gpu: the GPU check",
     "config": "print the config a run would use: every key with its value, default and meaning, by section, "
               "each auto with what it resolves to here (all keys: docs/config.md)",
     "gpus": "one line per visible GPU: free and total memory, this process's allocated / reserved / peak, what "

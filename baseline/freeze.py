@@ -26,7 +26,7 @@ PRESETS = {
     # fastai's fine_tune: one epoch head-only, then everything, each phase with its own warmup and decay.
     # The backbone at the head's LR: on real ImageNet weights (tf_efficientnet_lite0, 4 epochs, seed 0)
     # lr_scale 0.1 gave 0.28 / 0.89 / 0.89 macro-F1 on faces_b / digits / shapes, 0.5 gave 0.66 / 0.98,
-    # 1.0 gave 0.85 / 0.99 / 0.99 (README, "Transfer learning").
+    # 1.0 gave 0.85 / 0.99 / 0.99 (docs/benchmarks.md, "What the freezing measurements say").
     "fine_tune": [{"epoch": 0, "train": "head"}, {"epoch": 1, "train": "all", "lr_scale": 1.0}],
 }
 PHASE_KEYS = {"epoch", "train", "stages", "lr_scale"}

@@ -166,7 +166,7 @@ def zero_head(model: torch.nn.Module) -> None:
     from the data. timm's init for a new EfficientNet head (uniform in +-1/sqrt(classes): weight std 0.14
     for 18 classes) on real, unnormalised features (row norm about 66 at 64 px) starts at loss 7 (log(18)
     is 2.9), and a head-only phase then never recovers (train loss 9.97 after one epoch on faces_b; 2.07
-    with a zero start). Measured in the README's freezing section."""
+    with a zero start). Measured: docs/training.md, "Transfer learning"."""
     for k in classifier_keys(model):
         with torch.no_grad():
             model.get_parameter(k).zero_()

@@ -13,6 +13,7 @@ import yaml
 from sklearn.metrics import f1_score
 
 from baseline.cli import main
+from baseline.config import get, load_config, walk
 from tests.conftest import tiny_overrides
 
 
@@ -20,9 +21,13 @@ from tests.conftest import tiny_overrides
 def test_train_then_submit(synth_root, tmp_path, caplog, monkeypatch):
     monkeypatch.chdir(tmp_path)  # submissions/ledger.csv is relative
     runs = tmp_path / "runs"
-    over = tiny_overrides(synth_root, runs, **{"run.name": "e2e", "train.epochs": 2})
+    over = tiny_overrides(synth_root, runs, **{"run.name": "e2e", "train.epochs": 2, "train.batch_size": "auto",
+                                                "data.num_workers": "auto", "log.wandb.mode": "auto"})
     assert main(["train", *over]) == 0
     run = runs / "e2e"
+    saved = load_config(run / "config.yaml")
+    assert [k for k, _, _ in walk() if get(saved, k) in ("auto", "data")] == []  # every default resolved, saved
+    assert saved.train.batch_size == json.loads((run / "summary.json").read_text())["batch_size_per_process"]
     for f in ("config.yaml", "metrics.csv", "summary.json", "oof.csv", "train.log",
               "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (run / f).is_file(), f

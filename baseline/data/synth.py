@@ -1,4 +1,4 @@
-"""The built-in dataset, written in the competition layout (README, "Data layouts").
+"""The built-in dataset, written in the competition layout (docs/data.md, "Layouts").
 
 Every label part is drawn, not noise, so macro-F1 measures learning:
 - mask state: a mask over nose and mouth (worn), under the nose (incorrect), or none (mouth shows);
