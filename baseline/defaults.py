@@ -78,7 +78,8 @@ CONTEST_EDGES = (30, 58)
 def contest_shaped(ages: np.ndarray | None) -> tuple[bool, str]:
     """Whether the people's ages have the mask contest's shape: the >=60 bucket is (almost) one age, 60,
     so 57-59 look like it and it is rare. There the age edge at 58 and balanced sampling, together, won on
-    all three contest-like sets, the held-out one included (docs/benchmarks.md, "Contest techniques"). The reason, too."""
+    all three contest-like sets, the held-out one included (docs/benchmarks.md, "Contest techniques"). The
+    reason, too."""
     if ages is None or not len(ages):
         return False, "no ages (not the mask layout)"
     old = ages[ages >= 60]

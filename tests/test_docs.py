@@ -74,7 +74,8 @@ def test_the_config_page_lists_every_key_with_a_meaning():
 
 def test_the_commands_table_follows_the_makefile(tmp_path):
     make = tmp_path / "Makefile"
-    make.write_text("x: a\n\t$(BIN)/baseline bench loader $(ARGS)\n\nboth:\n\t$(BIN)/baseline train\n\t$(BIN)/baseline submit\n")
+    make.write_text("x: a\n\t$(BIN)/baseline bench loader $(ARGS)\n\n"
+                    "both:\n\t$(BIN)/baseline train\n\t$(BIN)/baseline submit\n")
     assert reference.make_targets(make) == {"x": "bench loader"}  # a two-command recipe names neither
 
 
