@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import logging
 import os
 import sys
@@ -101,10 +103,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def importing():
+    """Import a command's modules with the cyclic GC off, then freeze what they made (gc.freeze). torch and
+    timm create about a million objects while they import: the GC would walk them again and again (0.7 s
+    here) and once more at exit (1 s). Measured: `baseline config` 5.0 s -> 3.3 s."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def config_command(cfg: Config) -> int:
     from .config import describe
-    from .defaults import preview
 
+    with importing():
+        from .defaults import preview
     resolved, note = preview(cfg)
     print(describe.text(cfg, resolved), end="")
     if note:
@@ -268,11 +284,7 @@ def parse(argv: list[str] | None):
 def dispatch(args, cfg: Config) -> int:
     """Run the command; its exit code."""
     if args.command == "sweep":
-        from .sweeps import sweep
-
-        table = sweep.run(args.sweep, args.config, args.overrides, args.nproc)
-        print(table.to_string(index=False))
-        return 0 if (table.status == "complete").any() else 1
+        return sweep_command(args)
     if args.command == "gpus":
         from . import gpus
 
@@ -307,15 +319,24 @@ def dispatch(args, cfg: Config) -> int:
     if args.command == "data":
         return data_command(args.action, cfg, args)
     if args.command == "train":
-        from .sweeps.trial import Reporter
-        from .train import run
+        with importing():
+            from .sweeps.trial import Reporter
+            from .train import run
 
         run(cfg, Reporter if cfg.sweep.trial >= 0 else None)  # a sweep's trial: its pruner may stop the run
         return 0
-    from .submit.predict import submit
-
+    with importing():
+        from .submit.predict import submit
     submit(cfg)
     return 0
+
+
+def sweep_command(args) -> int:
+    from .sweeps import sweep
+
+    table = sweep.run(args.sweep, args.config, args.overrides, args.nproc)
+    print(table.to_string(index=False))
+    return 0 if (table.status == "complete").any() else 1
 
 
 def contest_command(args, cfg: Config) -> int:

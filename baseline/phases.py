@@ -76,16 +76,16 @@ class Phases:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
 
-    def load_state_dict(self, saved: dict, epoch: int, step: int, mid_epoch: bool = False) -> None:
-        """Into the phase a checkpoint (`saved`: what state_dict returned) was written in, at `epoch` and `step`
+    def load_state_dict(self, state: dict, epoch: int, step: int, mid_epoch: bool = False) -> None:
+        """Into the phase a checkpoint (`state`: what state_dict returned) was written in, at `epoch` and `step`
         (`mid_epoch`: written on preemption, inside `epoch`), with its optimizer and schedule."""
-        index = saved["phase"].get("index")
+        index = state["phase"].get("index")
         if index is None:  # a checkpoint from before phases were saved: epoch-end saves hold the last epoch's
             index = self.freezer.index_at(max(epoch - (0 if mid_epoch else 1), 0))
-        self.enter(epoch, step, index=index, start_step=saved["phase"].get("start_step", 0))
-        self.optimizer.load_state_dict(saved["optimizer"])
-        if self.scheduler is not None and saved["scheduler"]:
-            self.scheduler.load_state_dict(saved["scheduler"])
+        self.enter(epoch, step, index=index, start_step=state["phase"].get("start_step", 0))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
 def training_view(model: torch.nn.Module, cfg: Config, env: dist.Env) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from .data import pseudo
 from .data.competition import OFFICIAL_EDGES
 from .data.layouts import Table
 from .data.split import Hashes, hash_cache, split_path
+from .errors import LostPeer
 from .runfolder import RunFolder
 from .tracking import NullTracker, Tracker, truncate_metrics
 
@@ -119,7 +120,7 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
     except RuntimeError as e:
         if not dist.is_lost_peer(env, e):
             raise
-        raise dist.LostPeer(loop.lost_peer_message(run, e)) from None
+        raise LostPeer(loop.lost_peer_message(run, e)) from None
     finally:
         tracker.finish()  # also on errors and preemption, so W&B's files are complete
 

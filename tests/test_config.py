@@ -65,3 +65,32 @@ def test_string_keys_keep_the_text_as_written():
     assert cfg.run.name == "off" and cfg.model.name == "yes" and cfg.log.wandb.group == "1e3"
     assert cfg.model.pretrained is False and cfg.train.batch_size == "auto"
     assert cfg.optim.lr == pytest.approx(3e-4)
+
+
+def test_yaml_files_stack_and_may_dot_their_keys(tmp_path):
+    team, exp = tmp_path / "team.yaml", tmp_path / "exp.yaml"
+    team.write_text("data.root: /data/mask\ntrain:\n  epochs: 3\n  amp: off\nsplit.folds: 4\n")
+    exp.write_text("train.epochs: 7\nmodel: {name: resnet18}\n")
+    cfg = load_config([team, exp], ["split.folds=6"])
+    assert (cfg.data.root, cfg.train.epochs, cfg.train.amp, cfg.model.name, cfg.split.folds) == (
+        "/data/mask", 7, "off", "resnet18", 6)  # later files win, overrides last; YAML's `off` stays the word
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epochz'.*exp.yaml"):
+        exp.write_text("train.epochz: 7\n")
+        load_config([team, exp])
+
+
+def test_off_on_the_command_line_is_the_word_and_a_list_stays_a_list():
+    cfg = load_config(None, ["train.amp=off", "submit.checkpoints=[runs/a,runs/b]", "model.pretrained=true"])
+    assert cfg.train.amp == "off" and cfg.submit.checkpoints == ["runs/a", "runs/b"] and cfg.model.pretrained is True
+
+
+def test_a_config_reused_for_another_run_resolves_its_machine_keys_again():
+    from baseline.config import for_another_run, machine_resets
+
+    ran = load_config(None, ["train.device=cuda", "train.amp=bf16", "train.threads=7", "data.num_workers=6",
+                             "data.cache=disk", "train.epochs=3", "data.img_size=[64,48]"])
+    again = for_another_run(ran)
+    assert (again.train.device, again.train.amp, again.train.threads, again.data.num_workers, again.data.cache) == (
+        "auto", "auto", "auto", "auto", "auto")
+    assert again.train.epochs == 3 and again.data.img_size == [64, 48]  # what is learned stays
+    assert "train.device=auto" in machine_resets() and not any(r.startswith("train.epochs") for r in machine_resets())

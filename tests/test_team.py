@@ -65,7 +65,7 @@ def test_a_teammates_run_copied_from_another_machine_lists_ensembles_resumes_and
     first = pd.read_csv(bob / "team" / "alice-r" / "metrics.csv")
     assert main(["train", *resumed]) == 0  # her weights file is gone: the checkpoint holds the weights
     m = pd.read_csv(bob / "team" / "alice-r" / "metrics.csv")
-    assert m.epoch.tolist() == [1, 2] and m.iloc[0].equals(first.iloc[0])  # her epoch kept, one more trained
+    assert m.epoch.tolist() == [1, 2] and m.iloc[0][first.columns].equals(first.iloc[0])  # her epoch kept, one more
 
     out_csv = bob / "sub.csv"
     assert main(["submit", *over_b, f"submit.checkpoints=[{bob / 'team' / 'alice-r'}]", f"submit.out={out_csv}"]) == 0
