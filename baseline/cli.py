@@ -32,6 +32,8 @@ COMMANDS = {
     "sweep-report": "a sweep's trials, parameter importances and pictures (optimization history, parallel coordinates)",
     "runs": "the local leaderboard: every run under run.dir, best macro-F1 first",
     "ensemble": "fit ensemble weights (and per-class offsets) on out-of-fold predictions: ensembles/<name>.yaml",
+    "compare": "is experiment B really better than A? Their OOF macro-F1 difference with a confidence interval "
+               "from a paired bootstrap over people, per fold, per field and per class, a verdict and a picture",
     "lb": "record the public leaderboard score of a submission in the ledger: baseline lb FILE SCORE "
           "(without SCORE: scored against <data.root>/eval/truth.csv, which the built-in data has)",
     "submissions": "the submission ledger: CV next to LB, their rank correlation, submissions/cv_vs_lb.png",
@@ -86,7 +88,13 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("file", help="a submission in the ledger: its path, file name or sha256")
             sp.add_argument("score", nargs="?", help="the public leaderboard score read off the site; "
                             "omitted: macro-F1 against <data.root>/eval/truth.csv")
-        if name in ("runs", "ensemble"):
+        if name == "submissions":
+            sp.add_argument("--final", type=int, metavar="N", help="suggest the N submissions to select on the site "
+                            "at the end: the best by CV, then insurance (good CV, the most different answers)")
+        if name == "compare":
+            sp.add_argument("a", help="experiment (or run) folder A, or its name under a run root")
+            sp.add_argument("b", help="experiment (or run) folder B: the one asked about")
+        if name in ("runs", "ensemble", "compare"):
             sp.add_argument("--dir", action="append", metavar="DIR",
                             help="a run root (repeat for several: yours, a teammate's copy, a shared disk); "
                                  "default runs.dirs, else run.dir")
@@ -211,6 +219,22 @@ def ensemble_command(cfg: Config, args) -> int:
     return 0
 
 
+def compare_command(cfg: Config, args) -> int:
+    import json
+
+    from .submit import compare, ensemble
+
+    roots = run_roots(cfg, args.dir)
+    a, b = (Path(ensemble.find_member(m, roots)) for m in (args.a, args.b))
+    first = ensemble.load_member(a).runs[0]
+    names = json.loads(RunFolder(first).classes.read_text()) if RunFolder(first).classes.is_file() else None
+    result = compare.compare(a, b, names)
+    print(compare.report(result))
+    png = compare.picture(result, Path(cfg.run.dir) / "compare" / f"{a.name}_vs_{b.name}.png")
+    print(f"picture: {png}")
+    return 0
+
+
 def ledger_command(cfg: Config, args) -> int:
     from .submit import ledger
 
@@ -218,6 +242,11 @@ def ledger_command(cfg: Config, args) -> int:
     if args.command == "lb":
         row = ledger.record_lb(book, args.file, lb_score(cfg, book, args))
         print(f"{row['file']}: LB {row['lb']} (CV {row['cv_f1'] or row['member_val_f1'] or '?'})")
+        return 0
+    if args.final:
+        from .submit import picks
+
+        print(picks.report(book, args.final))
         return 0
     png = book.parent / "cv_vs_lb.png"
     table, rho = ledger.cv_vs_lb(book, png)
@@ -310,6 +339,8 @@ def dispatch(args, cfg: Config) -> int:
         return 0
     if args.command == "ensemble":
         return ensemble_command(cfg, args)
+    if args.command == "compare":
+        return compare_command(cfg, args)
     if args.command in ("pseudo", "refit", "lr-find"):
         return contest_command(args, cfg)
     if args.command in ("lb", "submissions"):

@@ -153,3 +153,16 @@ def compare_per_class(f1s: dict[str, np.ndarray], classes: list[str], out: Path)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
+
+
+def per_class_difference(diff: np.ndarray, classes: list[str], title: str, out: Path) -> None:
+    """Per-class F1 of B minus A as bars (green: B better), largest gain on top."""
+    order = np.argsort(diff, kind="stable")
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(classes) + 1)))
+    ax.barh(np.arange(len(classes)), diff[order], color=["#2a9d55" if d >= 0 else "#c0392b" for d in diff[order]])
+    ax.set_yticks(np.arange(len(classes)), [classes[i] for i in order], fontsize=7)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="F1 difference (out of fold)", title=title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)

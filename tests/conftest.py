@@ -25,6 +25,17 @@ def synth_root(tmp_path_factory) -> Path:
     return write_synth(tmp_path_factory.mktemp("synth"), people=30, seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_cv(synth_root, tmp_path_factory) -> Path:
+    """One tiny 3-fold experiment on the shared data, trained once for every test that only reads it."""
+    from baseline.cli import main
+
+    runs = tmp_path_factory.mktemp("cv")
+    over = tiny_overrides(synth_root, runs, **{"run.name": "exp", "train.epochs": 8, "data.img_size": 48})
+    assert main(["cv", *over]) == 0
+    return runs / "exp"
+
+
 @pytest.fixture
 def synth_copy(synth_root, tmp_path) -> Path:
     """A private copy of the shared dataset, for a test that edits its files."""

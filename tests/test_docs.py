@@ -107,3 +107,10 @@ def test_config_prints_every_key_and_what_auto_is_here(tmp_path):
     assert shown == [k for k, _, _ in walk()]
     assert re.search(r"^  train.epochs: 3 \(default 10\)", out, re.M)
     assert re.search(r"^  train.device: auto -> cpu here", out, re.M) and "data's defaults need the data" in out
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_help_prints(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        parser().parse_args([command, "--help"] if command else ["--help"])
+    assert done.value.code == 0 and "usage: baseline" in capsys.readouterr().out

@@ -51,7 +51,8 @@ def train_until_first_epoch(over, metrics_csv, **popen):
 @pytest.mark.slow
 def test_kill9_then_resume_matches_uninterrupted_run(synth_root, tmp_path):
     runs = tmp_path / "runs"
-    common = {"train.epochs": 3, "data.num_workers": 0}
+    # threads pinned: float sums differ with the thread count, and auto counts the cores other tests keep busy
+    common = {"train.epochs": 3, "data.num_workers": 0, "train.threads": 2}
     assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "full"}, **common)]) == 0
 
     over = tiny_overrides(synth_root, runs, **{"run.name": "cut"}, **common)
@@ -75,7 +76,7 @@ def test_kill9_then_resume_matches_uninterrupted_run(synth_root, tmp_path):
 @pytest.mark.slow
 def test_sigterm_finishes_the_step_writes_last_and_resumes_exactly(synth_root, tmp_path):
     runs = tmp_path / "runs"
-    common = {"train.epochs": 4, "train.batch_size": 8}
+    common = {"train.epochs": 4, "train.batch_size": 8, "train.threads": 2}  # pinned: as above
     assert main(["train", *tiny_overrides(synth_root, runs, **{"run.name": "whole"}, **common)]) == 0
     over = tiny_overrides(synth_root, runs, **{"run.name": "term"}, **common)
     proc = train_until_first_epoch(over, runs / "term" / "metrics.csv",
