@@ -13,7 +13,7 @@ IMAGE ?= baseline:latest
 CONFIG_ARG := $(foreach f,$(CONFIG),--config $(f))  # CONFIG="team.yaml exp.yaml": stacked, later wins
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock config docs data split check audit train cv refit pseudo lr-find submit submissions gpus sweep sweep-report sweep-dashboard sweep-agent bench bench-loader bench-recipe bench-pretrained bench-contest gpu-check gpu-test runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
+.PHONY: help venv lock config docs data split check audit review train cv refit pseudo lr-find submit submissions gpus sweep sweep-report sweep-dashboard sweep-agent bench bench-loader bench-recipe bench-pretrained bench-contest gpu-check gpu-test runs tensorboard pictures test test-fast lint docker-build docker-smoke docker-train docker-submit clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ check: $(STAMP) ## report on the data: classes, folds, sizes, unreadable files, 
 audit: $(STAMP) ## label issues from an experiment's out-of-fold predictions (EXPERIMENT=runs/<name>; ARGS="--corrections fixes.csv")
 	@test -n "$(EXPERIMENT)" || { echo "usage: make audit EXPERIMENT=runs/<name>"; exit 2; }
 	$(BIN)/baseline data audit $(EXPERIMENT) $(CONFIG_ARG) $(ARGS)
+
+review: $(STAMP) ## a page to accept or reject the audit's flags, beside label_issues.csv (EXPERIMENT=runs/<name>)
+	@test -n "$(EXPERIMENT)" || { echo "usage: make review EXPERIMENT=runs/<name>"; exit 2; }
+	$(BIN)/baseline data review $(EXPERIMENT) $(CONFIG_ARG) $(ARGS)
 
 # the built-in data set is written only for runs on it: not when ARGS or a CONFIG file name their own data
 BUILTIN := $(if $(findstring data.root=,$(ARGS))$(CONFIG),,data)

@@ -25,7 +25,8 @@ COMMANDS = {
              "<experiment>/refit/, an ensemble member and a submission source like any run",
     "submit": "predict the test images with checkpoints/runs and write submissions/<name>.csv",
     "data": "data tools: synth (built-in dataset) | split (write the shared split file) | check (report) | "
-            "audit EXPERIMENT (labels the out-of-fold predictions contradict: label_issues.csv, --corrections FILE)",
+            "audit EXPERIMENT (labels the out-of-fold predictions contradict: label_issues.csv, --corrections FILE) | "
+            "review EXPERIMENT (a page to accept or reject the audit's flags: label_review.html)",
     "sweep": "run a W&B-format sweep file (grid | random | bayes | PATH) with Optuna, one run per trial; "
              "several workers may share one study (sweep.storage)",
     "sweep-dashboard": "serve a sweep's study live with optuna-dashboard on localhost (--port; Ctrl-C stops it)",
@@ -65,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     for name, help_ in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         if name == "data":
-            sp.add_argument("action", choices=["synth", "split", "check", "audit"])
+            sp.add_argument("action", choices=["synth", "split", "check", "audit", "review"])
             sp.add_argument("source", nargs="*", help="audit: the experiment (or run) folder whose oof.csv to audit; "
                             "several: their out-of-fold probabilities averaged (a vote across runs)")
             sp.add_argument("--corrections", metavar="FILE",
@@ -141,6 +142,8 @@ def data_command(action: str, cfg: Config, args=None) -> int:
 
     if action == "audit":
         return audit_command(cfg, getattr(args, "source", None), getattr(args, "corrections", None))
+    if action == "review":
+        return review_command(cfg, getattr(args, "source", None))
     if action == "synth":
         root = synth.write_synth(cfg.data.root, people=cfg.data.synth_people, seed=cfg.seed, scale=cfg.data.synth_scale)
         print(f"wrote the built-in dataset to {root}")
@@ -173,6 +176,18 @@ def audit_command(cfg: Config, source: list[str] | None, corrections: str | None
     print(f"{len(found)} suspected label issue(s) {fields}: {out} (and label_issues.png)")
     if corrections:
         print(f"wrote {corrections}: review it, then train with data.corrections={corrections}")
+    return 0
+
+
+def review_command(cfg: Config, source: list[str] | None) -> int:
+    from . import review
+
+    if not source:
+        raise ConfigError("baseline data review EXPERIMENT: name the experiment folder `baseline data audit` wrote "
+                          "label_issues.csv into")
+    page, n = review.write(cfg, source[0])
+    print(f"wrote {page}: {n} flag(s) to decide; open it in a browser, then its download button gives a "
+          "data.corrections file")
     return 0
 
 
