@@ -29,23 +29,20 @@ from cleanlab.filter import find_label_issues
 from . import files
 from . import oof as oofs
 from .config import AuditCfg, Config, ConfigError
-from .data.competition import GENDERS, MASK_NAMES, OFFICIAL_EDGES, age_bucket, age_names, age_ranges
+from .data.competition import (
+    GENDERS,
+    MASK_NAMES,
+    OFFICIAL_EDGES,
+    age_bucket,
+    age_names,
+    age_ranges,
+    field_of,
+    field_probs,
+)
 from .data.layouts import read_table
 from .runfolder import Experiment, RunFolder
 
 log = logging.getLogger("baseline")
-
-
-def field_of(labels: np.ndarray, field: str) -> np.ndarray:
-    """The 18-class label's part: mask * 6 + gender * 3 + age bucket."""
-    return {"mask": labels // 6, "gender": labels // 3 % 2, "age": labels % 3}[field]
-
-
-def marginal(probs: np.ndarray, field: str) -> np.ndarray:
-    """(rows, values of `field`) probabilities: the 18 classes summed over the other two fields."""
-    cube = probs.reshape(-1, 3, 2, 3)  # mask, gender, age
-    axes = {"mask": (2, 3), "gender": (1, 3), "age": (1, 2)}[field]
-    return cube.sum(axis=axes)
 
 
 def read_oof(source: Path) -> pd.DataFrame:
@@ -192,7 +189,7 @@ def audit_people(oof: pd.DataFrame, table, a: AuditCfg | None = None, edges=OFFI
     first = pd.Series(oof["path"].to_numpy()).groupby(person).first()  # the picture shows one photo
     rows, supports = person_flags(probs, oof, person, person_ages(table), a, edges)
     labels = oof["label"].to_numpy()
-    mask_p, mask_y = marginal(probs, "mask"), field_of(labels, "mask")
+    mask_p, mask_y = field_probs(probs, "mask"), field_of(labels, "mask")
     for i in np.flatnonzero(issues(mask_y, mask_p)):
         s = int(mask_p[i].argmax())
         rows.append({"id": person[i], "field": "mask", "given": MASK_NAMES[mask_y[i]], "suggested": MASK_NAMES[s],
@@ -226,7 +223,7 @@ def person_flags(probs: np.ndarray, oof: pd.DataFrame, person: np.ndarray, ages:
     givens = given_values(oof, person, ages, edges)
     rows, supports = [], {}
     for field in ("gender", "age"):
-        m = pd.DataFrame(marginal(probs, field)).groupby(person).mean()
+        m = pd.DataFrame(field_probs(probs, field)).groupby(person).mean()
         given, p = givens[field].loc[m.index].to_numpy(), m.to_numpy()
         supports[field] = support(given, p)
         flagged = issues(given, p, a.min_score)

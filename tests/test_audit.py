@@ -122,7 +122,9 @@ def test_audit_lists_a_confident_contradiction_that_cleanlab_does_not_count():
     import numpy as np
     from cleanlab.filter import find_label_issues
 
-    from baseline.audit import audit_people, field_of, marginal
+    from baseline.audit import audit_people
+    from baseline.data.competition import field_of
+    from baseline.data.competition import field_probs as marginal
 
     clean = [(f"{i:03d}", i % 2, 20 + i % 30, i % 2, (20 + i % 30) // 30, 0.97) for i in range(60)]
     oof, table = _people_oof(clean + [("900", 0, 24, 1, 0, 0.85)])

@@ -48,6 +48,11 @@ def test_pseudo_labels_per_fold_come_from_teachers_that_never_saw_its_people(syn
         assert f"labelled by t/fold{k}" in log
     oof = pd.read_csv(runs / "exp" / "oof.csv")
     assert len(oof) == 210 and not oof["image"].str.startswith("eval/").any()  # never validation
+    assert set(table["round"]) == {"1"}  # teachers without pseudo-labels: round 1
+    assert main(["pseudo", *with_pseudo, f"submit.checkpoints=[{runs / 'exp'}]", "pseudo.threshold=0",
+                 f"pseudo.out={tmp_path / 'r2.csv'}"]) == 0  # students of round 1 teach round 2, per fold as before
+    second = pd.read_csv(tmp_path / "r2.csv", dtype=str)
+    assert set(second["round"]) == {"2"} and set(second.teachers[second.fold == "1"]) == {"exp/fold1"}
 
     capsys.readouterr()
     three = tiny_overrides(synth_root, runs, **{"run.name": "m", "split.folds": 3})
@@ -94,3 +99,28 @@ def test_an_older_ledger_is_upgraded_before_a_row_is_appended(tmp_path):
     df = ledger.read(book)
     assert list(df.columns) == ledger.COLUMNS and df["file"].tolist() == ["a.csv"] and df["pseudo"].tolist() == [""]
     assert df["labels"].tolist() == [""]
+
+
+def test_each_field_keeps_its_own_threshold_and_names_its_own_label():
+    import numpy as np
+
+    from baseline.config import load_config
+    from baseline.submit.pseudo import confident, kept
+
+    def image(mask, gender, age, p_mask, p_gender, p_age):
+        """18-class probabilities whose marginals put p_* on the given values (independent fields)."""
+        m, g, a = np.full(3, (1 - p_mask) / 2), np.full(2, 1 - p_gender), np.full(3, (1 - p_age) / 2)
+        m[mask], g[gender], a[age] = p_mask, p_gender, p_age
+        return np.einsum("i,j,k->ijk", m, g, a).ravel()
+
+    probs = np.stack([image(0, 1, 2, 0.6, 0.95, 0.85),  # worn at 0.6 >= 0.5: kept
+                      image(1, 0, 0, 0.9, 0.95, 0.85),  # incorrect at 0.9 < 0.95: dropped
+                      image(2, 0, 1, 0.99, 0.85, 0.99),  # gender 0.85 < 0.9: dropped
+                      image(2, 1, 0, 0.97, 0.92, 0.81)])  # every field above its own: kept
+    rules = ["pseudo.threshold=0", "pseudo.gender=0.9", "pseudo.age=0.8", "pseudo.mask=[0.5,0.95,0.95]"]
+    assert kept(load_config(None, rules), probs).tolist() == [True, False, False, True]
+    test = type("T", (), {"df": pd.DataFrame({"path": [f"data/eval/images/{i}.jpg" for i in range(4)]})})()
+    rows = confident(load_config(None, ["data.root=data", *rules]), test, probs, CLASSES)
+    assert rows["label"].tolist() == [CLASSES[0 * 6 + 1 * 3 + 2], CLASSES[2 * 6 + 1 * 3 + 0]]
+    top = load_config(None, ["pseudo.threshold=0.5"])  # the 18 classes alone: 0.48, 0.73, 0.83, 0.72
+    assert kept(top, probs).tolist() == [False, True, True, True]

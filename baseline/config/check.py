@@ -29,6 +29,13 @@ def _validate_recipe(cfg: Config) -> None:
     if (edges not in ("auto", [30, 60]) or drop) and cfg.data.format != "mask":
         raise ConfigError("config keys 'data.age_edges' / 'data.drop_ages' are for the mask layout (people with an "
                           f"age); data.format={cfg.data.format} has none")
+    m = cfg.pseudo.mask
+    if m and (len(m) != 3 or not all(0 <= v <= 1 for v in m)):
+        raise ConfigError(f"config key 'pseudo.mask': expected [] or three probabilities (worn, incorrect, not worn), "
+                          f"got {m!r}")
+    if (m or cfg.pseudo.gender or cfg.pseudo.age) and cfg.data.format != "mask":
+        raise ConfigError("config keys 'pseudo.gender' / 'pseudo.age' / 'pseudo.mask' are for the mask layout's 18 "
+                          f"classes; data.format={cfg.data.format} has none: use pseudo.threshold")
     if any(not 0 <= a <= 120 for a in drop):
         raise ConfigError(f"config key 'data.drop_ages': expected ages in 0..120, got {drop!r}")
 

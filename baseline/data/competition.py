@@ -37,3 +37,14 @@ def label(mask: int, gender: int, age: int, edges=OFFICIAL_EDGES) -> int:
     """The competition's class: mask * 6 + gender * 3 + age bucket (gender 0 male, 1 female). Other `edges`
     make training labels only (data.age_edges)."""
     return mask * 6 + gender * 3 + age_bucket(age, edges)
+
+
+def field_of(labels, field: str):
+    """The 18-class label's part (numpy arrays or ints): mask * 6 + gender * 3 + age bucket."""
+    return {"mask": labels // 6, "gender": labels // 3 % 2, "age": labels % 3}[field]
+
+
+def field_probs(probs, field: str):
+    """(rows, values of `field`) probabilities from (rows, 18): the classes summed over the other two fields."""
+    cube = probs.reshape(-1, 3, 2, 3)  # mask, gender, age
+    return cube.sum(axis={"mask": (2, 3), "gender": (1, 3), "age": (1, 2)}[field])
