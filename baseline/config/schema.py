@@ -262,8 +262,8 @@ class PseudoCfg:
     # mask layout, each field on its own (0 / []: not asked): the gender's and the age bucket's probability
     # (summed over the other fields), and per mask state (worn, incorrect, not worn) the mask's; the
     # contest's cohort-2 winner kept gender 0.9, age 0.8, mask [0.5, 0.95, 0.95]
-    gender: float = setting(0.0, lo=0, hi=1, what='a probability in 0..1')
-    age: float = setting(0.0, lo=0, hi=1, what='a probability in 0..1')
+    gender: float = setting(0.0, lo=0, hi=1, what='a probability in 0..1')  # the gender's own threshold
+    age: float = setting(0.0, lo=0, hi=1, what='a probability in 0..1')  # the age bucket's own threshold
     mask: list[float] = field(default_factory=list)  # one threshold per mask state: [worn, incorrect, not worn]
     out: str = ""  # "" -> pseudo/<ensemble or run name>.csv
 
