@@ -264,12 +264,16 @@ def test_contest_benchmark_tiny_mode_runs_every_switch_and_pipeline(tmp_path, ca
     # one switch and one pipeline (the whole list is the same code, per name; make bench-contest runs it all;
     # refit and audit run there and in test_cv / test_audit, a cv each: too slow to repeat here)
     rc = main(["bench", "contest", "bench.tiny=true", "bench.seeds=1", f"bench.root={tmp_path / 'sets'}",
-               f"bench.out={out}", "bench.sets=[contest_a,balanced,pseudo]"])
+               f"bench.out={out}", "bench.sets=[contest_a,balanced,pseudo,pseudo_fields,pseudo_round2]"])
     assert rc == 0
     rows = pd.read_csv(out / "contest" / "contest_runs.csv")
-    assert rows["switch"].tolist() == ["base", "balanced", "pseudo"] and (rows.seconds > 0).all()
+    switches = ["base", "balanced", "pseudo", "pseudo_fields", "pseudo_round2"]
+    assert rows["switch"].tolist() == switches and (rows.seconds > 0).all()
+    tables = {sw: pd.read_csv(out / "contest" / "contest_a" / f"table_{sw}_s0.csv") for sw in switches[2:]}
+    assert all("round" in t.columns for t in tables.values())  # (tiny teachers keep few rows: test_pseudo counts)
+    assert rows.set_index("switch").loc[switches[2:], "pseudo_rows"].tolist() == [len(t) for t in tables.values()]
     truth = tmp_path / "sets" / "contest_a_30" / "eval" / "truth.csv"
-    for sw in ("base", "balanced", "pseudo"):  # each score is its submission's, against the clean eval set
+    for sw in switches:  # each score is its submission's, against the clean eval set
         sub = out / "contest" / "contest_a" / f"{sw}_s0.csv"
         assert rows.set_index("switch").eval_f1[sw] == pytest.approx(ledger.truth_score(sub, truth))
     assert "| contest_a | pseudo |" in capsys.readouterr().out
