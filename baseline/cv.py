@@ -35,9 +35,9 @@ def experiment_name(cfg: Config) -> str:
     return cfg.run.name or f"{cfg.model.name}-cv{cfg.split.folds}"
 
 
-def fold_overrides(cfg: Config, overrides: list[str], exp_dir: Path, k: int) -> list[str]:
+def fold_overrides(cfg: Config, overrides: list[str], exp_dir: Path, k: int, group: str = "") -> list[str]:
     keep = [o for o in overrides if not o.startswith(("split.fold=", "run.name=", "run.dir=", "run.resume="))]
-    group = [] if cfg.log.wandb.group else [f"log.wandb.group={exp_dir.name}"]
+    group = [] if cfg.log.wandb.group else [f"log.wandb.group={group or exp_dir.name}"]
     return [*keep, f"split.fold={k}", f"run.dir={exp_dir}", f"run.name=fold{k}", "run.resume=auto", *group]
 
 
@@ -45,13 +45,25 @@ def run(cfg: Config, config_file: str | list[str] | None, overrides: list[str], 
     preflight(cfg)  # a weights file that does not fit, an unknown model: refused before the folder exists
     exp_dir = Path(cfg.run.dir) / experiment_name(cfg)
     exp_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.cv.seeds:
+        return run_folds(cfg, config_file, overrides, nproc, exp_dir)
+    for s in cfg.cv.seeds:  # each seed a whole experiment inside this one, the seed given last
+        log.info("cv %s: seed %d", exp_dir.name, s)
+        seeded = [o for o in overrides if not o.startswith(("seed=", "cv.seeds="))]
+        run_folds(cfg, config_file, [*seeded, f"seed={s}"], nproc, Experiment(exp_dir).seed(s).path, exp_dir.name)
+    return summarize_seeds(exp_dir, cfg.cv.seeds)
+
+
+def run_folds(cfg: Config, config_file: str | list[str] | None, overrides: list[str], nproc: int, exp_dir: Path,
+              group: str = "") -> dict:
+    """Every fold of the split into `exp_dir` (finished ones skipped, a stopped one resumed), then its summary."""
     for k in range(cfg.split.folds):
         if state(Experiment(exp_dir).fold(k).path) == "finished":
             log.info("cv %s: fold %d finished, skipped", exp_dir.name, k)
             continue
         log.info("cv %s: fold %d of %d", exp_dir.name, k, cfg.split.folds)
         cmd = launch_command(nproc, ["train", *config_flags(config_file),
-                                     *fold_overrides(cfg, overrides, exp_dir, k)])
+                                     *fold_overrides(cfg, overrides, exp_dir, k, group)])
         rc = subprocess.call(cmd)
         if rc != 0:
             raise SystemExit(f"cv {exp_dir.name}: fold {k} ended with exit code {rc}; fix it and run the same "
@@ -90,6 +102,35 @@ def summarize(exp_dir: Path, folds: int) -> dict:
     return out
 
 
+def summarize_seeds(exp_dir: Path, seeds: list[int]) -> dict:
+    """cv.seeds: the experiment's oof.csv as the seeds' probabilities averaged per image, and cv.json with each
+    seed's OOF macro-F1, their mean and std, and the averaged OOF's."""
+    frames = [pd.read_csv(Experiment(exp_dir).seed(s).oof, dtype={"group": str}) for s in seeds]
+    key = oofs.image_key(frames[0])
+    frames = [f.sort_values(key, kind="stable").reset_index(drop=True) for f in frames]
+    if any(not f[key].equals(frames[0][key]) for f in frames[1:]):
+        raise ConfigError(f"cv {exp_dir.name}: its seeds predicted other images (the split file changed between "
+                          "seeds?); run each seed on one split")
+    probs = np.mean([oofs.probs(f) for f in frames], axis=0)
+    oof = frames[0][[c for c in oofs.KEYS if c in frames[0].columns]].assign(pred=probs.argmax(1))
+    oof = pd.concat([oof, pd.DataFrame(probs, columns=oofs.prob_columns(frames[0]))], axis=1)
+    files.write_csv(Experiment(exp_dir).oof, oof)
+    each = [Experiment(exp_dir).seed(s).cv() for s in seeds]
+    per_seed = np.array([c["oof_f1"] for c in each])
+    out = {"experiment": exp_dir.name, "seeds": list(seeds),
+           "per_seed": [{"seed": s, "oof_f1": c["oof_f1"], "mean": c["mean"], "std": c["std"]}
+                        for s, c in zip(seeds, each)],
+           "oof_f1_seed_mean": float(per_seed.mean()), "oof_f1_seed_std": float(per_seed.std()),
+           "oof_f1": float(f1_score(oof["label"], oof["pred"], average="macro", zero_division=0)),
+           "oof_rows": int(len(oof)), "metric_name": each[0]["metric_name"],
+           "split_hashes": sorted({h for c in each for h in c["split_hashes"]}), "labels": oofs.labels_key(oof)}
+    files.write_json(Experiment(exp_dir).cv_file, out)
+    log.info("cv %s: %d seeds, OOF macro-F1 %.4f ± %.4f per seed, %.4f of their averaged probabilities -> %s",
+             exp_dir.name, len(seeds), out["oof_f1_seed_mean"], out["oof_f1_seed_std"], out["oof_f1"],
+             Experiment(exp_dir).cv_file)
+    return out
+
+
 def corrected(exp_dir: Path, folds: int, oof: pd.DataFrame) -> dict:
     """The people whose labels data.corrections changed (every fold applies the same file), and the OOF
     macro-F1 over the others' images: the part of the score that does not grade the corrections."""
@@ -108,6 +149,9 @@ def corrected(exp_dir: Path, folds: int, oof: pd.DataFrame) -> dict:
 def refit_epochs(exp_dir: Path) -> int:
     """The epoch count the folds chose: the mean of their best epochs, rounded (at least 1)."""
     cv = Experiment(exp_dir).cv()
+    if cv.get("seeds"):
+        raise ConfigError(f"baseline refit: '{exp_dir}' holds {len(cv['seeds'])} seeds (cv.seeds); refit one of them, "
+                          f"e.g. baseline refit {Experiment(exp_dir).seed(cv['seeds'][0]).path}")
     if not cv.get("folds"):
         raise ConfigError(f"baseline refit: '{exp_dir}' has no cv.json; finish `baseline cv` first (the folds choose "
                           "the epoch count)")

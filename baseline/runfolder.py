@@ -104,13 +104,28 @@ class Experiment:
     def fold(self, k: int) -> RunFolder:
         return RunFolder(self.path / f"fold{k}")
 
+    def seed(self, s: int) -> Experiment:
+        """cv.seeds: the experiment of one seed, inside this one."""
+        return Experiment(self.path / f"seed{s}")
+
+    def seeds(self) -> list[Experiment]:
+        """The experiments of each seed (cv.seeds), in seed order; [] for a one-seed experiment."""
+        return [Experiment(self.path / f"seed{s}") for s in self.cv().get("seeds", [])]
+
+    def fold_runs(self) -> list[RunFolder]:
+        """Every fold's run folder, of every seed (cv.seeds)."""
+        inner = self.seeds() or [self]
+        return [RunFolder(p.parent.parent) for e in inner for p in sorted(e.path.glob(f"*/{CHECKPOINTS}/{BEST}"))
+                if p.parent.parent.name != self.REFIT]
+
     @property
     def refit(self) -> RunFolder:
         return RunFolder(self.path / self.REFIT)
 
     def fold_checkpoints(self) -> list[Path]:
-        """Every fold's best.pt (a refit's too), in name order."""
-        return sorted(self.path.glob(f"*/{CHECKPOINTS}/{BEST}"))
+        """Every fold's best.pt (a refit's too; with cv.seeds, every seed's folds), in name order."""
+        mine = sorted(self.path.glob(f"*/{CHECKPOINTS}/{BEST}"))
+        return mine or sorted(self.path.glob(f"seed*/*/{CHECKPOINTS}/{BEST}"))
 
     @property
     def cv_file(self) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from baseline.cli import main
-from baseline.config import ConfigError
+from baseline.config import ConfigError, load_config
 from baseline.runfolder import RunFolder
 from baseline.submit import compare
 
@@ -77,3 +77,30 @@ def test_other_splits_or_labels_are_refused_naming_both(tiny_cv, tmp_path):
     oof.to_csv(relabelled / "fold0" / "oof.csv", index=False)
     with pytest.raises(ConfigError, match=f"'{tiny_cv}' and '{relabelled}' were validated on different labels"):
         compare.compare(tiny_cv, relabelled)
+
+
+@pytest.mark.slow
+def test_cv_seeds_make_one_experiment_whose_oof_averages_them(synth_root, tmp_path):
+    from baseline.runfolder import Experiment
+    from tests.conftest import tiny_overrides
+
+    over = tiny_overrides(synth_root, tmp_path / "runs", **{"run.name": "s", "split.folds": 2, "cv.seeds": "[3,4]"})
+    assert main(["cv", *over]) == 0
+    exp = Experiment(tmp_path / "runs" / "s")
+    assert [e.path.name for e in exp.seeds()] == ["seed3", "seed4"] and len(exp.fold_runs()) == 4
+    assert all(load_config(exp.seed(s).fold(k).config).seed == s for s in (3, 4) for k in (0, 1))
+    seeds = [pd.read_csv(exp.seed(s).oof).sort_values("image").reset_index(drop=True) for s in (3, 4)]
+    joined = pd.read_csv(exp.oof).sort_values("image").reset_index(drop=True)
+    cols = [f"p{k}" for k in range(18)]
+    np.testing.assert_allclose(joined[cols], (seeds[0][cols] + seeds[1][cols]) / 2, atol=1e-6)
+    assert not seeds[0][cols].equals(seeds[1][cols])  # two seeds, two models
+    cv = exp.cv()
+    assert cv["seeds"] == [3, 4] and [r["seed"] for r in cv["per_seed"]] == [3, 4]
+    assert cv["oof_f1_seed_mean"] == pytest.approx(np.mean([exp.seed(s).cv()["oof_f1"] for s in (3, 4)]))
+    c = compare.compare(exp.seed(3).path, exp.path)  # one seed against both: same split, same labels
+    assert c.people == 30 and c.low <= c.difference <= c.high
+    book = tmp_path / "ledger.csv"
+    assert main(["submit", *over, f"submit.checkpoints=[{exp.path}]", f"submit.out={tmp_path / 'sub.csv'}",
+                 f"submit.ledger={book}"]) == 0
+    members = pd.read_csv(book, dtype=str)["members"].iloc[0].split(";")
+    assert len(members) == 4  # every seed's every fold predicts

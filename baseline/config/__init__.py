@@ -22,6 +22,7 @@ from .schema import (
                    BenchCfg,
                    CheckCfg,
                    Config,
+    CvCfg,
                    DataCfg,
                    FreezeCfg,
                    LogCfg,
@@ -41,7 +42,7 @@ from .schema import (
                    walk,
 )
 
-__all__ = ["age_edges", "AuditCfg", "AugCfg", "BenchCfg", "CheckCfg", "Config", "config_flags", "ConfigError",
+__all__ = ["age_edges", "AuditCfg", "AugCfg", "BenchCfg", "CheckCfg", "Config", "CvCfg", "config_flags", "ConfigError",
            "DataCfg", "for_another_run", "FreezeCfg", "from_dict", "get", "img_hw", "load_config", "LogCfg",
            "LRFindCfg", "machine_resets", "meta", "ModelCfg", "OptimCfg", "parse_override", "PseudoCfg", "read_yaml",
            "RunCfg", "RunsCfg", "save_yaml", "SchedCfg", "SplitCfg", "SubmitCfg", "SweepCfg", "to_dict", "TrainCfg",

@@ -98,6 +98,15 @@ class AugCfg:
 
 
 @dataclass
+class CvCfg:
+    """`baseline cv`: one experiment over every fold."""
+
+    # several seeds as one experiment: <experiment>/seed<s>/fold<k>/ each, and the experiment's oof.csv the
+    # seeds' probabilities averaged per image (what `baseline compare` and `baseline ensemble` read); [] one seed
+    seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
 class SplitCfg:
     """The shared stratified group k-fold split."""
 
@@ -338,6 +347,7 @@ class Config:
     data: DataCfg = field(default_factory=DataCfg)
     aug: AugCfg = field(default_factory=AugCfg)
     split: SplitCfg = field(default_factory=SplitCfg)
+    cv: CvCfg = setting(factory=CvCfg, resumable=True)
     model: ModelCfg = field(default_factory=ModelCfg)
     freeze: FreezeCfg = field(default_factory=FreezeCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)

@@ -83,6 +83,12 @@ def load_member(folder: str | Path) -> Member:
     if exp is not None:
         stand_in = load_member(exp)
         return Member(folder.name, folder, [folder], stand_in.split_hash, stand_in.oof)
+    if Experiment(folder).seeds():  # cv.seeds: every seed's folds, and their averaged out-of-fold probabilities
+        cv = Experiment(folder).cv()
+        oof = pd.read_csv(Experiment(folder).oof, dtype={"group": str})
+        oof = oof.sort_values(image_key(oof), kind="stable").reset_index(drop=True)
+        runs = [r.path for r in Experiment(folder).fold_runs()]
+        return Member(folder.name, folder, runs, (cv.get("split_hashes") or [""])[0], oof)
     runs = _runs_in(folder)
     frames, hashes = [], set()
     for k, run in enumerate(runs):
