@@ -30,6 +30,7 @@ from sklearn.metrics import f1_score
 from .. import files
 from .. import oof as oofs
 from ..config import ConfigError
+from ..oof import image_key
 from ..runfolder import Experiment, RunFolder
 
 OFFSET_GRID = np.linspace(-2.0, 2.0, 21)
@@ -105,12 +106,6 @@ def load_member(folder: str | Path) -> Member:
                           "fold twice?); an experiment holds one run per fold")
     oof = oof.sort_values(key, kind="stable").reset_index(drop=True)
     return Member(folder.name, folder, runs, hashes.pop(), oof)
-
-
-def image_key(oof: pd.DataFrame) -> str:
-    """`image` (the path inside the data set: the same on every teammate's machine); `path` in OOF
-    files written before it existed."""
-    return "image" if "image" in oof.columns else "path"
 
 
 def probs_of(oof: pd.DataFrame) -> np.ndarray:
