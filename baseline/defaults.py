@@ -185,6 +185,11 @@ def data_defaults(cfg: Config, paths: list[str], n_train: int, device: torch.dev
     return reasons
 
 
+def amp_for(device: torch.device) -> str:
+    """train.amp=auto: bf16 on a GPU, off on the CPU."""
+    return "bf16" if device.type == "cuda" else "off"
+
+
 def machine_defaults(cfg: Config, n_images: int, device: torch.device, share: cpus.Share) -> list[str]:
     """The keys this machine decides (schema.setting(machine=True)), in place; the reasons."""
     reasons = []
@@ -192,7 +197,7 @@ def machine_defaults(cfg: Config, n_images: int, device: torch.device, share: cp
         cfg.train.device = device.type  # each process picks its own GPU (dist.pick_device)
         reasons.append(f"train.device={cfg.train.device}" + (": no GPU here" if device.type == "cpu" else ""))
     if cfg.train.amp == "auto":
-        cfg.train.amp = "bf16" if device.type == "cuda" else "off"
+        cfg.train.amp = amp_for(device)
         reasons.append(f"train.amp={cfg.train.amp} on {device.type}")
     if cfg.train.channels_last == "auto":
         reasons.append(resolve_channels_last(cfg, device))

@@ -226,10 +226,8 @@ def build_loaders(cfg: Config, env: dist.Env, train_ds, val_ds, batch: int) -> L
 
 
 def amp_mode(cfg: Config, device: torch.device) -> str:
-    """train.amp as used on `device`: auto is bf16 on a GPU, off on the CPU."""
-    if cfg.train.amp == "auto":
-        return "bf16" if device.type == "cuda" else "off"
-    return cfg.train.amp
+    """train.amp as used on `device` (resolved by defaults.resolve; auto where a caller skipped it)."""
+    return defaults.amp_for(device) if cfg.train.amp == "auto" else cfg.train.amp
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:

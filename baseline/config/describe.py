@@ -88,7 +88,7 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def text(cfg: Config, resolved: Config | None = None, why: dict[str, str] | None = None) -> str:
+def text(cfg: Config, resolved: Config | None = None) -> str:
     """The config a run would use, every key grouped by section: `key: value`, what a default `auto` would
     be here (from `resolved`), the default where the value differs, and the key's meaning."""
     now, done = to_dict(cfg), to_dict(resolved) if resolved else None
@@ -101,8 +101,6 @@ def text(cfg: Config, resolved: Config | None = None, why: dict[str, str] | None
         shown = _show(value)
         if done is not None and value in ("auto", "data") and _get(done, k.key) != value:
             shown += f" -> {_show(_get(done, k.key))} here"
-        elif value == "auto" and why and k.key in why:
-            shown += f" ({why[k.key]})"
         if value != k.default:
             shown += f" (default {_show(k.default)})"
         lines.append(f"  {k.key}: {shown}" + (f"  # {k.short}" if k.short else ""))
