@@ -32,10 +32,10 @@ def _find(cfg: Config, env: dist.Env) -> dict:
     table, fold, _ = session.prepare_data(cfg, env)
     cfg = session.resolve_defaults(cfg, env, table, fold, share=share)
     session.say(env, cpus.set_threads(cfg.train.threads, share, cfg.data.num_workers))
-    cache = session.decode_images(cfg, table, env)
+    images = session.decode_images(cfg, table, env)
     learner = session.build_learner(cfg, env, table, stop=lambda step: False,
                                   train_labels=session.training_part(cfg, table, fold)[1])
-    train_ds, val_ds = session.build_datasets(cfg, table, fold, cache)
+    train_ds, val_ds = session.build_datasets(cfg, table, fold, images)
     batch = session.settle_batch_size(cfg, env, learner, len(table.classes), len(train_ds))
     loaders = session.build_loaders(cfg, env, train_ds, val_ds, batch)
     learner.phases = phases.Phases(cfg, learner.freezer, learner.model, env, loaders.steps, schedule=False)

@@ -60,9 +60,11 @@ def _thumb(path: str, side: int) -> np.ndarray:
         return np.asarray(im)
 
 
-def image_grid(items: list[tuple[str, str]], out: Path, title: str, cols: int = 6, side: int = 112) -> None:
-    """A grid of images with a short caption each; items are (path, caption). One montage on one
-    axis (a subplot per image costs ~20 ms each), unreadable files as a red tile."""
+def image_grid(items: list[tuple[str, str]], out: Path, title: str, cols: int = 6, side: int = 112,
+               boxes: list[tuple[tuple, tuple]] | None = None) -> None:
+    """A grid of images with a short caption each; items are (path, caption), `boxes` (one per item:
+    (x0, y0, x1, y1) as fractions of the image, RGB colour) drawn on them. One montage on one axis (a
+    subplot per image costs ~20 ms each), unreadable files as a red tile."""
     rows = max(1, -(-len(items) // cols))
     cap = 30  # caption band in pixels
     grid = np.full((rows * (side + cap), cols * side, 3), 255, np.uint8)
@@ -74,6 +76,9 @@ def image_grid(items: list[tuple[str, str]], out: Path, title: str, cols: int = 
             t = _thumb(path, side - 4)
         except OSError:
             t = np.full((side - 4, side - 4, 3), (220, 60, 60), np.uint8)
+        if boxes is not None:
+            t = np.array(t)
+            outline(t, *boxes[k])
         y, x = r * (side + cap) + cap + (side - t.shape[0]) // 2, c * side + (side - t.shape[1]) // 2
         grid[y:y + t.shape[0], x:x + t.shape[1]] = t
     dpi = 100
@@ -88,6 +93,15 @@ def image_grid(items: list[tuple[str, str]], out: Path, title: str, cols: int = 
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     _palette(out)
+
+
+def outline(img: np.ndarray, box: tuple, colour: tuple, width: int = 2) -> None:
+    """Draw `box` (fractions of the image) on `img` in place."""
+    h, w = img.shape[:2]
+    x0, x1 = (int(np.clip(v * w, 0, w - width)) for v in (box[0], box[2]))
+    y0, y1 = (int(np.clip(v * h, 0, h - width)) for v in (box[1], box[3]))
+    img[y0:y0 + width, x0:x1 + width] = img[y1:y1 + width, x0:x1 + width] = colour
+    img[y0:y1 + width, x0:x0 + width] = img[y0:y1 + width, x1:x1 + width] = colour
 
 
 def _palette(png: Path) -> None:

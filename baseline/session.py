@@ -21,8 +21,8 @@ import torch
 from . import checkpoint as ckpt
 from . import cpus, defaults, dist, engine, freeze, losses, memory, models, rundir
 from .config import Config, ConfigError, age_edges, img_hw
+from .data import crops, store
 from .data import dataset as ds
-from .data import store
 from .data.batch_aug import BatchAug
 from .data.competition import OFFICIAL_EDGES
 from .data.competition import label as age_label
@@ -99,25 +99,43 @@ def filter_of(cfg: Config) -> str:
     return "bilinear" if cfg.data.interpolation == "auto" else cfg.data.interpolation
 
 
-def decode_images(cfg: Config, table: Table, env: dist.Env | None = None) -> np.ndarray | None:
-    """The decode-once cache (None with data.cache=off); a broken image is a DataError here. Several
+@dataclass
+class Images:
+    """The table's images as training reads them: the decode-once cache (None with data.cache=off) and the
+    crop box of each path (None: whole photos)."""
+
+    cache: np.ndarray | None
+    boxes: dict[str, ds.Box] | None = None
+
+
+def crop_boxes(cfg: Config, paths: list[str], env: dist.Env) -> dict[str, ds.Box] | None:
+    """data.crop's box per image; a machine's local rank 0 detects faces first, the others read its file."""
+    disk = store.beside_data(cfg, ".cache", written=True)
+    return dist.local_first(env, lambda: crops.boxes_for(cfg.data.crop, cfg.data.crop_margin, paths, disk,
+                                                         cfg.data.max_pixels, say=env.is_main))
+
+
+def decode_images(cfg: Config, table: Table, env: dist.Env | None = None) -> Images:
+    """The images decoded once (cropped first with data.crop); a broken image is a DataError here. Several
     processes on one machine decode once: its local rank 0 writes the cache (RAM: a file in shared memory,
     removed once every process has mapped it; disk: the cache file), the others map it read-only."""
     env = env or dist.Env()
     paths, hw, interp = table.df["path"].tolist(), img_hw(cfg), filter_of(cfg)
+    boxes = crop_boxes(cfg, paths, env)
     mode = ds.cache_mode(cfg.data.cache, len(paths), hw, cfg.data.cache_ram_gb)
     disk = store.beside_data(cfg, ".cache", written=True)
     if not env.distributed or mode == "off":
-        return ds.build_cache(paths, hw, mode, disk, cfg.data.cache_ram_gb, cfg.data.max_pixels, interp)
+        return Images(ds.build_cache(paths, hw, mode, disk, cfg.data.cache_ram_gb, cfg.data.max_pixels, interp,
+                                     boxes), boxes)
     token = dist.broadcast_object(env, uuid.uuid4().hex[:8])
 
     def write() -> tuple[str, bool]:
-        shared = ds.shared_cache_file(paths, hw, token, interp) if mode == "ram" else None
+        shared = ds.shared_cache_file(paths, hw, token, interp, boxes=boxes) if mode == "ram" else None
         if mode == "ram" and shared is None:
             log.warning("shared memory (%s) is too small for the decode cache: using a disk cache in %s "
                         "(in Docker: --shm-size or --ipc=host)", ds.SHARED_DIR, disk)
-        file = shared or disk / f"{ds.cache_key(paths, hw, interp)}.npy"
-        return str(ds.write_cache_file(paths, hw, file, cfg.data.max_pixels, interp)), shared is not None
+        file = shared or disk / f"{ds.cache_key(paths, hw, interp, boxes)}.npy"
+        return str(ds.write_cache_file(paths, hw, file, cfg.data.max_pixels, interp, boxes)), shared is not None
 
     file, temporary = dist.local_first(env, write)
     try:
@@ -126,7 +144,7 @@ def decode_images(cfg: Config, table: Table, env: dist.Env | None = None) -> np.
     finally:
         if temporary and env.is_local_main:
             Path(file).unlink(missing_ok=True)
-    return cache
+    return Images(cache, boxes)
 
 
 def training_part(cfg: Config, table: Table, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,17 +164,17 @@ def training_part(cfg: Config, table: Table, fold: np.ndarray) -> tuple[np.ndarr
     return tr, y
 
 
-def build_datasets(cfg: Config, table: Table, fold: np.ndarray, cache: np.ndarray | None):
+def build_datasets(cfg: Config, table: Table, fold: np.ndarray, images: Images):
     """(train, val) datasets of the configured fold, served from the decode-once cache."""
     hw = img_hw(cfg)
     df, labels = table.df, table.df["label"].to_numpy()
     tr, train_labels = training_part(cfg, table, fold)
     va = np.flatnonzero(fold == cfg.split.fold)
     per_item = None if cfg.aug.on_device else train_transform(cfg.aug, hw)  # else BatchAug in the step
-    train_ds = ds.ImageDataset(df["path"].iloc[tr], train_labels.tolist(), hw, per_item, cache, cfg.data.max_pixels,
-                               filter_of(cfg), rows=tr)
-    val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, cache, cfg.data.max_pixels,
-                             filter_of(cfg), rows=va)
+    train_ds = ds.ImageDataset(df["path"].iloc[tr], train_labels.tolist(), hw, per_item, images.cache,
+                               cfg.data.max_pixels, filter_of(cfg), rows=tr, boxes=images.boxes)
+    val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, images.cache, cfg.data.max_pixels,
+                             filter_of(cfg), rows=va, boxes=images.boxes)
     return train_ds, val_ds
 
 

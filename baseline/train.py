@@ -61,7 +61,7 @@ def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
             if saved is not None:
                 rundir.check_resume(cfg, saved, table.classes, state.split_hash, resume_from, cfg.train.amp,
                                     env.world_size)
-            cache = session.decode_images(cfg, table, env)  # every image decoded before the run folder is touched
+            images = session.decode_images(cfg, table, env)  # every image decoded before the run folder is touched
             run_dir = (RunFolder.of_checkpoint(resume_from).path if resume_from else
                        Path(cfg.run.dir) / dist.broadcast_object(env, rundir.run_name(cfg)))
             held.enter_context(rundir.locked(run_dir, env))
@@ -74,11 +74,11 @@ def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
             RunFolder(run_dir).checkpoints.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, RunFolder(run_dir).config)
         with file_log(RunFolder(run_dir).log, env, notes), loop.Preemption(env, cfg.train.log_interval) as stop:
-            return train_in_folder(cfg, env, table, fold, state, run_dir, saved, cache, stop, judge)
+            return train_in_folder(cfg, env, table, fold, state, run_dir, saved, images, stop, judge)
 
 
 def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, state: loop.TrainState, run_dir: Path,
-                    saved: ckpt.Checkpoint | None, cache: np.ndarray | None, stop: loop.Preemption, judge=None) -> dict:
+                    saved: ckpt.Checkpoint | None, images: session.Images, stop: loop.Preemption, judge=None) -> dict:
     """Everything that happens inside the locked run folder: build, (restore), fit, summary."""
     if env.is_main:
         write_data_record(run_dir, table)
@@ -86,7 +86,7 @@ def train_in_folder(cfg: Config, env: dist.Env, table: Table, fold: np.ndarray, 
                                     train_labels=session.training_part(cfg, table, fold)[1])
     if env.rank:  # after the model is built (identical on every rank): each rank its own mixup, dropout, ...
         session.seed_everything(session.rank_seed(cfg.seed, env.rank))
-    train_ds, val_ds = session.build_datasets(cfg, table, fold, cache)
+    train_ds, val_ds = session.build_datasets(cfg, table, fold, images)
     if env.is_main and (age_edges(cfg) != OFFICIAL_EDGES or cfg.data.drop_ages):
         n_out = int((fold != cfg.split.fold).sum()) - len(train_ds)
         log.info("training labels: age buckets start at %s (official %s); %d training image(s) of ages %s left out; "

@@ -255,7 +255,7 @@ def test_age_edges_and_dropped_ages_change_training_labels_only(synth_root, tmp_
     cfg = cfg_for(synth_root, **over)
     table = read_table(cfg)
     fold, _ = load_or_write_folds(cfg, table)
-    train_ds, val_ds = session.build_datasets(cfg, table, fold, None)
+    train_ds, val_ds = session.build_datasets(cfg, table, fold, session.Images(None))
     df = table.df.set_index("path")
     tr = df.loc[list(train_ds.paths)]
     assert not tr["age"].isin(range(25, 30)).any()  # left out of training

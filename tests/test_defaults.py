@@ -272,7 +272,7 @@ def test_contest_benchmark_tiny_mode_runs_every_switch_and_pipeline(tmp_path, ca
     tables = {sw: pd.read_csv(out / "contest" / "contest_a" / f"table_{sw}_s0.csv") for sw in switches[2:]}
     assert all("round" in t.columns for t in tables.values())  # (tiny teachers keep few rows: test_pseudo counts)
     assert rows.set_index("switch").loc[switches[2:], "pseudo_rows"].tolist() == [len(t) for t in tables.values()]
-    truth = tmp_path / "sets" / "contest_a_30" / "eval" / "truth.csv"
+    truth = tmp_path / "sets" / "contest_a_30_v2" / "eval" / "truth.csv"
     for sw in switches:  # each score is its submission's, against the clean eval set
         sub = out / "contest" / "contest_a" / f"{sw}_s0.csv"
         assert rows.set_index("switch").eval_f1[sw] == pytest.approx(ledger.truth_score(sub, truth))

@@ -110,7 +110,7 @@ with dist.session("cpu") as env:
     cfg = load_config(None, sys.argv[2:])
     table = read_table(cfg)
     fold, _ = load_or_write_folds(cfg, table)
-    data = session.build_loaders(cfg, env, *session.build_datasets(cfg, table, fold, None), 8)
+    data = session.build_loaders(cfg, env, *session.build_datasets(cfg, table, fold, session.Images(None)), 8)
     data.train.sampler.set_epoch(2)
     draws = dist.gather_objects(env, [int(i) for i, _ in data.train.sampler])
     if env.is_main:

@@ -181,7 +181,7 @@ def _decode_in_rank(rank: int, world: int, port: int, overrides: list[str], out)
         for mode["now"] in ("ram", "disk"):
             cfg = load_config(None, [*overrides, f"data.cache={mode['now']}"])
             cache = session.decode_images(cfg, read_table(cfg), env)
-            np.save(out / f"cache-{mode['now']}{rank}.npy", np.asarray(cache))
+            np.save(out / f"cache-{mode['now']}{rank}.npy", np.asarray(cache.cache))
             if mode["now"] == "ram":
                 dist.barrier(env)
                 (out / f"shm-left{rank}.txt").write_text(str(len(list(ds.SHARED_DIR.glob("baseline-*")))))
@@ -342,7 +342,7 @@ def test_the_train_and_val_datasets_index_the_one_cache_not_copies_of_it(synth_r
     table = read_table(cfg)
     fold = np.arange(len(table.df)) % 3
     cache = ds.build_cache(table.df.path.tolist(), (16, 16), "ram", None, 1)
-    tr, va = session.build_datasets(cfg, table, fold, cache)
+    tr, va = session.build_datasets(cfg, table, fold, session.Images(cache))
     assert tr.cache is cache and va.cache is cache  # one array for the machine, shared by both (and by ranks)
     first_val = int(np.flatnonzero(fold == 0)[0])
     assert torch.equal(va[0][0], torch.from_numpy(cache[first_val]).permute(2, 0, 1))

@@ -24,7 +24,7 @@ import pandas as pd
 from .. import files
 from .. import oof as oofs
 from ..config import Config
-from ..data.contest import write_contest
+from ..data.contest import VERSION, write_contest
 from ..runfolder import Experiment, RunFolder
 from ..submit import ledger
 
@@ -37,6 +37,7 @@ SWITCHES = {
     "cutmix_same_class": ["train.cutmix_same_class=0.5"],
     "avg_top_3": ["train.keep_top_k=3", "train.avg_top_k=3"],
     "balanced+age_edge_58": ["train.sampler=balanced", "train.sampler_power=0.5", "data.age_edges=[30,58]"],
+    "face_crop": ["data.crop=face"],
 }
 PLAIN = ["train.sampler=shuffle", "data.age_edges=[30,60]", "data.drop_ages=[]"]  # base, whatever the defaults
 PIPELINES = ["pseudo", "pseudo_fields", "pseudo_round2", "audit", "refit"]
@@ -205,7 +206,7 @@ def main(cfg: Config, overrides: list[str]) -> int:
     sets = [s for s in (b.sets or []) if s in SETS] or SETS
     rows = []
     for name in sets:
-        root = Path(b.root) / f"{name}_{people}"
+        root = Path(b.root) / f"{name}_{people}_v{VERSION}"  # sets drawn by another generator are not reused
         if not (root / "eval" / "truth.csv").is_file():
             write_contest(root, name, people=people, seed=0)
         for seed in range(b.seeds):

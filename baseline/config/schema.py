@@ -72,6 +72,10 @@ class DataCfg:
     std: list[float] | Literal["auto"] = "auto"  # see data.mean
     # the resize filter (see data.mean)
     interpolation: Literal["auto", "bilinear", "bicubic", "nearest", "lanczos"] = "auto"
+    # the part of each photo the model sees: none (all of it), center (the middle 75% of each side), face (a
+    # box around the face OpenCV's cascade finds, the centre crop where none is found; data/crops.py)
+    crop: Literal["none", "center", "face"] = "none"
+    crop_margin: float = setting(0.4, lo=0, hi=2, what='0..2')  # data.crop=face: the box grows by this on every side
     # `auto` uses RAM below this size, a memory-mapped disk file above it
     cache_ram_gb: float = setting(4.0, lo=0, what='0 or more', resumable=True)
     # larger images are refused (decompression bombs, mistaken huge files)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from .. import progress
 from ..config import Config
-from . import report, store
+from . import crops, report, store
 from .dataset import MIN_SIDE, header_size, to_rgb
 from .layouts import DataError, read_table
 from .split import check_groups, content_hashes, hash_cache, read_folds, split_path
@@ -99,6 +99,14 @@ def check(cfg: Config, out=print) -> int:
     split_errors, fold = check_split(cfg, table, counts, dup, out)
     out_dir = Path(cfg.check.out) if cfg.check.out else store.beside_data(cfg, "report", written=True)
     pictures = report.write(table, fold, sizes, flags, out_dir)
+    if cfg.data.crop != "none":  # detects the faces training will crop to (kept beside the decode cache)
+        boxes = crops.boxes_for(cfg.data.crop, cfg.data.crop_margin, df["path"].tolist(),
+                                store.beside_data(cfg, ".cache", written=True), cfg.data.max_pixels, say=False)
+        fell = sum(b == crops.CENTER for b in boxes.values())
+        out(f"data.crop={cfg.data.crop}: {len(boxes) - fell} of {len(boxes)} images cropped to their box, {fell} to "
+            "the centre")
+        pictures.append(out_dir / "crops.png")
+        report.crop_boxes(boxes, crops.CENTER, pictures[-1])
     out(f"pictures in {out_dir}/: " + ", ".join(p.name for p in pictures))
     return errors + split_errors
 

@@ -54,14 +54,19 @@ def header_size(path: str) -> tuple[int, int]:
     return w, h
 
 
-def decode(path: str, hw: tuple[int, int], max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear") -> np.ndarray:
-    """RGB uint8 HxWx3 at `hw` (resized with `interpolation`); EXIF rotation applied; grey/palette/16-bit
-    made RGB, transparency composited on white (`to_rgb`)."""
-    return _decode(path, hw, max_pixels, interpolation)[0]
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of the displayed image (data/crops.py)
 
 
-def _decode(path: str, hw: tuple[int, int], max_pixels: int, interpolation: str) -> tuple[np.ndarray, bool]:
-    """decode(), and whether the image had transparent pixels."""
+def decode(path: str, hw: tuple[int, int], max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear",
+           box: Box | None = None) -> np.ndarray:
+    """RGB uint8 HxWx3 at `hw` (resized with `interpolation`), of `box` only when given; EXIF rotation
+    applied; grey/palette/16-bit made RGB, transparency composited on white (`to_rgb`)."""
+    return _decode(path, hw, max_pixels, interpolation, box)[0]
+
+
+def load_rgb(path: str, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, bool]:
+    """The image as displayed (EXIF rotation applied) in RGB, and whether it had transparent pixels; a
+    DataError naming the file if it is unreadable, too large or too small."""
     try:
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
@@ -74,12 +79,27 @@ def _decode(path: str, hw: tuple[int, int], max_pixels: int, interpolation: str)
             if im.mode.startswith("I") or im.mode == "F":
                 im = to_8bit(im)
             im, transparent = to_rgb(im)
-            im = im.resize((hw[1], hw[0]), FILTERS[interpolation], reducing_gap=2.0)
-            return np.asarray(im, dtype=np.uint8), transparent
+            im.load()
+            return im, transparent
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"image '{path}' could not be decoded: {e}") from None
+
+
+def box_of(boxes: dict[str, Box] | None, path: str) -> Box | None:
+    return None if boxes is None else boxes[path]
+
+
+def _decode(path: str, hw: tuple[int, int], max_pixels: int, interpolation: str,
+            box: Box | None = None) -> tuple[np.ndarray, bool]:
+    """decode(), and whether the image had transparent pixels."""
+    im, transparent = load_rgb(path, max_pixels)
+    if box is not None:
+        w, h = im.size
+        im = im.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+    im = im.resize((hw[1], hw[0]), FILTERS[interpolation], reducing_gap=2.0)
+    return np.asarray(im, dtype=np.uint8), transparent
 
 
 def to_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
@@ -99,19 +119,24 @@ def to_rgb(im: Image.Image) -> tuple[Image.Image, bool]:
     return flat, True
 
 
-def cache_key(paths: list[str], hw: tuple[int, int], interpolation: str = "bilinear") -> str:
+def cache_key(paths: list[str], hw: tuple[int, int], interpolation: str = "bilinear",
+              boxes: dict[str, Box] | None = None) -> str:
+    """A fingerprint of the files (path, size, mtime), the decoded size and filter and any crop boxes."""
     h = hashlib.sha1(repr(hw if interpolation == "bilinear" else (hw, interpolation)).encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        if boxes is not None:
+            h.update(repr(boxes[p]).encode())
     return h.hexdigest()[:16]
 
 
 def decode_all(paths: list[str], hw: tuple[int, int], out: np.ndarray, workers: int = 4,
-               max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear") -> np.ndarray:
+               max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear",
+               boxes: dict[str, Box] | None = None) -> np.ndarray:
     # PIL releases the GIL while decoding, so threads scale on the cores we have.
     def one(i: int) -> bool:
-        out[i], transparent = _decode(paths[i], hw, max_pixels, interpolation)
+        out[i], transparent = _decode(paths[i], hw, max_pixels, interpolation, box_of(boxes, paths[i]))
         return transparent
 
     with ThreadPoolExecutor(max(1, workers)) as ex:
@@ -123,7 +148,8 @@ def decode_all(paths: list[str], hw: tuple[int, int], out: np.ndarray, workers: 
 
 
 def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Path, ram_gb: float,
-                max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear") -> np.ndarray | None:
+                max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear",
+                boxes: dict[str, Box] | None = None) -> np.ndarray | None:
     """Decoded images as one uint8 array (N, H, W, 3), or None for mode 'off'. A disk cache is named
     by a fingerprint of the file list, sizes, mtimes and image size; one that does not read back
     whole (truncated, foreign) is rebuilt, never used."""
@@ -133,16 +159,16 @@ def build_cache(paths: list[str], hw: tuple[int, int], mode: str, cache_dir: Pat
     if mode == "ram":
         log.info("decoding %d images at %dx%d into memory (once per run)", len(paths), hw[1], hw[0])
         return decode_all(paths, hw, np.empty((len(paths), *hw, 3), np.uint8), DECODE_THREADS, max_pixels,
-                          interpolation)
-    file = cache_dir / f"{cache_key(paths, hw, interpolation)}.npy"
-    return np.load(write_cache_file(paths, hw, file, max_pixels, interpolation), mmap_mode="r")
+                          interpolation, boxes)
+    file = cache_dir / f"{cache_key(paths, hw, interpolation, boxes)}.npy"
+    return np.load(write_cache_file(paths, hw, file, max_pixels, interpolation, boxes), mmap_mode="r")
 
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
 def write_cache_file(paths: list[str], hw: tuple[int, int], file: Path, max_pixels: int = MAX_PIXELS,
-                     interpolation: str = "bilinear") -> Path:
+                     interpolation: str = "bilinear", boxes: dict[str, Box] | None = None) -> Path:
     """`file`: the decoded images as a .npy file, written unless a whole one of this shape is there."""
     shape = (len(paths), *hw, 3)
     if file.is_file():
@@ -153,7 +179,7 @@ def write_cache_file(paths: list[str], hw: tuple[int, int], file: Path, max_pixe
     log.info("decoding %d images at %dx%d into %s (once)", len(paths), hw[1], hw[0], file)
     with files.replacing(file) as tmp:  # a broken image, a full disk, Ctrl-C: no half-written cache left
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        decode_all(paths, hw, arr, DECODE_THREADS, max_pixels, interpolation)
+        decode_all(paths, hw, arr, DECODE_THREADS, max_pixels, interpolation, boxes)
         arr.flush()
         del arr
     return file
@@ -163,7 +189,7 @@ SHARED_DIR = Path("/dev/shm")  # shared memory on Linux: what a machine's proces
 
 
 def shared_cache_file(paths: list[str], hw: tuple[int, int], token: str, interpolation: str = "bilinear",
-                      shared: Path = SHARED_DIR) -> Path | None:
+                      shared: Path = SHARED_DIR, boxes: dict[str, Box] | None = None) -> Path | None:
     """Where one machine's processes can share a RAM cache (a file in shared memory), or None where
     shared memory is missing or too small for it (Docker's default is 64 MB: --shm-size or --ipc=host)."""
     need = len(paths) * hw[0] * hw[1] * 3
@@ -173,7 +199,7 @@ def shared_cache_file(paths: list[str], hw: tuple[int, int], token: str, interpo
         return None
     if free < need * 1.1 + 64 * 2**20:
         return None
-    return shared / f"baseline-{cache_key(paths, hw, interpolation)}-{token}.npy"
+    return shared / f"baseline-{cache_key(paths, hw, interpolation, boxes)}-{token}.npy"
 
 
 def cache_mode(mode: str, n: int, hw: tuple[int, int], ram_gb: float) -> str:
@@ -205,9 +231,9 @@ class ImageDataset(Dataset):
 
     def __init__(self, paths: list[str], labels: list[int] | None, hw: tuple[int, int], transform=None,
                  cache: np.ndarray | None = None, max_pixels: int = MAX_PIXELS, interpolation: str = "bilinear",
-                 rows: np.ndarray | None = None):
+                 rows: np.ndarray | None = None, boxes: dict[str, Box] | None = None):
         self.paths, self.labels, self.hw, self.max_pixels = list(paths), labels, hw, max_pixels
-        self.interpolation = interpolation
+        self.interpolation, self.boxes = interpolation, boxes
         # `rows`: where item i sits in `cache` (a subset of a whole-table cache). Indexing through it keeps
         # one cache for the machine; cache[rows] would copy it into every process.
         self.transform, self.cache = transform, cache
@@ -218,8 +244,8 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int | None]):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        img = self.cache[self.rows[i]] if self.cache is not None else decode(self.paths[i], self.hw, self.max_pixels,
-                                                                        self.interpolation)
+        img = self.cache[self.rows[i]] if self.cache is not None else decode(
+            self.paths[i], self.hw, self.max_pixels, self.interpolation, box_of(self.boxes, self.paths[i]))
         if self.transform is not None:
             if seed is not None:
                 # Augmentation is a function of (seed, epoch, position in the draw, item) alone: the same

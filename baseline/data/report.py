@@ -58,6 +58,21 @@ def samples(table: Table, out: Path, per_class: int = 3, seed: int = 0) -> None:
     plots.image_grid(items, out, title, cols=per_class * 2)
 
 
+FOUND, FELL_BACK = (40, 200, 60), (240, 140, 0)
+
+
+def crop_boxes(boxes: dict, centre: tuple, out: Path, n: int = 24, seed: int = 0) -> None:
+    """A random sample of images with the box data.crop cuts: green where a face was found, orange where
+    the centre crop stands in, and the fall-back count in the title."""
+    paths = list(boxes)
+    pick = np.random.default_rng(seed).choice(len(paths), size=min(n, len(paths)), replace=False)
+    shown = [(paths[i], boxes[paths[i]]) for i in sorted(pick)]
+    fell = sum(b == centre for b in boxes.values())
+    plots.image_grid([(p, Path(p).parent.name[:6] + "/" + Path(p).name[:10]) for p, _ in shown], out,
+                     f"data.crop: {len(paths) - fell} boxes found (green), {fell} centre crops (orange)",
+                     boxes=[(b, FELL_BACK if b == centre else FOUND) for _, b in shown])
+
+
 def sizes(sizes_wh: list[tuple[int, int] | None], out: Path) -> None:
     """Histograms of width and height, and of the aspect ratio (height / width)."""
     wh = np.array([s for s in sizes_wh if s is not None], dtype=float).reshape(-1, 2)

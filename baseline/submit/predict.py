@@ -18,6 +18,7 @@ import torch
 from .. import checkpoint as ckpt
 from .. import cpus, defaults, dist, engine, files, models, progress
 from ..config import Config, ConfigError, DataCfg, from_dict, img_hw
+from ..data import crops, store
 from ..data import dataset as ds
 from ..data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
 from ..runfolder import CHECKPOINTS, Experiment, RunFolder
@@ -101,12 +102,16 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device),
                          channels_last=models.channels_last(mcfg.train.channels_last, model, env.device))
     workers = predict_workers(cfg, env)
+    paths, crop = test.df["path"].tolist(), (mcfg.data.crop, mcfg.data.crop_margin)  # cropped as it trained
+    if crop not in caches:
+        caches[crop] = crops.boxes_for(*crop, paths, store.beside_data(cfg, ".cache", written=True),
+                                       cfg.data.max_pixels, say=env.is_main)
     views = []
     for size in [hw] + [scaled(hw, s) for s in scales]:
-        if (size, interp) not in caches:  # decode the test images once per resolution and filter
-            caches[size, interp] = ds.build_cache(test.df["path"].tolist(), size, "ram", Path(), 0, cfg.data.max_pixels,
-                                                  interp)
-        loader = ds.eval_loader(ds.ImageDataset(test.df["path"], None, size, None, caches[size, interp]),
+        if (size, interp, crop) not in caches:  # decode the test images once per resolution, filter and crop
+            caches[size, interp, crop] = ds.build_cache(paths, size, "ram", Path(), 0, cfg.data.max_pixels, interp,
+                                                        caches[crop])
+        loader = ds.eval_loader(ds.ImageDataset(paths, None, size, None, caches[size, interp, crop]),
                                 cfg.submit.batch_size, workers, env.rank, env.world_size)
         track = functools.partial(progress.track, desc=f"predict {member_name(path)} at {size[1]}x{size[0]}",
                                   total=len(loader.sampler), show=env.is_main, per_item=cfg.submit.batch_size)
