@@ -372,7 +372,7 @@ def dispatch(args, cfg: Config) -> int:
         run(cfg, Reporter if cfg.sweep.trial >= 0 else None)  # a sweep's trial: its pruner may stop the run
         return 0
     with importing():
-        from .submit.predict import submit
+        from .submit.submission import submit
     submit(cfg)
     return 0
 

@@ -46,12 +46,28 @@ def run(cfg: Config, config_file: str | list[str] | None, overrides: list[str], 
     exp_dir = Path(cfg.run.dir) / experiment_name(cfg)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.cv.seeds:
-        return run_folds(cfg, config_file, overrides, nproc, exp_dir)
+        return with_person_vote(cfg, exp_dir, run_folds(cfg, config_file, overrides, nproc, exp_dir))
     for s in cfg.cv.seeds:  # each seed a whole experiment inside this one, the seed given last
         log.info("cv %s: seed %d", exp_dir.name, s)
         seeded = [o for o in overrides if not o.startswith(("seed=", "cv.seeds="))]
         run_folds(cfg, config_file, [*seeded, f"seed={s}"], nproc, Experiment(exp_dir).seed(s).path, exp_dir.name)
-    return summarize_seeds(exp_dir, cfg.cv.seeds)
+    return with_person_vote(cfg, exp_dir, summarize_seeds(exp_dir, cfg.cv.seeds))
+
+
+def with_person_vote(cfg: Config, exp_dir: Path, out: dict) -> dict:
+    """With submit.person_vote on or auto (mask layout): what voting does to each fold's validation images,
+    grouped without their ids, in cv.json's `person_vote` (the mean purity and macro-F1 gain)."""
+    if cfg.submit.person_vote == "off" or cfg.data.format != "mask":
+        return out
+    from .dist import Env
+    from .submit import people
+
+    seen = people.checks(cfg, Experiment(exp_dir).fold_runs(), Env())
+    out["person_vote"] = {"purity": seen["purity"], "gain": seen["gain"], "fields": list(cfg.submit.person_fields)}
+    files.write_json(Experiment(exp_dir).cv_file, out)
+    log.info("cv %s: person vote on each fold's validation images (grouped without ids): purity %.3f, OOF macro-F1 "
+             "%+.4f", exp_dir.name, seen["purity"], seen["gain"])
+    return out
 
 
 def run_folds(cfg: Config, config_file: str | list[str] | None, overrides: list[str], nproc: int, exp_dir: Path,

@@ -178,29 +178,53 @@ def optimizer_step(learner: Learner, step: int) -> int:
 
 
 @torch.inference_mode()
-def predict_logits(model, loader, ctx: StepCtx, tta: bool = False, track=None) -> torch.Tensor:
-    """Logits for every item of `loader`'s dataset, in dataset order, identical on every rank.
-    The loader must shard with `ShardSampler` so every item is seen exactly once. `track`: wraps the
-    batches (progress.track) for a long prediction."""
+def predict_logits(model, loader, ctx: StepCtx, tta: bool = False, track=None, embed: bool = False):
+    """Logits for every item of `loader`'s dataset, in dataset order, identical on every rank; with `embed`,
+    also each item's `embedding`. The loader must shard with `ShardSampler` so every item is seen exactly
+    once. `track`: wraps the batches (progress.track) for a long prediction."""
     model.eval()
-    outs, idx = [], []
+    outs, idx, embs = [], [], []
     batches = zip(loader, _batches(loader))
     for (x, _), batch_idx in (track(batches) if track else batches):
         x, _ = ctx.batch(x, torch.zeros(0))
         with ctx.autocast():
             out = model(x).float()
+            if embed:
+                embs.append(embedding(model, x, out))
             if tta:
                 out = (out.softmax(1) + model(torch.flip(x, dims=[3])).float().softmax(1)).div(2).log()
         outs.append(out)
         idx.append(torch.as_tensor(batch_idx, device=out.device))
     n_cls = _num_classes(model)
-    local = torch.cat(outs) if outs else torch.zeros((0, n_cls), device=ctx.env.device)
     local_idx = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long, device=ctx.env.device)
-    logits = dist.gather_rows(ctx.env, local)
     order = dist.gather_rows(ctx.env, local_idx)
-    result = torch.empty_like(logits)
-    result[order] = logits
+    result = in_order(ctx, torch.cat(outs) if outs else torch.zeros((0, n_cls), device=ctx.env.device), order)
+    if not embed:
+        return result
+    return result, in_order(ctx, torch.cat(embs) if embs else torch.zeros((0, 1), device=ctx.env.device), order)
+
+
+def in_order(ctx: StepCtx, local: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    rows = dist.gather_rows(ctx.env, local)
+    result = torch.empty_like(rows)
+    result[order] = rows
     return result.cpu()
+
+
+EMBED_GRID = 4  # the feature map is pooled to this many cells a side: where things are in the photo counts
+
+
+def embedding(model, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """What person grouping compares (submit/people.py): the model's middle feature map (timm's
+    forward_intermediates) pooled to an EMBED_GRID x EMBED_GRID grid. Its final features describe the
+    class (the mask, which changes from photo to photo of one person); the middle ones still describe the
+    scene and the person's look, which a person's photos share. A model without forward_intermediates
+    (a team's own module): its logits."""
+    m = unwrap(model)
+    if not hasattr(m, "forward_intermediates") or not hasattr(m, "feature_info"):
+        return logits
+    mid = m.forward_intermediates(x, indices=[len(m.feature_info) // 2], intermediates_only=True, stop_early=True)[0]
+    return torch.nn.functional.adaptive_avg_pool2d(mid.float(), EMBED_GRID).flatten(1)
 
 
 def _num_classes(model) -> int:

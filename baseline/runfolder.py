@@ -78,6 +78,11 @@ class RunFolder:
     def corrections(self) -> Path:
         return self.path / "corrections_applied.csv"
 
+    @property
+    def person_vote(self) -> Path:
+        """What person voting does to this run's out-of-fold predictions (submit/people.py)."""
+        return self.path / "person_vote.json"
+
     def summary(self) -> dict:
         """summary.json ({} before the run has finished)."""
         return read_json(self.summary_file)

@@ -257,6 +257,12 @@ class SubmitCfg:
     batch_size: int = setting(128, lo=1, what='at least 1')  # images per prediction batch
     ledger: str = ""  # "" -> submissions/ledger.csv, whatever submit.out is (submit, lb and submissions agree)
     ensemble: str = ""  # ensembles/<name>.yaml from `baseline ensemble`: its members, weights and offsets
+    # mask layout: group the test photos into people by the model's embeddings and agree gender and age within
+    # each (each photo keeps its mask); auto: where it raises the members' out-of-fold macro-F1 (submit/people.py)
+    person_vote: Literal["auto", "on", "off"] = "off"
+    person_size: int = setting(7, lo=1, what="at least 1")  # photos a person has in the test set (the contest: 7)
+    # the fields each group agrees on: gender, age or both
+    person_fields: list[Literal["gender", "age"]] = field(default_factory=lambda: ["gender", "age"])
 
 
 @dataclass

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ from .. import cpus, defaults, dist, engine, files, models, progress
 from ..config import Config, ConfigError, DataCfg, from_dict, img_hw
 from ..data import crops, store
 from ..data import dataset as ds
-from ..data.layouts import DataError, TestTable, check_test_labels, class_names, read_test_table
+from ..data.layouts import DataError, TestTable
 from ..runfolder import CHECKPOINTS, Experiment, RunFolder
-from . import ensemble, ledger
+from . import ensemble
 
 log = logging.getLogger("baseline")
 
@@ -90,14 +89,23 @@ def scaled(hw: tuple[int, int], scale: float) -> tuple[int, int]:
 
 
 def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches: dict) -> tuple[np.ndarray, list[str]]:
-    """One checkpoint's test probabilities: read from its cache file, else predicted (at the training
-    size, plus each of submit.tta_scales; each with its flip when submit.tta) and cached."""
+    """One checkpoint's test probabilities (member_outputs)."""
+    probs, classes, _ = member_outputs(cfg, test, path, env, caches)
+    return probs, classes
+
+
+def member_outputs(cfg: Config, test: TestTable, path: Path, env: dist.Env,
+                   caches: dict) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """One checkpoint's test probabilities and embeddings (of the plain view: what person grouping reads):
+    read from its cache files, else predicted (at the training size, plus each of submit.tta_scales; each
+    with its flip when submit.tta) and cached."""
     model, mcfg, classes = load_model(path, env.device)
     hw, scales = img_hw(mcfg), list(cfg.submit.tta_scales)
     cached = probs_file(path, test, hw, cfg.submit.tta, scales)
-    if cached.is_file():
+    kept = cached.with_suffix(".emb.npy")
+    if cached.is_file() and kept.is_file():
         log.info("test probabilities of %s from test_probs/%s", path, cached.name)
-        return np.load(cached), classes
+        return np.load(cached), classes, np.load(kept)
     mean, std, interp = norm_of(mcfg, model)
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device),
                          channels_last=models.channels_last(mcfg.train.channels_last, model, env.device))
@@ -106,7 +114,7 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
     if crop not in caches:
         caches[crop] = crops.boxes_for(*crop, paths, store.beside_data(cfg, ".cache", written=True),
                                        cfg.data.max_pixels, say=env.is_main)
-    views = []
+    views, emb = [], None
     for size in [hw] + [scaled(hw, s) for s in scales]:
         if (size, interp, crop) not in caches:  # decode the test images once per resolution, filter and crop
             caches[size, interp, crop] = ds.build_cache(paths, size, "ram", Path(), 0, cfg.data.max_pixels, interp,
@@ -115,14 +123,18 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
                                 cfg.submit.batch_size, workers, env.rank, env.world_size)
         track = functools.partial(progress.track, desc=f"predict {member_name(path)} at {size[1]}x{size[0]}",
                                   total=len(loader.sampler), show=env.is_main, per_item=cfg.submit.batch_size)
-        views.append(engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta, track=track).softmax(1).numpy())
-    probs = np.mean(views, axis=0)
+        out = engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta, track=track, embed=emb is None)
+        if emb is None:
+            out, emb = out
+        views.append(out.softmax(1).numpy())
+    probs, emb = np.mean(views, axis=0), emb.numpy()
     if env.is_main:
-        with files.atomic(cached, "wb") as f:
-            np.save(f, probs)
+        for file, array in ((cached, probs), (kept, emb)):
+            with files.atomic(file, "wb") as f:
+                np.save(f, array)
     log.info("predicted %d images with %s (%d view(s)%s)", len(probs), path, len(views),
              ", flip" if cfg.submit.tta else "")
-    return probs, classes
+    return probs, classes, emb
 
 
 def member_name(path: Path) -> str:
@@ -266,35 +278,3 @@ def with_test_data(cfg: Config, checkpoint: Path, env: dist.Env) -> Config:
         log.info("submit: predicting the test images of '%s', the data the checkpoints trained on (data.root=... to "
                  "predict another)", trained.root)
     return replace(cfg, data=replace(cfg.data, **{k: getattr(trained, k) for k in TEST_KEYS}))
-
-
-def submit(cfg: Config) -> Path:
-    env = dist.setup(cfg.train.device)
-    try:
-        spec = ensemble.read(cfg.submit.ensemble) if cfg.submit.ensemble else None
-        check_offsets_match_tta(cfg, spec)
-        paths, weights = ensemble.checkpoints_and_weights(spec) if spec else (resolve_checkpoints(cfg), None)
-        cfg = with_test_data(cfg, paths[0], env)
-        test = read_test_table(cfg)
-        line = cpus.set_threads(cfg.train.threads, cpus.watch(env.local_world), predict_workers(cfg, env))
-        if env.is_main:
-            log.info("%s", line)
-        classes = check_classes(paths, class_names(cfg), f"the {cfg.data.format} data under '{cfg.data.root}'")
-        check_test_labels(test, classes, cfg.data.test_csv or "test set")
-        name = (Path(cfg.submit.ensemble).stem if spec else RunFolder.of_checkpoint(paths[0]).name if len(paths) == 1
-                else f"ensemble{len(paths)}-{datetime.now():%Y%m%d-%H%M%S}")
-        out = Path(cfg.submit.out or f"submissions/{name}.csv")
-        writable_target(out)
-        probs, classes = ensemble_probs(cfg, test, spec, env) if spec else predict_probs(cfg, test, paths, env)
-        sub = submission_frame(test, probs.argmax(1), classes, cfg.data.format)
-        check_submission(sub, test, len(classes), cfg.data.format)
-        if env.is_main:
-            files.write_csv(out, sub)
-            log.info("wrote %s (%d rows, %d checkpoint(s)%s)", out, len(sub), len(paths),
-                     ", TTA" if cfg.submit.tta else "")
-            book = ledger.path(cfg)
-            row = ledger.append(book, out, paths, cfg.submit.tta, weights, spec.get("oof_f1") if spec else None)
-            log.info("ledger %s: members %s, CV %s", book, row["members"], row["cv_f1"] or row["member_val_f1"] or "?")
-        return out
-    finally:
-        dist.teardown()
