@@ -24,7 +24,7 @@ from .config import Config, ConfigError, age_edges, img_hw
 from .data import crops, store
 from .data import dataset as ds
 from .data.batch_aug import BatchAug
-from .data.competition import OFFICIAL_EDGES
+from .data.competition import OFFICIAL_EDGES, field_classes, field_of
 from .data.competition import label as age_label
 from .data.layouts import Table, read_table
 from .data.split import Hashes, load_or_write_folds, read_folds_hashed, split_path
@@ -155,13 +155,24 @@ def training_part(cfg: Config, table: Table, fold: np.ndarray) -> tuple[np.ndarr
     labels = table.df["label"].to_numpy()
     edges, drop = age_edges(cfg), cfg.data.drop_ages
     if edges == OFFICIAL_EDGES and not drop:
-        return tr, labels[tr]
+        return tr, task_labels(cfg, labels[tr])
     part = table.df.iloc[tr]
     keep = ~part["age"].isin(drop).to_numpy()
     tr, part = tr[keep], part[keep]
     y = np.array([label if np.isnan(a) else age_label(int(m), int(g), a, edges)  # pseudo rows: no age, as labelled
                   for label, m, g, a in zip(part["label"], part["mask"], part["gender"], part["age"].astype(float))])
-    return tr, y
+    return tr, task_labels(cfg, y)
+
+
+def task_labels(cfg: Config, labels: np.ndarray) -> np.ndarray:
+    """The table's labels as model.task learns them: as they are, or one field of the 18 classes."""
+    return labels if cfg.model.task == "all" else field_of(labels, cfg.model.task)
+
+
+def for_task(cfg: Config, table: Table) -> Table:
+    """The table with model.task's classes (its rows keep the 18-class labels: training_part and
+    build_datasets take the field)."""
+    return table if cfg.model.task == "all" else Table(table.df, field_classes(cfg.model.task))
 
 
 def build_datasets(cfg: Config, table: Table, fold: np.ndarray, images: Images):
@@ -173,7 +184,8 @@ def build_datasets(cfg: Config, table: Table, fold: np.ndarray, images: Images):
     per_item = None if cfg.aug.on_device else train_transform(cfg.aug, hw)  # else BatchAug in the step
     train_ds = ds.ImageDataset(df["path"].iloc[tr], train_labels.tolist(), hw, per_item, images.cache,
                                cfg.data.max_pixels, filter_of(cfg), rows=tr, boxes=images.boxes)
-    val_ds = ds.ImageDataset(df["path"].iloc[va], labels[va].tolist(), hw, None, images.cache, cfg.data.max_pixels,
+    val_ds = ds.ImageDataset(df["path"].iloc[va], task_labels(cfg, labels[va]).tolist(), hw, None, images.cache,
+                             cfg.data.max_pixels,
                              filter_of(cfg), rows=va, boxes=images.boxes)
     return train_ds, val_ds
 
@@ -276,9 +288,9 @@ def build_learner(cfg: Config, env: dist.Env, table: Table, stop, initial_weight
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device), dtype,
                          nhwc, cfg.train.accum_steps, cfg.train.clip_grad, cfg.train.log_interval,
                          stop=stop, on_train=freezer.frozen_bn_eval)
+    labels = task_labels(cfg, table.df["label"].to_numpy()) if train_labels is None else train_labels
     return engine.Learner(
-        model, ctx, build_loss(cfg, table.df["label"].to_numpy() if train_labels is None else train_labels, n_cls,
-                                  env.device), freezer, mixup=build_mixup(cfg, n_cls),
+        model, ctx, build_loss(cfg, labels, n_cls, env.device), freezer, mixup=build_mixup(cfg, n_cls),
         ema=timm.utils.ModelEmaV3(model, decay=cfg.train.ema, use_warmup=True) if cfg.train.ema > 0 else None,
         batch_aug=BatchAug(cfg.aug, rank_seed(cfg.seed, env.rank)) if cfg.aug.on_device else None,
         scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None)

@@ -43,6 +43,7 @@ def _train(cfg: Config, env: dist.Env, judge=None) -> dict:
     hashes = Hashes(hash_cache(cfg))
     table, fold, split_hash = session.prepare_data(cfg, env, hashes)
     table, fold, line = pseudo.with_pseudo(cfg, table, fold, split_hash, hashes)  # after the split: it stays
+    table = session.for_task(cfg, table)
     notes: list[str] = []
     if line:
         session.say(env, line, notes)

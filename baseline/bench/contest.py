@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import files
+from .. import dist, files
 from .. import oof as oofs
 from ..config import Config
 from ..data.contest import VERSION, write_contest
 from ..runfolder import Experiment, RunFolder
-from ..submit import ledger
+from ..submit import ledger, people
 
 log = logging.getLogger("baseline")
 
@@ -40,7 +40,8 @@ SWITCHES = {
     "face_crop": ["data.crop=face"],
 }
 PLAIN = ["train.sampler=shuffle", "data.age_edges=[30,60]", "data.drop_ages=[]"]  # base, whatever the defaults
-PIPELINES = ["pseudo", "pseudo_fields", "pseudo_round2", "audit", "refit"]
+PIPELINES = ["pseudo", "pseudo_fields", "pseudo_round2", "audit", "refit", "person_vote", "per_field", "all_four"]
+TASKS = ["mask", "gender", "age"]
 # the contest's cohort-2 winner's thresholds: each field on its own, mask per state (worn, incorrect, not worn)
 FIELD_RULES = ["pseudo.threshold=0", "pseudo.gender=0.9", "pseudo.age=0.8", "pseudo.mask=[0.5,0.95,0.95]"]
 # the audit pipeline runs the kit's defaults (at the bench's size and epochs), not PLAIN's
@@ -53,10 +54,10 @@ def cli(*args: str) -> None:
         raise RuntimeError(f"baseline {' '.join(args[:2])} failed ({r.returncode}): {r.stderr.strip()[-400:]}")
 
 
-def score(root: Path, runs: Path, source: str, out: Path) -> float:
-    """Submit `source` (a run or experiment folder) and score it against the set's truth."""
+def score(root: Path, runs: Path, source: str, out: Path, *extra: str) -> float:
+    """Submit `source` (run or experiment folders, comma-separated) and score it against the set's truth."""
     cli("submit", f"data.root={root}", f"run.dir={runs}", f"submit.checkpoints=[{source}]", f"submit.out={out}",
-        f"submit.ledger={out.parent / 'ledger.csv'}", "log.wandb.mode=disabled")
+        f"submit.ledger={out.parent / 'ledger.csv'}", "log.wandb.mode=disabled", *extra)
     return ledger.truth_score(out, root / "eval" / "truth.csv")
 
 
@@ -96,6 +97,7 @@ def one_set(name: str, root: Path, work: Path, seed: int, base: list[str], only:
         f1, s = train(sw, *keys)
         rows.append({"set": name, "seed": seed, "switch": sw, "eval_f1": f1, "seconds": s})
     rows += pseudo_rows(name, seed, runs, work, common, only, train)
+    rows += beyond_rows(name, root, seed, runs, work, common, only)
     if not only or "audit" in only:
         rows.append({"set": name, **audit_pipeline(root, runs, work, seed, [*common, *audit_cv])})
     if not only or "refit" in only:
@@ -126,6 +128,57 @@ def pseudo_rows(name: str, seed: int, runs: Path, work: Path, common: list[str],
         rows.append({"set": name, "seed": seed, "switch": switch, "eval_f1": f1, "seconds": s + before,
                      "pseudo_rows": len(pd.read_csv(table))})
     return rows
+
+
+def beyond_rows(name: str, root: Path, seed: int, runs: Path, work: Path, common: list[str],
+                only: list[str] | None) -> list[dict]:
+    """Issue 39's switches against `base`: `person_vote` (base's submission voted: submit.person_vote=on,
+    with the grouping's purity on the eval people and what the out-of-fold check said), `per_field` (a
+    model.task run per field, recombined) and `all_four`: face crops, per-field models, their pseudo-labels
+    by field, the students voted."""
+    rows, asked = [], (lambda p: not only or p in only)
+    row = {"set": name, "seed": seed}
+    if asked("person_vote"):
+        out = work / f"person_vote_s{seed}.csv"
+        score(root, runs, str(runs / "base"), out, "submit.person_vote=on")
+        check = people.oof_check(Config(), RunFolder(runs / "base"), dist.Env())
+        rows.append({**row, "switch": "person_vote", "eval_f1": ledger.truth_score(out, root / "eval" / "truth.csv"),
+                     "seconds": seconds(runs / "base"), "purity_eval": eval_purity(root, out),
+                     "purity_oof": check["purity"], "oof_gain": check["f1_voted"] - check["f1"]})
+    if asked("per_field"):
+        for task in TASKS:
+            cli("train", *common, f"run.name=field_{task}", f"model.task={task}")
+        f1 = score(root, runs, ",".join(str(runs / f"field_{t}") for t in TASKS), work / f"per_field_s{seed}.csv")
+        rows.append({**row, "switch": "per_field", "eval_f1": f1, "seconds": sum(seconds(runs / f"field_{t}")
+                                                                                 for t in TASKS)})
+    if asked("all_four"):
+        rows.append({**row, **all_four(root, seed, runs, work, common)})
+    return rows
+
+
+def all_four(root: Path, seed: int, runs: Path, work: Path, common: list[str]) -> dict:
+    """Face-cropped per-field teachers, their test predictions as per-field pseudo-labels (FIELD_RULES),
+    face-cropped per-field students trained with them, the students' submission voted."""
+    crop = ["data.crop=face"]
+    for task in TASKS:
+        cli("train", *common, *crop, f"run.name=four_teacher_{task}", f"model.task={task}")
+    table = work / f"table_all_four_s{seed}.csv"
+    teachers = ",".join(str(runs / f"four_teacher_{t}") for t in TASKS)
+    cli("pseudo", *common, f"submit.checkpoints=[{teachers}]", *FIELD_RULES, f"pseudo.out={table}")
+    for task in TASKS:
+        cli("train", *common, *crop, f"run.name=four_{task}", f"model.task={task}", f"data.pseudo={table}")
+    out = work / f"all_four_s{seed}.csv"
+    f1 = score(root, runs, ",".join(str(runs / f"four_{t}") for t in TASKS), out, "submit.person_vote=on")
+    return {"switch": "all_four", "eval_f1": f1, "purity_eval": eval_purity(root, out),
+            "seconds": sum(seconds(runs / f"{k}_{t}") for k in ("four_teacher", "four") for t in TASKS),
+            "pseudo_rows": len(pd.read_csv(table))}
+
+
+def eval_purity(root: Path, submission: Path) -> float:
+    """How pure the voted submission's groups are against the eval set's people."""
+    groups = pd.read_csv(people.groups_file(submission))
+    truth = pd.read_csv(root / "eval" / "people.csv").set_index("ImageID").loc[groups["ImageID"], "person"]
+    return people.purity(groups["person"].to_numpy(), truth.to_numpy())
 
 
 def audit_pipeline(root: Path, runs: Path, work: Path, seed: int, common: list[str]) -> dict:

@@ -74,6 +74,9 @@ def validate(cfg: Config) -> None:
     if any(not 0.25 <= v <= 4 for v in cfg.submit.tta_scales):
         raise ConfigError(f"config key 'submit.tta_scales': expected multiples of the image size in 0.25..4, "
                           f"got {cfg.submit.tta_scales!r}")
+    if cfg.model.task != "all" and (cfg.data.format != "mask" or cfg.model.head != "linear"):
+        raise ConfigError(f"config key 'model.task={cfg.model.task}': a one-field model needs data.format=mask and "
+                          f"model.head=linear, got data.format={cfg.data.format}, model.head={cfg.model.head}")
     check_ranges(cfg)
 
 

@@ -135,6 +135,10 @@ class ModelCfg:
     # linear: one 18-way (or N-way) layer; factorized (mask layout): mask 3 x gender 2 x age 3 heads,
     # the class probability their product (see models.FactorizedHead)
     head: Literal["linear", "factorized"] = "linear"
+    # all: the data's classes; mask | gender | age (mask layout): a 3-, 2- or 3-way model of that field alone
+    # (age in data.age_edges' buckets for training), on the same split; submit recombines field members into
+    # the 18 classes, with 18-way members' field marginals mixed in
+    task: Literal["all", "mask", "gender", "age"] = "all"
 
 
 @dataclass

@@ -22,6 +22,23 @@ def age_names(edges=OFFICIAL_EDGES) -> list[str]:
 
 AGE_NAMES = age_names()
 CLASSES = [f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDERS for a in AGE_NAMES]  # index = label
+FIELDS = {"mask": MASK_NAMES, "gender": GENDERS, "age": AGE_NAMES}  # in the label's order
+
+
+def field_classes(field: str) -> list[str]:
+    """A one-field model's classes (model.task): mask:wear, mask:incorrect, ...; the prefix names the field."""
+    return [f"{field}:{v}" for v in FIELDS[field]]
+
+
+def field_of_classes(classes: list[str]) -> str | None:
+    """The field a one-field model predicts, from its classes; None for the 18 classes (or other data)."""
+    return next((f for f in FIELDS if classes == field_classes(f)), None)
+
+
+def combine(marginals: dict):
+    """(rows, 18) probabilities from each field's (rows, values) probabilities, taken as independent."""
+    m, g, a = (marginals[f] for f in FIELDS)
+    return (m[:, :, None, None] * g[:, None, :, None] * a[:, None, None, :]).reshape(len(m), 18)
 
 
 def mask_of(stem: str) -> int:

@@ -23,7 +23,9 @@ from sklearn.metrics import f1_score
 from .. import files, oof
 from ..checkpoint import provenance
 from ..config import ConfigError
-from ..runfolder import Experiment, RunFolder
+from ..data.competition import field_of_classes
+from ..runfolder import Experiment, RunFolder, read_json
+from . import fields
 
 log = logging.getLogger("baseline")
 
@@ -105,8 +107,16 @@ def ensemble_oof_f1(checkpoints: list[Path]) -> float | None:
     runs = [pd.read_csv(f).sort_values("path", kind="stable").reset_index(drop=True) for f in frames]
     if any(not o["path"].equals(runs[0]["path"]) for o in runs[1:]):
         return None
+    classes = [member_classes(c) for c in checkpoints]
+    if fields.mixes_fields(classes):  # one-field members: the fields mixed, scored on the 18 classes
+        mixed = fields.oof_mix(runs, classes)
+        return None if mixed is None else float(f1_score(*mixed, average="macro", zero_division=0))
     probs = np.mean([oof.probs(o) for o in runs], axis=0)
     return float(f1_score(runs[0]["label"], probs.argmax(1), average="macro", zero_division=0))
+
+
+def member_classes(checkpoint: Path) -> list[str]:
+    return read_json(RunFolder.of_checkpoint(checkpoint).classes) or []
 
 
 def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, weights: list[float] | None = None,
@@ -119,7 +129,8 @@ def append(ledger: Path, submission: Path, checkpoints: list[Path], tta: bool, w
         "file": str(submission), "sha256": hashlib.sha256(Path(submission).read_bytes()).hexdigest()[:16],
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "user": getpass.getuser(),
         "git_commit": provenance()["git_commit"][:12],
-        "members": ";".join(member_name(c) for c in checkpoints),
+        "members": ";".join(member_name(c) + (f"[{f}]" if (f := field_of_classes(member_classes(c))) else "")
+                            for c in checkpoints),
         "weights": ";".join(f"{w:.4f}" for w in weights) if weights else "equal",
         "member_val_f1": ";".join("" if f is None else f"{f:.4f}" for f in f1s),
         "cv_f1": "" if cv is None else f"{cv:.4f}", "tta": str(bool(tta)).lower(),

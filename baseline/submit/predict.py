@@ -19,9 +19,10 @@ from .. import cpus, defaults, dist, engine, files, models, progress
 from ..config import Config, ConfigError, DataCfg, from_dict, img_hw
 from ..data import crops, store
 from ..data import dataset as ds
+from ..data.competition import CLASSES, field_of_classes
 from ..data.layouts import DataError, TestTable
 from ..runfolder import CHECKPOINTS, Experiment, RunFolder
-from . import ensemble
+from . import ensemble, fields
 
 log = logging.getLogger("baseline")
 
@@ -150,16 +151,17 @@ def predict_workers(cfg: Config, env: dist.Env) -> int:
 
 def predict_probs(cfg: Config, test: TestTable, paths: list[Path], env: dist.Env,
                   weights: list[float] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Softmax averaged over checkpoints, equally or by `weights`."""
+    """Softmax averaged over checkpoints, equally or by `weights`; one-field members (model.task) mixed
+    with the others field by field (fields.mix)."""
     weights = weights or [1.0] * len(paths)
-    total, classes, caches = None, None, {}
-    for path, weight in zip(paths, weights):
-        probs, mclasses = member_probs(cfg, test, path, env, caches)
-        if classes is not None and mclasses != classes:
+    caches: dict = {}
+    members = [(*member_probs(cfg, test, path, env, caches), w) for path, w in zip(paths, weights)]
+    if fields.mixes_fields([c for _, c, _ in members]):
+        return fields.mix(members, [member_name(p) for p in paths])
+    for path, (_, mclasses, _) in zip(paths, members):
+        if mclasses != members[0][1]:
             raise ckpt.CheckpointError(f"cannot ensemble '{path}': its classes differ from '{paths[0]}'")
-        classes = mclasses
-        total = weight * probs if total is None else total + weight * probs
-    return total / sum(weights), classes
+    return sum(w * p for p, _, w in members) / sum(weights), members[0][1]
 
 
 def fold_groups(spec: dict) -> list[tuple[list[Path], list[float]]]:
@@ -222,10 +224,11 @@ def check_submission(sub: pd.DataFrame, test: TestTable, num_classes: int, fmt: 
 
 
 def check_classes(paths: list[Path], classes: list[str], what: str) -> list[str]:
-    """Every checkpoint must predict exactly the data's classes, by name and order; returns them."""
+    """Every checkpoint must predict exactly the data's classes, by name and order (or, on the mask layout,
+    one field of them: model.task); returns them."""
     for path in paths:
         got = ckpt.read(path, mmap=True).classes  # mmap: weights not read here
-        if got != classes:
+        if got != classes and not (classes == CLASSES and field_of_classes(got)):
             extra = f", e.g. it has '{next(iter(set(got) - set(classes)))}'" if set(got) - set(classes) else ""
             raise ckpt.CheckpointError(f"checkpoint '{path}' predicts {len(got)} classes, {what} has "
                                        f"{len(classes)}{extra}; it was trained on other data")
