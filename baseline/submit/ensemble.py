@@ -29,7 +29,7 @@ from sklearn.metrics import f1_score
 
 from .. import files
 from .. import oof as oofs
-from ..config import ConfigError
+from ..config import ConfigError, from_dict
 from ..oof import image_key
 from ..runfolder import Experiment, RunFolder
 
@@ -114,6 +114,13 @@ def probs_of(oof: pd.DataFrame) -> np.ndarray:
 
 def check_members(members: list[Member]) -> None:
     """Same split file and same images for all: otherwise OOF scores are not comparable."""
+    for m in members:
+        saved = RunFolder(m.runs[0]).config
+        task = from_dict(yaml.safe_load(saved.read_text()) or {}).model.task if saved.is_file() else "all"
+        if task != "all":
+            raise ConfigError(f"ensemble member '{m.folder}' is a one-field model (model.task={task}): weights are "
+                              "fitted on 18-class OOF predictions; pass field members to submit.checkpoints=[...] "
+                              "beside 18-way ones instead (mixed field by field)")
     first = members[0]
     for m in members[1:]:
         if m.split_hash != first.split_hash:
