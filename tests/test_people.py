@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,3 +68,21 @@ def test_a_voted_submission_groups_the_test_photos_into_people(tmp_path, caplog)
     assert (both.groupby("person").ans.agg(lambda a: (a % 3).nunique()) == 1).all()  # one age a group
     truth = pd.read_csv(root / "eval" / "people.csv").set_index("ImageID").loc[groups.ImageID, "person"]
     assert people.purity(groups.person.to_numpy(), truth.to_numpy()) > 0.5
+
+
+def test_cv_reports_what_voting_does_on_each_folds_validation_images(tiny_cv, synth_root, tmp_path):
+    import shutil
+
+    from baseline.config import load_config
+    from baseline.cv import with_person_vote
+    from baseline.runfolder import Experiment
+
+    exp = Path(shutil.copytree(tiny_cv, tmp_path / "exp"))
+    cfg = load_config(None, [f"data.root={synth_root}", "submit.person_vote=auto"])
+    out = with_person_vote(cfg, exp, Experiment(exp).cv())
+    folds = [json.loads(r.person_vote.read_text()) for r in Experiment(exp).fold_runs()]
+    assert len(folds) == 3 and sum(f["images"] for f in folds) == 210
+    assert out["person_vote"]["gain"] == pytest.approx(np.mean([f["f1_voted"] - f["f1"] for f in folds]))
+    assert json.loads(Experiment(exp).cv_file.read_text())["person_vote"] == out["person_vote"]
+    off = load_config(None, [f"data.root={synth_root}"])
+    assert "person_vote" not in with_person_vote(off, exp, {"oof_f1": 0.5})  # off: nothing measured
