@@ -23,7 +23,7 @@ import pandas as pd
 
 from .. import dist, files
 from .. import oof as oofs
-from ..config import Config
+from ..config import Config, load_config
 from ..data.contest import VERSION, write_contest
 from ..runfolder import Experiment, RunFolder
 from ..submit import ledger, people
@@ -141,7 +141,7 @@ def beyond_rows(name: str, root: Path, seed: int, runs: Path, work: Path, common
     if asked("person_vote"):
         out = work / f"person_vote_s{seed}.csv"
         score(root, runs, str(runs / "base"), out, "submit.person_vote=on")
-        check = people.oof_check(Config(), RunFolder(runs / "base"), dist.Env())
+        check = people.oof_check(load_config(None, [f"data.root={root}"]), RunFolder(runs / "base"), dist.Env())
         rows.append({**row, "switch": "person_vote", "eval_f1": ledger.truth_score(out, root / "eval" / "truth.csv"),
                      "seconds": seconds(runs / "base"), "purity_eval": eval_purity(root, out),
                      "purity_oof": check["purity"], "oof_gain": check["f1_voted"] - check["f1"]})
