@@ -264,19 +264,27 @@ def test_contest_benchmark_tiny_mode_runs_every_switch_and_pipeline(tmp_path, ca
     # one switch and one pipeline (the whole list is the same code, per name; make bench-contest runs it all;
     # refit and audit run there and in test_cv / test_audit, a cv each: too slow to repeat here)
     rc = main(["bench", "contest", "bench.tiny=true", "bench.seeds=1", f"bench.root={tmp_path / 'sets'}",
-               f"bench.out={out}", "bench.sets=[contest_a,balanced,pseudo,pseudo_fields,pseudo_round2]"])
+               f"bench.out={out}", "bench.sets=[contest_a,balanced,pseudo,pseudo_fields,pseudo_round2,person_vote,"
+               "person_vote_gender,per_field]"])
     assert rc == 0
     rows = pd.read_csv(out / "contest" / "contest_runs.csv")
-    switches = ["base", "balanced", "pseudo", "pseudo_fields", "pseudo_round2"]
+    switches = ["base", "balanced", "pseudo", "pseudo_fields", "pseudo_round2", "person_vote", "person_vote_gender",
+                "per_field"]
     assert rows["switch"].tolist() == switches and (rows.seconds > 0).all()
-    tables = {sw: pd.read_csv(out / "contest" / "contest_a" / f"table_{sw}_s0.csv") for sw in switches[2:]}
+    tables = {sw: pd.read_csv(out / "contest" / "contest_a" / f"table_{sw}_s0.csv") for sw in switches[2:5]}
     assert all("round" in t.columns for t in tables.values())  # (tiny teachers keep few rows: test_pseudo counts)
-    assert rows.set_index("switch").loc[switches[2:], "pseudo_rows"].tolist() == [len(t) for t in tables.values()]
+    assert rows.set_index("switch").loc[switches[2:5], "pseudo_rows"].tolist() == [len(t) for t in tables.values()]
     truth = tmp_path / "sets" / "contest_a_30_v2" / "eval" / "truth.csv"
     for sw in switches:  # each score is its submission's, against the clean eval set
         sub = out / "contest" / "contest_a" / f"{sw}_s0.csv"
         assert rows.set_index("switch").eval_f1[sw] == pytest.approx(ledger.truth_score(sub, truth))
+    voted = rows.set_index("switch").loc[["person_vote", "person_vote_gender"]]
+    assert voted.purity_eval.between(0, 1).all() and voted.purity_oof.between(0, 1).all()
     assert "| contest_a | pseudo |" in capsys.readouterr().out
+    before = (out / "contest" / "contest_a" / "runs_s0" / "base" / "summary.json").stat().st_mtime_ns
+    assert main(["bench", "contest", "bench.tiny=true", "bench.seeds=1", f"bench.root={tmp_path / 'sets'}",
+                 f"bench.out={out}", "bench.sets=[contest_a,person_vote]"]) == 0
+    assert (out / "contest" / "contest_a" / "runs_s0" / "base" / "summary.json").stat().st_mtime_ns == before
 
 
 def test_age_edges_and_sampler_auto_are_decided_by_the_training_part_alone():
@@ -309,6 +317,6 @@ def test_contest_benchmark_scores_the_audit_pipeline_against_its_own_first_cv():
         {"set": "contest_a", "seed": s, "switch": "audit", "eval_f1": 0.60 + d, "seconds": 30, "eval_before": 0.62,
          "eval_gain": d - 0.02, "cv_gain": 0.05, "cv_gain_like_for_like": -0.01 + d} for s, d in ((0, 0.0), (1, 0.02))])
     t = contest_bench.table(rows).set_index("switch")
-    assert t.loc["audit", "gain"] == "-0.010" and t.loc["base", "gain"] == "+0.000"
+    assert t.loc["audit", "gain"] == "-0.010 ± 0.010" and t.loc["base", "gain"] == "+0.000 ± 0.000"
     assert contest_bench.pipeline_table(rows).splitlines()[-1] == \
         "| contest_a | -0.010 ± 0.010 | +0.000 ± 0.010 | +0.050 ± 0.000 |"
