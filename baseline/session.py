@@ -110,6 +110,8 @@ class Images:
 
 def crop_boxes(cfg: Config, paths: list[str], env: dist.Env) -> dict[str, ds.Box] | None:
     """data.crop's box per image; a machine's local rank 0 detects faces first, the others read its file."""
+    if cfg.data.crop == "none":
+        return None
     disk = store.beside_data(cfg, ".cache", written=True)
     return dist.local_first(env, lambda: crops.boxes_for(cfg.data.crop, cfg.data.crop_margin, paths, disk,
                                                          cfg.data.max_pixels, say=env.is_main))
