@@ -87,3 +87,22 @@ def test_train_check_and_submit_on_face_crops(contest, tmp_path, capsys):
     assert sub.ImageID.tolist() == pd.read_csv(contest / "eval" / "info.csv").ImageID.tolist()
     kept = list((contest / ".cache").glob("faces-*.csv"))
     assert len(kept) == 2  # the training images' boxes and the test images', each found once
+    # people are grouped on whole photos: a cropping member's embeddings are of the uncropped images
+    import torch
+
+    from baseline import dist, engine
+    from baseline.config import load_config
+    from baseline.data.layouts import read_test_table
+    from baseline.runfolder import RunFolder
+    from baseline.submit import predict
+
+    cfg = load_config(None, over)
+    test, env, best = read_test_table(cfg), dist.Env(), RunFolder(tmp_path / "runs" / "crop").best
+    emb = predict.member_outputs(cfg, test, best, env, {})[2]
+    model, mcfg, _ = predict.load_model(best, torch.device("cpu"))
+    mean, std, interp = predict.norm_of(mcfg, model)
+    ctx = engine.StepCtx(env, torch.tensor(mean), torch.tensor(std))
+    how = ((32, 32), interp)
+    whole = predict.view(cfg, test, env, model, ctx, (*how, predict.WHOLE), {}, "m", False, embed=True)[1]
+    cropped = predict.view(cfg, test, env, model, ctx, (*how, ("face", 0.4)), {}, "m", False, embed=True)[1]
+    assert np.allclose(emb, whole.numpy(), atol=1e-5) and not np.allclose(emb, cropped.numpy(), atol=1e-3)

@@ -78,6 +78,12 @@ def audit_hits(root: Path, issues: Path, fixes: Path) -> dict:
             "fix_hits": sum((i, f) in pairs for i, f in zip(fix["id"], fix["field"])), "fixes": len(fix)}
 
 
+def train_once(runs: Path, common: list[str], run: str, *extra: str) -> None:
+    """`baseline train` into runs/<run>, unless a finished run of an earlier bench is there (reused)."""
+    if rundir.state(runs / run) != "finished":
+        cli("train", *common, f"run.name={run}", *extra)
+
+
 def seconds(folder: Path) -> float:
     return float(RunFolder(folder).summary()["train_seconds"])
 
@@ -89,8 +95,7 @@ def one_set(name: str, root: Path, work: Path, seed: int, base: list[str], only:
     rows = []
 
     def train(run: str, *extra: str) -> tuple[float, float]:
-        if rundir.state(runs / run) != "finished":  # a finished run of an earlier bench in bench.out is reused
-            cli("train", *common, f"run.name={run}", *extra)
+        train_once(runs, common, run, *extra)
         return score(root, runs, str(runs / run), work / f"{run}_s{seed}.csv"), seconds(runs / run)
 
     f1, s = train("base")
@@ -155,7 +160,7 @@ def beyond_rows(name: str, root: Path, seed: int, runs: Path, work: Path, common
                      "purity_oof": check["purity"], "oof_gain": check["f1_voted"] - check["f1"]})
     if asked("per_field"):
         for task in TASKS:
-            cli("train", *common, f"run.name=field_{task}", f"model.task={task}")
+            train_once(runs, common, f"field_{task}", f"model.task={task}")
         f1 = score(root, runs, ",".join(str(runs / f"field_{t}") for t in TASKS), work / f"per_field_s{seed}.csv")
         rows.append({**row, "switch": "per_field", "eval_f1": f1, "seconds": sum(seconds(runs / f"field_{t}")
                                                                                  for t in TASKS)})
@@ -169,12 +174,12 @@ def all_four(root: Path, seed: int, runs: Path, work: Path, common: list[str]) -
     face-cropped per-field students trained with them, the students' submission voted."""
     crop = ["data.crop=face"]
     for task in TASKS:
-        cli("train", *common, *crop, f"run.name=four_teacher_{task}", f"model.task={task}")
+        train_once(runs, common, f"four_teacher_{task}", *crop, f"model.task={task}")
     table = work / f"table_all_four_s{seed}.csv"
     teachers = ",".join(str(runs / f"four_teacher_{t}") for t in TASKS)
     cli("pseudo", *common, f"submit.checkpoints=[{teachers}]", *FIELD_RULES, f"pseudo.out={table}")
     for task in TASKS:
-        cli("train", *common, *crop, f"run.name=four_{task}", f"model.task={task}", f"data.pseudo={table}")
+        train_once(runs, common, f"four_{task}", *crop, f"model.task={task}", f"data.pseudo={table}")
     out = work / f"all_four_s{seed}.csv"
     f1 = score(root, runs, ",".join(str(runs / f"four_{t}") for t in TASKS), out, "submit.person_vote=on")
     return {"switch": "all_four", "eval_f1": f1, "purity_eval": eval_purity(root, out),

@@ -95,39 +95,35 @@ def member_probs(cfg: Config, test: TestTable, path: Path, env: dist.Env, caches
     return probs, classes
 
 
+WHOLE = ("none", 0.0)  # data.crop, data.crop_margin of a whole photo
+
+
 def member_outputs(cfg: Config, test: TestTable, path: Path, env: dist.Env,
                    caches: dict) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """One checkpoint's test probabilities and embeddings (of the plain view: what person grouping reads):
-    read from its cache files, else predicted (at the training size, plus each of submit.tta_scales; each
-    with its flip when submit.tta) and cached."""
+    """One checkpoint's test probabilities and embeddings: read from its cache files, else predicted (at
+    the training size, plus each of submit.tta_scales; each with its flip when submit.tta; cropped as it
+    trained) and cached. The embeddings, what person grouping reads, are of whole photos at the training
+    size: the scene is what a person's photos share most, and a face crop cuts it away."""
     model, mcfg, classes = load_model(path, env.device)
     hw, scales = img_hw(mcfg), list(cfg.submit.tta_scales)
     cached = probs_file(path, test, hw, cfg.submit.tta, scales)
-    kept = cached.with_suffix(".emb.npy")
+    kept = cached.with_suffix(".people.npy")
     if cached.is_file() and kept.is_file():
         log.info("test probabilities of %s from test_probs/%s", path, cached.name)
         return np.load(cached), classes, np.load(kept)
     mean, std, interp = norm_of(mcfg, model)
     ctx = engine.StepCtx(env, torch.tensor(mean, device=env.device), torch.tensor(std, device=env.device),
                          channels_last=models.channels_last(mcfg.train.channels_last, model, env.device))
-    workers = predict_workers(cfg, env)
-    paths, crop = test.df["path"].tolist(), (mcfg.data.crop, mcfg.data.crop_margin)  # cropped as it trained
-    if crop not in caches:
-        caches[crop] = crops.boxes_for(*crop, paths, store.beside_data(cfg, ".cache", written=True),
-                                       cfg.data.max_pixels, say=env.is_main)
+    crop = (mcfg.data.crop, mcfg.data.crop_margin if mcfg.data.crop == "face" else 0.0)  # as it trained
     views, emb = [], None
     for size in [hw] + [scaled(hw, s) for s in scales]:
-        if (size, interp, crop) not in caches:  # decode the test images once per resolution, filter and crop
-            caches[size, interp, crop] = ds.build_cache(paths, size, "ram", Path(), 0, cfg.data.max_pixels, interp,
-                                                        caches[crop])
-        loader = ds.eval_loader(ds.ImageDataset(paths, None, size, None, caches[size, interp, crop]),
-                                cfg.submit.batch_size, workers, env.rank, env.world_size)
-        track = functools.partial(progress.track, desc=f"predict {member_name(path)} at {size[1]}x{size[0]}",
-                                  total=len(loader.sampler), show=env.is_main, per_item=cfg.submit.batch_size)
-        out = engine.predict_logits(model, loader, ctx, tta=cfg.submit.tta, track=track, embed=emb is None)
-        if emb is None:
+        out = view(cfg, test, env, model, ctx, (size, interp, crop), caches, member_name(path), cfg.submit.tta,
+                   embed=emb is None and crop == WHOLE)
+        if isinstance(out, tuple):
             out, emb = out
         views.append(out.softmax(1).numpy())
+    if emb is None:  # a cropping member: one more look, at whole photos
+        emb = view(cfg, test, env, model, ctx, (hw, interp, WHOLE), caches, member_name(path), False, embed=True)[1]
     probs, emb = np.mean(views, axis=0), emb.numpy()
     if env.is_main:
         for file, array in ((cached, probs), (kept, emb)):
@@ -136,6 +132,24 @@ def member_outputs(cfg: Config, test: TestTable, path: Path, env: dist.Env,
     log.info("predicted %d images with %s (%d view(s)%s)", len(probs), path, len(views),
              ", flip" if cfg.submit.tta else "")
     return probs, classes, emb
+
+
+def view(cfg: Config, test: TestTable, env: dist.Env, model, ctx: engine.StepCtx, how: tuple, caches: dict,
+         name: str, tta: bool, embed: bool = False):
+    """The model's logits (with `embed`, and embeddings) of the test images decoded `how`: (size, filter,
+    (data.crop, data.crop_margin)); each decoding is kept in `caches` for the next member."""
+    size, interp, crop = how
+    paths = test.df["path"].tolist()
+    if crop not in caches:
+        caches[crop] = crops.boxes_for(*crop, paths, store.beside_data(cfg, ".cache", written=True),
+                                       cfg.data.max_pixels, say=env.is_main)
+    if how not in caches:
+        caches[how] = ds.build_cache(paths, size, "ram", Path(), 0, cfg.data.max_pixels, interp, caches[crop])
+    loader = ds.eval_loader(ds.ImageDataset(paths, None, size, None, caches[how]), cfg.submit.batch_size,
+                            predict_workers(cfg, env), env.rank, env.world_size)
+    track = functools.partial(progress.track, desc=f"predict {name} at {size[1]}x{size[0]}",
+                              total=len(loader.sampler), show=env.is_main, per_item=cfg.submit.batch_size)
+    return engine.predict_logits(model, loader, ctx, tta=tta, track=track, embed=embed)
 
 
 def member_name(path: Path) -> str:
