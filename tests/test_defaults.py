@@ -265,11 +265,11 @@ def test_contest_benchmark_tiny_mode_runs_every_switch_and_pipeline(tmp_path, ca
     # refit and audit run there and in test_cv / test_audit, a cv each: too slow to repeat here)
     rc = main(["bench", "contest", "bench.tiny=true", "bench.seeds=1", f"bench.root={tmp_path / 'sets'}",
                f"bench.out={out}", "bench.sets=[contest_a,balanced,pseudo,pseudo_fields,pseudo_round2,person_vote,"
-               "person_vote_gender,per_field]"])
+               "person_vote_gender,person_vote_auto,per_field]"])
     assert rc == 0
     rows = pd.read_csv(out / "contest" / "contest_runs.csv")
     switches = ["base", "balanced", "pseudo", "pseudo_fields", "pseudo_round2", "person_vote", "person_vote_gender",
-                "per_field"]
+                "person_vote_auto", "per_field"]
     assert rows["switch"].tolist() == switches and (rows.seconds > 0).all()
     tables = {sw: pd.read_csv(out / "contest" / "contest_a" / f"table_{sw}_s0.csv") for sw in switches[2:5]}
     assert all("round" in t.columns for t in tables.values())  # (tiny teachers keep few rows: test_pseudo counts)
@@ -279,7 +279,9 @@ def test_contest_benchmark_tiny_mode_runs_every_switch_and_pipeline(tmp_path, ca
         sub = out / "contest" / "contest_a" / f"{sw}_s0.csv"
         assert rows.set_index("switch").eval_f1[sw] == pytest.approx(ledger.truth_score(sub, truth))
     voted = rows.set_index("switch").loc[["person_vote", "person_vote_gender"]]
-    assert voted.purity_eval.between(0, 1).all() and voted.purity_oof.between(0, 1).all()
+    assert voted.purity_eval.between(0, 1).all() and voted.purity_oof.between(0, 1).all() and voted.voted.all()
+    auto = rows.set_index("switch").loc["person_vote_auto"]  # votes exactly where the OOF check gained
+    assert auto.voted == (auto.oof_gain > 0)
     assert "| contest_a | pseudo |" in capsys.readouterr().out
     before = (out / "contest" / "contest_a" / "runs_s0" / "base" / "summary.json").stat().st_mtime_ns
     assert main(["bench", "contest", "bench.tiny=true", "bench.seeds=1", f"bench.root={tmp_path / 'sets'}",

@@ -43,7 +43,7 @@ SWITCHES = {
 }
 PLAIN = ["train.sampler=shuffle", "data.age_edges=[30,60]", "data.drop_ages=[]"]  # base, whatever the defaults
 PIPELINES = ["pseudo", "pseudo_fields", "pseudo_round2", "audit", "refit", "person_vote", "person_vote_gender",
-             "per_field", "all_four"]
+             "person_vote_auto", "per_field", "all_four"]
 TASKS = ["mask", "gender", "age"]
 # the contest's cohort-2 winner's thresholds: each field on its own, mask per state (worn, incorrect, not worn)
 FIELD_RULES = ["pseudo.threshold=0", "pseudo.gender=0.9", "pseudo.age=0.8", "pseudo.mask=[0.5,0.95,0.95]"]
@@ -143,21 +143,24 @@ def beyond_rows(name: str, root: Path, seed: int, runs: Path, work: Path, common
                 only: list[str] | None) -> list[dict]:
     """Issue 39's switches against `base`: `person_vote` (base's submission voted: submit.person_vote=on,
     with the grouping's purity on the eval people and what the out-of-fold check said; `person_vote_gender`
-    the gender alone), `per_field` (a
+    the gender alone, `person_vote_auto` as submit.person_vote=auto decides from the OOF check), `per_field` (a
     model.task run per field, recombined) and `all_four`: face crops, per-field models, their pseudo-labels
     by field, the students voted."""
     rows, asked = [], (lambda p: not only or p in only)
     row = {"set": name, "seed": seed}
-    for switch, fields in (("person_vote", "[gender,age]"), ("person_vote_gender", "[gender]")):
+    for switch, mode, fields in (("person_vote", "on", "[gender,age]"), ("person_vote_gender", "on", "[gender]"),
+                                 ("person_vote_auto", "auto", "[gender,age]")):
         if not asked(switch):
             continue
         out = work / f"{switch}_s{seed}.csv"
-        score(root, runs, str(runs / "base"), out, "submit.person_vote=on", f"submit.person_fields={fields}")
+        people.groups_file(out).unlink(missing_ok=True)
+        score(root, runs, str(runs / "base"), out, f"submit.person_vote={mode}", f"submit.person_fields={fields}")
         cfg = load_config(None, [f"data.root={root}", f"submit.person_fields={fields}"])
         check = people.oof_check(cfg, RunFolder(runs / "base"), dist.Env())
         rows.append({**row, "switch": switch, "eval_f1": ledger.truth_score(out, root / "eval" / "truth.csv"),
-                     "seconds": seconds(runs / "base"), "purity_eval": eval_purity(root, out),
-                     "purity_oof": check["purity"], "oof_gain": check["f1_voted"] - check["f1"]})
+                     "seconds": seconds(runs / "base"), "purity_oof": check["purity"],
+                     "oof_gain": check["f1_voted"] - check["f1"], "voted": people.groups_file(out).is_file(),
+                     **({"purity_eval": eval_purity(root, out)} if people.groups_file(out).is_file() else {})})
     if asked("per_field"):
         for task in TASKS:
             train_once(runs, common, f"field_{task}", f"model.task={task}")
