@@ -38,7 +38,8 @@ def golden_run(tmp_path: Path, monkeypatch) -> dict[str, pd.DataFrame | bytes]:
     monkeypatch.chdir(tmp_path)
     root = write_synth(tmp_path / "data", people=24, seed=3)
     runs = tmp_path / "runs"
-    over = tiny_overrides(root, runs, **{"run.name": "golden", "train.epochs": 2, "train.threads": 1, "seed": 7})
+    over = tiny_overrides(root, runs, **{"run.name": "golden", "train.epochs": 2, "train.threads": 1, "seed": 7,
+                                        "submit.person_vote": "off"})  # recorded before voting existed
     assert main(["cv", *over]) == 0
     out = tmp_path / "sub.csv"
     assert main(["submit", *over, f"submit.checkpoints=[{runs / 'golden'}]", f"submit.out={out}"]) == 0
