@@ -54,6 +54,7 @@ def test_face_boxes_on_a_contest_layout_set_match_the_drawn_faces_and_the_rest_f
     # detected once: a second call (another margin) reads the kept boxes
     monkeypatch.setattr(crops, "detect_face", lambda *a: pytest.fail("detected again"))
     again = crops.boxes_for("face", 0.4, paths, tmp_path / "cache")
+    assert crops.boxes_for("face", 0.0, paths[::3], tmp_path / "cache") == {p: boxes[p] for p in paths[::3]}
     assert sum(b != crops.CENTER for b in again.values()) == len(found)
     assert all(np.allclose(again[p], crops.grow(boxes[p], 0.4), atol=1e-3) for p in paths if boxes[p] != crops.CENTER)
     assert crops.boxes_for("center", 0.4, paths, None) == dict.fromkeys(paths, crops.CENTER)
@@ -86,7 +87,7 @@ def test_train_check_and_submit_on_face_crops(contest, tmp_path, capsys):
     sub = pd.read_csv(out)
     assert sub.ImageID.tolist() == pd.read_csv(contest / "eval" / "info.csv").ImageID.tolist()
     kept = list((contest / ".cache").glob("faces-*.csv"))
-    assert len(kept) == 2  # the training images' boxes and the test images', each found once
+    assert len(kept) == 1 and len(pd.read_csv(kept[0])) == 84 + 56  # every training and test image, once
     # people are grouped on whole photos: a cropping member's embeddings are of the uncropped images
     import torch
 

@@ -14,6 +14,7 @@ from baseline import cpus, defaults, models, phases, session, train
 from baseline.bench import recipe
 from baseline.cli import main
 from baseline.config import get, load_config, walk
+from baseline.config.schema import DECIDED_AT_SUBMIT
 
 
 @pytest.mark.parametrize("sizes, side, expected", [
@@ -84,7 +85,7 @@ def test_resolve_leaves_no_auto_and_says_each_machine_key(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="baseline"):
         out = defaults.resolve(load_config(), paths, 840, torch.device("cpu"), 1, cpus.Share(4, 1.0, 1),
                                ages=np.array([60] * 9))
-    autos = [k for k, _, _ in walk() if get(out, k) in ("auto", "data")]
+    autos = [k for k, _, _ in walk() if get(out, k) in ("auto", "data") and k not in DECIDED_AT_SUBMIT]
     assert autos == [], autos
     assert (out.train.device, out.train.amp, out.train.async_save, out.data.cache) == ("cpu", "off", False, "ram")
     assert out.train.threads == 3 and out.log.wandb.mode == "offline"  # 4 cores, 1 busy; no W&B key here

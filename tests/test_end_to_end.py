@@ -14,6 +14,7 @@ from sklearn.metrics import f1_score
 
 from baseline.cli import main
 from baseline.config import get, load_config, walk
+from baseline.config.schema import DECIDED_AT_SUBMIT
 from tests.conftest import tiny_overrides
 
 
@@ -22,11 +23,13 @@ def test_train_then_submit(synth_root, tmp_path, caplog, monkeypatch):
     monkeypatch.chdir(tmp_path)  # submissions/ledger.csv is relative
     runs = tmp_path / "runs"
     over = tiny_overrides(synth_root, runs, **{"run.name": "e2e", "train.epochs": 2, "train.batch_size": "auto",
-                                                "data.num_workers": "auto", "log.wandb.mode": "auto"})
+                                                "data.num_workers": "auto", "log.wandb.mode": "auto",
+                                                "submit.person_vote": "off"})  # the model's own answers (test_people)
     assert main(["train", *over]) == 0
     run = runs / "e2e"
     saved = load_config(run / "config.yaml")
-    assert [k for k, _, _ in walk() if get(saved, k) in ("auto", "data")] == []  # every default resolved, saved
+    unresolved = [k for k, _, _ in walk() if get(saved, k) in ("auto", "data") and k not in DECIDED_AT_SUBMIT]
+    assert unresolved == []  # every default resolved, saved (a submission decides its own)
     assert saved.train.batch_size == json.loads((run / "summary.json").read_text())["batch_size_per_process"]
     for f in ("config.yaml", "metrics.csv", "summary.json", "oof.csv", "train.log",
               "checkpoints/best.pt", "checkpoints/last.pt"):
@@ -59,8 +62,8 @@ def test_train_then_submit(synth_root, tmp_path, caplog, monkeypatch):
     assert sub.ans.between(0, 17).all() and sub.ans.dtype.kind == "i"
     assert truth.ImageID.tolist() == sub.ImageID.tolist()
     # the member's test probabilities are kept: the same submit again predicts nothing, a new view does
-    cached = list((run / "test_probs").glob("best-*.npy"))
-    assert len(cached) == 1
+    cached = [p for p in (run / "test_probs").glob("best-*.npy") if p.suffixes == [".npy"]]
+    assert len(cached) == 1 and cached[0].with_suffix(".people.npy").is_file()  # and its embeddings
     assert (np.load(cached[0]).argmax(1) == sub.ans.to_numpy()).all()  # the model's answers, in ImageID order
     again = tmp_path / "again.csv"
     caplog.clear()
@@ -68,7 +71,7 @@ def test_train_then_submit(synth_root, tmp_path, caplog, monkeypatch):
     assert again.read_text() == out.read_text() and "from test_probs/" in caplog.text
     assert "predicted 49 images with" not in caplog.text
     assert main(["submit", *over, f"submit.out={tmp_path / 'scales.csv'}", "submit.tta_scales=[0.75,1.25]"]) == 0
-    assert len(list((run / "test_probs").glob("best-*.npy"))) == 2
+    assert len([p for p in (run / "test_probs").glob("best-*.npy") if p.suffixes == [".npy"]]) == 2
     book = pd.read_csv(tmp_path / "submissions" / "ledger.csv")  # one ledger, wherever submit.out wrote
     assert book["file"].tolist()[0] == str(out) and book["members"].tolist() == ["e2e"] * 3
     # lb finds the submission in that same ledger by its path (was: "is not in submissions/ledger.csv")

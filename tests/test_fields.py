@@ -65,6 +65,10 @@ def test_a_model_per_field_and_an_18_way_model_in_one_submission(synth_root, tmp
                  f"submit.out={out}"]) == 0
     sub, info = pd.read_csv(out), pd.read_csv(synth_root / "eval" / "info.csv")
     assert sub.ImageID.tolist() == info.ImageID.tolist() and sub.ans.between(0, 17).all()
+    # submit.person_vote=auto (the default) measured voting on each member's own field; a mask member has none
+    checked = {t: json.loads((runs / t / "person_vote.json").read_text()) for t in ("gender", "age", "all")}
+    assert all(c["images"] == 70 and 0 < c["purity"] <= 1 and "f1_voted" in c for c in checked.values())
+    assert not (runs / "mask" / "person_vote.json").exists()
     row = pd.read_csv(tmp_path / "submissions" / "ledger.csv").iloc[-1]
     assert row.members == "mask[mask];gender[gender];age[age];all" and float(row.cv_f1) > 0
     assert main(["submit", *tiny_overrides(synth_root, runs), f"submit.checkpoints=[{runs / 'mask'}]",

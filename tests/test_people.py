@@ -84,5 +84,5 @@ def test_cv_reports_what_voting_does_on_each_folds_validation_images(tiny_cv, sy
     assert len(folds) == 3 and sum(f["images"] for f in folds) == 210
     assert out["person_vote"]["gain"] == pytest.approx(np.mean([f["f1_voted"] - f["f1"] for f in folds]))
     assert json.loads(Experiment(exp).cv_file.read_text())["person_vote"] == out["person_vote"]
-    off = load_config(None, [f"data.root={synth_root}"])
+    off = load_config(None, [f"data.root={synth_root}", "submit.person_vote=off"])
     assert "person_vote" not in with_person_vote(off, exp, {"oof_f1": 0.5})  # off: nothing measured

@@ -2,12 +2,11 @@
 around the largest face OpenCV's frontal-face cascade finds (the cascade ships inside opencv-python-headless,
 nothing is downloaded), grown by data.crop_margin on every side, and the centre crop where none is found
 (the contest's masked faces often hide the mouth the cascade looks for). Detection runs once per image:
-its raw boxes are kept beside the decode cache, keyed by the files, so a new margin or image size only
-re-crops."""
+its raw boxes are kept beside the decode cache (one file for the data set, a row per image version), so a
+new margin, image size or image list only re-crops."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ log = logging.getLogger(__name__)
 CENTER: Box = (0.125, 0.125, 0.875, 0.875)  # the middle 75% of each side
 CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_SIDE = 512  # detection runs on the photo shrunk to this longest side: a face is never that small
+COLUMNS = ["path", "stamp", "x0", "y0", "x1", "y1"]
 _local = threading.local()  # one cascade per thread: detectMultiScale is not documented as thread-safe
 
 
@@ -57,29 +57,34 @@ def grow(box: Box, margin: float) -> Box:
     return (max(0.0, x0 - dx), max(0.0, y0 - dy), min(1.0, x1 + dx), min(1.0, y1 + dy))
 
 
-def faces_file(paths: list[str], cache_dir: Path) -> Path:
-    h = hashlib.sha1(CASCADE.encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return cache_dir / f"faces-{h.hexdigest()[:16]}.csv"
+def faces_file(cache_dir: Path) -> Path:
+    """Every face box found in this data set's images, one row per file version (path, size, mtime)."""
+    return cache_dir / f"faces-{Path(CASCADE).stem}.csv"
+
+
+def stamps(paths: list[str]) -> list[str]:
+    return [f"{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}" for p in paths]
 
 
 def detect_all(paths: list[str], cache_dir: Path | None, max_pixels: int = MAX_PIXELS) -> pd.DataFrame:
-    """One row per path: the face box (x0, y0, x1, y1; NaN where none was found). Read from the cache
-    file when these files were detected before, else detected (threads: OpenCV releases the GIL) and kept."""
-    file = faces_file(paths, cache_dir) if cache_dir is not None else None
-    if file is not None and file.is_file():
-        return pd.read_csv(file)
-    log.info("looking for faces in %d images (once; kept in %s)", len(paths), file or "memory")
-    with ThreadPoolExecutor(DECODE_THREADS) as ex:
-        found = list(ex.map(lambda p: detect_face(p, max_pixels), paths))
-    df = pd.DataFrame([(p, *(f or (np.nan,) * 4)) for p, f in zip(paths, found)],
-                      columns=["path", "x0", "y0", "x1", "y1"])
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        files.write_csv(file, df)
-    return df
+    """One row per path: the face box (x0, y0, x1, y1; NaN where none was found). Images detected before
+    (the same path, size and mtime) are read from the cache file; the others are detected (threads: OpenCV
+    releases the GIL) and added to it."""
+    want = pd.DataFrame({"path": paths, "stamp": stamps(paths)})
+    file = faces_file(cache_dir) if cache_dir is not None else None
+    known = pd.read_csv(file) if file is not None and file.is_file() else pd.DataFrame(columns=COLUMNS)
+    todo = want.merge(known, on=["path", "stamp"], how="left", indicator=True)
+    new = todo.loc[todo["_merge"] == "left_only", "path"].tolist()
+    if new:
+        log.info("looking for faces in %d images (once; kept in %s)", len(new), file or "memory")
+        with ThreadPoolExecutor(DECODE_THREADS) as ex:
+            found = list(ex.map(lambda p: detect_face(p, max_pixels), new))
+        rows = pd.DataFrame([(p, s, *(f or (np.nan,) * 4)) for p, s, f in zip(new, stamps(new), found)],
+                            columns=COLUMNS)
+        known = pd.concat([known[~known["path"].isin(new)], rows], ignore_index=True)
+        if file is not None:
+            files.write_csv(file, known)
+    return want.merge(known, on=["path", "stamp"], how="left")[["path", "x0", "y0", "x1", "y1"]]
 
 
 def boxes_for(crop: str, margin: float, paths: list[str], cache_dir: Path | None,

@@ -23,6 +23,7 @@ from sklearn.metrics import f1_score
 from .. import dist, files
 from .. import oof as oofs
 from ..config import Config
+from ..data.competition import field_of_classes
 from ..data.layouts import TestTable
 from ..runfolder import RunFolder, read_json
 from . import predict
@@ -58,7 +59,7 @@ def vote(probs: np.ndarray, groups: np.ndarray, fields: list[str] = ("gender", "
     mask, person = cube.sum((2, 3)), cube.sum(1)
 
     def mean(a: np.ndarray) -> np.ndarray:
-        return pd.DataFrame(a.reshape(len(a), -1)).groupby(groups).transform("mean").to_numpy().reshape(a.shape)
+        return group_mean(a.reshape(len(a), -1), groups).reshape(a.shape)
 
     if set(fields) == {"gender", "age"}:
         person = mean(person)
@@ -67,6 +68,11 @@ def vote(probs: np.ndarray, groups: np.ndarray, fields: list[str] = ("gender", "
     elif "age" in fields:
         person = person / np.clip(person.sum(1, keepdims=True), 1e-12, None) * mean(person.sum(1))[:, None, :]
     return (mask[:, :, None, None] * person[:, None]).reshape(len(probs), 18)
+
+
+def group_mean(rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each row replaced by its group's mean row."""
+    return pd.DataFrame(rows).groupby(groups).transform("mean").to_numpy()
 
 
 def macro_f1(labels, probs: np.ndarray) -> float:
@@ -83,14 +89,18 @@ def embed_validation(cfg: Config, run: RunFolder, oof: pd.DataFrame, env: dist.E
 
 def oof_check(cfg: Config, run: RunFolder, env: dist.Env) -> dict:
     """Person voting on the run's validation images, grouped without their ids: purity, OOF macro-F1 with
-    and without the vote. Kept in the run folder (person_vote.json), computed once per fields and size."""
+    and without the vote (a one-field member's, of its field: the group's mean; {} for a field not voted
+    on). Kept in the run folder (person_vote.json), computed once per fields and size."""
     asked = {"fields": list(cfg.submit.person_fields), "size": cfg.submit.person_size}
     if run.person_vote.is_file() and all(read_json(run.person_vote).get(k) == v for k, v in asked.items()):
         return read_json(run.person_vote)
+    field = field_of_classes(read_json(run.classes) or [])
+    if field is not None and field not in cfg.submit.person_fields:
+        return {}  # a mask model (or a field not voted on): nothing of it is agreed per person
     oof = pd.read_csv(run.oof, dtype={"group": str})
     probs = oofs.probs(oof)
     groups = groups_of(embed_validation(cfg, run, oof, env), cfg.submit.person_size)
-    voted = vote(probs, groups, cfg.submit.person_fields)
+    voted = vote(probs, groups, cfg.submit.person_fields) if field is None else group_mean(probs, groups)
     out = {**asked, "images": len(oof), "people": int(oof["group"].nunique()), "groups": int(groups.max() + 1),
            "purity": purity(groups, oof["group"].to_numpy()), "f1": macro_f1(oof["label"], probs),
            "f1_voted": macro_f1(oof["label"], voted)}
@@ -100,8 +110,9 @@ def oof_check(cfg: Config, run: RunFolder, env: dist.Env) -> dict:
 
 
 def checks(cfg: Config, runs: list[RunFolder], env: dist.Env) -> dict:
-    """oof_check of every run that has validation predictions, and their mean gain."""
-    found = {r.name: oof_check(cfg, r, env) for r in runs if r.oof.is_file()}
+    """oof_check of every run that has validation predictions (a one-field member: of its own field, a mask
+    member: none), and their mean gain."""
+    found = {r.name: c for r in runs if r.oof.is_file() and (c := oof_check(cfg, r, env))}
     gains = [c["f1_voted"] - c["f1"] for c in found.values()]
     return {"runs": found, "gain": float(np.mean(gains)) if gains else None,
             "purity": float(np.mean([c["purity"] for c in found.values()])) if found else None}
