@@ -58,9 +58,10 @@ def cli(*args: str) -> None:
 
 
 def score(root: Path, runs: Path, source: str, out: Path, *extra: str) -> float:
-    """Submit `source` (run or experiment folders, comma-separated) and score it against the set's truth."""
+    """Submit `source` (run or experiment folders, comma-separated) and score it against the set's truth;
+    unvoted unless `extra` says so (a switch is measured against plain submissions)."""
     cli("submit", f"data.root={root}", f"run.dir={runs}", f"submit.checkpoints=[{source}]", f"submit.out={out}",
-        f"submit.ledger={out.parent / 'ledger.csv'}", "log.wandb.mode=disabled", *extra)
+        f"submit.ledger={out.parent / 'ledger.csv'}", "log.wandb.mode=disabled", "submit.person_vote=off", *extra)
     return ledger.truth_score(out, root / "eval" / "truth.csv")
 
 
