@@ -90,10 +90,13 @@ def embed_validation(cfg: Config, run: RunFolder, oof: pd.DataFrame, env: dist.E
 def oof_check(cfg: Config, run: RunFolder, env: dist.Env) -> dict:
     """Person voting on the run's validation images, grouped without their ids: purity, OOF macro-F1 with
     and without the vote (a one-field member's, of its field: the group's mean; {} for a field not voted
-    on). Kept in the run folder (person_vote.json), computed once per fields and size."""
-    asked = {"fields": list(cfg.submit.person_fields), "size": cfg.submit.person_size}
-    if run.person_vote.is_file() and all(read_json(run.person_vote).get(k) == v for k, v in asked.items()):
-        return read_json(run.person_vote)
+    on). Kept in the run folder (person_vote.json), computed once per checkpoint, fields and size."""
+    st = run.best.stat()  # a run trained on (resumed, retrained) is measured again
+    asked = {"fields": list(cfg.submit.person_fields), "size": cfg.submit.person_size,
+             "checkpoint": f"{st.st_size}:{st.st_mtime_ns}"}
+    kept = read_json(run.person_vote)
+    if kept and all(kept.get(k) == v for k, v in asked.items()):
+        return kept
     field = field_of_classes(read_json(run.classes) or [])
     if field is not None and field not in cfg.submit.person_fields:
         return {}  # a mask model (or a field not voted on): nothing of it is agreed per person
