@@ -24,6 +24,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what was asked."""
 
 
+class DiskFull(ValueError):
+    """A file could not be written for lack of space; the message names it and says how to go on."""
+
+
 class TrackingError(ValueError):
     """W&B cannot be used as configured; the message says how to go on without it."""
 
@@ -36,4 +40,4 @@ class LostPeer(Exception):
     """Another process of this run died or stopped answering; the message says how to resume."""
 
 
-USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrackingError)
+USER_ERRORS = (ConfigError, DataError, ModelError, CheckpointError, TrackingError, DiskFull)

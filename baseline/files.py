@@ -6,10 +6,14 @@ half-written stays behind to fill the disk. Checkpoints add their own error repo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import DiskFull
 
 
 @contextlib.contextmanager
@@ -22,9 +26,13 @@ def replacing(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # any file of a run: one line, not a traceback
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise DiskFull(f"could not write '{path}' (no space left on device; {free:.0f} MB free there now): free "
+                           "space, then resume with run.resume=auto") from None
         raise
 
 

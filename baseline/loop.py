@@ -154,18 +154,13 @@ class Run:
 def fit(run: Run) -> None:
     """Epochs until train.epochs, an early stop, the sweep's pruner, or a preemption signal."""
     log_start(run)
-    while run.state.epoch < run.cfg.train.epochs:
-        run.epoch_started = time.perf_counter()
-        run.learner.phases.enter(run.state.epoch, run.state.step)
-        result = train_epoch(run)
-        if result["interrupted"]:
-            stop_preempted(run)
-        logits, m = evaluate(run)
-        row = record_epoch(run, result, logits, m)
-        run.epoch_wall = time.perf_counter() - run.epoch_started
-        run.epoch_extra = max(run.epoch_wall - result["seconds"], 0.0)
-        if should_stop(run, row):
-            break
+    try:
+        epochs(run)
+    except BaseException:
+        # a checkpoint still being written ends first (or removes its temporary); its own error, if it had
+        # one (a full disk it filled), is the one said
+        run.saver.wait()
+        raise
     run.saver.wait()  # every checkpoint on disk (and a failed write said) before anything reads them
     if run.cfg.train.avg_top_k and not run.state.pruned_epoch:
         average_best(run)
@@ -210,6 +205,21 @@ def recompute_bn(run: Run, model: torch.nn.Module) -> None:
     ctx = run.learner.ctx
     with torch.no_grad():
         torch.optim.swa_utils.update_bn((ctx.batch(x, y)[0] for x, y in loader), model)
+
+
+def epochs(run: Run) -> None:
+    while run.state.epoch < run.cfg.train.epochs:
+        run.epoch_started = time.perf_counter()
+        run.learner.phases.enter(run.state.epoch, run.state.step)
+        result = train_epoch(run)
+        if result["interrupted"]:
+            stop_preempted(run)
+        logits, m = evaluate(run)
+        row = record_epoch(run, result, logits, m)
+        run.epoch_wall = time.perf_counter() - run.epoch_started
+        run.epoch_extra = max(run.epoch_wall - result["seconds"], 0.0)
+        if should_stop(run, row):
+            break
 
 
 def log_start(run: Run) -> None:

@@ -81,6 +81,21 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary(bac
     assert "no space left" in (small_disk / "full" / "error.txt").read_text()
 
 
+def test_a_full_disk_under_any_run_file_is_one_line_and_leaves_no_temporary(small_disk):
+    """Not only checkpoints: oof.csv, metrics, summaries (files.atomic) meet a full disk as DiskFull, the
+    CLI's one line; seen when a background checkpoint filled the disk just before oof.csv was written."""
+    import numpy as np
+    import pandas as pd
+
+    from baseline import files
+    from baseline.errors import USER_ERRORS, DiskFull
+
+    big = pd.DataFrame(np.random.default_rng(0).random((200_000, 8)))  # ~30 MB of CSV for a 6 MB disk
+    with pytest.raises(DiskFull, match=r"oof.csv' \(no space left on device.*run.resume=auto") as e:
+        files.write_csv(small_disk / "run" / "oof.csv", big)
+    assert isinstance(e.value, USER_ERRORS) and not list((small_disk / "run").iterdir())
+
+
 # ---------------------------------------------------------------- a multi-process run loses a rank
 def ddp_run(over: list[str], metrics, rows: int):
     """`baseline train --nproc 2 ...` started in the background; returns (process, rank-1 pid) once
