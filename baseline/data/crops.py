@@ -63,7 +63,8 @@ def faces_file(cache_dir: Path) -> Path:
 
 
 def stamps(paths: list[str]) -> list[str]:
-    return [f"{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}" for p in paths]
+    """Each file's version: size and mtime, from one stat."""
+    return [f"{st.st_size}:{st.st_mtime_ns}" for st in map(os.stat, paths)]
 
 
 def detect_all(paths: list[str], cache_dir: Path | None, max_pixels: int = MAX_PIXELS) -> pd.DataFrame:
